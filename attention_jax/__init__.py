@@ -1,0 +1,73 @@
+"""attention_jax: attention mechanisms as pure JAX functions and Flax Linen modules.
+
+    import attention_jax as aj
+    context, weights = aj.attend(query, key, value, mask, score="general", params={"w_a": w_a})
+
+Every attention here is score -> alignment -> context: `scores` maps queries and keys to logits, `alignment`
+turns logits into weights (global softmax, local windows), `context` takes the weighted sum of values.
+
+Shape letters, used in every docstring and einsum:
+    B  batch                 T  query (target) length      S  key (source) length
+    N  query heads           K  key/value heads            G  N // K
+    H  head dim              D  model (feature) dim        A  attention hidden size
+    V  vocabulary size
+
+Conventions: masks are boolean with True = attend; logits and softmax are float32 whatever the input dtype;
+a query whose keys are all masked gets zero weights, a zero context and zero gradients.
+"""
+
+from __future__ import annotations
+
+import importlib.util as _importlib_util
+import os as _os
+import sys as _sys
+
+from attention_jax import alignment, context, masks, scores
+from attention_jax.alignment import (
+    gaussian_window,
+    local_alignment,
+    local_m_position,
+    local_p_position,
+    masked_softmax,
+    window_mask,
+)
+from attention_jax.context import attend, weighted_context
+from attention_jax.masks import broadcast_key_mask, padding_mask
+from attention_jax.scores import (
+    SCORE_PARAMS,
+    additive_score,
+    additive_score_projected,
+    compute_score,
+    concat_score,
+    cosine_score,
+    dot_score,
+    general_score,
+    location_score,
+    scaled_dot_score,
+)
+
+
+def _bind_source_tree_kernels() -> None:
+    """Makes `attention_jax.kernels` importable when running from a source checkout.
+
+    An install maps the top-level kernels/ folder to attention_jax.kernels (setup.cfg, package_dir). A checkout
+    on sys.path (python -m ..., pytest from the repo root) shadows the install, and its attention_jax/ has no
+    kernels/ inside, so the sibling folder is bound under the same name here.
+    """
+    name = __name__ + ".kernels"
+    if name in _sys.modules or _importlib_util.find_spec(name) is not None:
+        return
+    folder = _os.path.join(_os.path.dirname(_os.path.dirname(_os.path.abspath(__file__))), "kernels")
+    init = _os.path.join(folder, "__init__.py")
+    if not _os.path.isfile(init):
+        return
+    spec = _importlib_util.spec_from_file_location(name, init, submodule_search_locations=[folder])
+    module = _importlib_util.module_from_spec(spec)
+    _sys.modules[name] = module
+    spec.loader.exec_module(module)
+
+
+_bind_source_tree_kernels()
+from attention_jax import kernels  # noqa: E402
+
+__version__ = "0.1.0"

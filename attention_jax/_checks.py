@@ -1,0 +1,63 @@
+"""Argument checks shared by the public functions.
+
+Every check runs on static shapes and dtypes, so it costs nothing under jit and fires before any compute.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+
+
+def rank(name: str, x: Any, expected: int | tuple[int, ...]) -> None:
+    """Raises ValueError unless `x` has one of the expected ranks."""
+    ranks = (expected,) if isinstance(expected, int) else expected
+    if jnp.ndim(x) not in ranks:
+        want = " or ".join(str(r) for r in ranks)
+        raise ValueError(f"{name} must have rank {want}, got shape {jnp.shape(x)}")
+
+
+def floating(name: str, x: Any) -> None:
+    """Raises TypeError unless `x` has a floating dtype."""
+    if not jnp.issubdtype(jnp.result_type(x), jnp.floating):
+        raise TypeError(f"{name} must be floating point, got dtype {jnp.result_type(x)}")
+
+
+def boolean(name: str, x: Any) -> None:
+    """Raises TypeError unless `x` is boolean (masks are never cast silently)."""
+    if jnp.result_type(x) != jnp.bool_:
+        raise TypeError(f"{name} must be boolean (True = attend), got dtype {jnp.result_type(x)}")
+
+
+def integer(name: str, x: Any) -> None:
+    """Raises TypeError unless `x` has an integer dtype."""
+    if not jnp.issubdtype(jnp.result_type(x), jnp.integer):
+        raise TypeError(f"{name} must be integer, got dtype {jnp.result_type(x)}")
+
+
+def same_batch(**arrays: Any) -> None:
+    """Raises ValueError unless all arrays share their leading (batch) dimension."""
+    sizes = {name: jnp.shape(a)[0] for name, a in arrays.items()}
+    if len(set(sizes.values())) > 1:
+        shapes = " ".join(f"{name}.shape={jnp.shape(a)}" for name, a in arrays.items())
+        raise ValueError(f"batch sizes differ: {shapes}")
+
+
+def shape(name: str, x: Any, expected: tuple[int | None, ...]) -> None:
+    """Raises ValueError unless `x.shape` matches `expected` (None matches any size)."""
+    got = jnp.shape(x)
+    if len(got) != len(expected) or any(e is not None and e != g for e, g in zip(expected, got)):
+        want = tuple("*" if e is None else e for e in expected)
+        raise ValueError(f"{name} must have shape {want}, got {got}")
+
+
+def positive_int(name: str, value: Any, allow_zero: bool = False) -> int:
+    """Returns `value` as int, raising ValueError unless it is a (non-negative | positive) integer."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    if value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else ">= 1"
+        raise ValueError(f"{name} must be {bound}, got {value}")
+    return int(value)
