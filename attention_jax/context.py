@@ -64,7 +64,8 @@ def attend(
       key: [B, S, Dk] floating.
       value: [B, S, Dv] floating, or None to use `key`.
       mask: None, [B, S] bool (padding) or [B, T, S] bool; True = attend. A query whose keys are all masked
-        gets zero weights and a zero context, with zero gradients.
+        gets zero weights and a zero context, with zero gradients. Masked keys and values never reach the
+        output, even when they hold NaN or inf.
       score: a name in `scores.SCORE_PARAMS`.
       params: the score's weights by name, plus 'w_p' [Dq, A] and 'v_p' [A] for mode 'local_p'.
       mode: 'global', 'local_m' or 'local_p'.
@@ -127,4 +128,7 @@ def attend(
     else:
         position = alignment.local_p_position(query, params["w_p"], params["v_p"], key_lengths)
         weights = alignment.local_alignment(logits, position, window, full_mask, gaussian=True)
+    if full_mask is not None:
+        # Zero the value rows no query may attend to: their weight is 0, but 0 * NaN would still leak.
+        value = jnp.where(jnp.any(full_mask, axis=1)[:, :, None], value, jnp.zeros((), value.dtype))
     return weighted_context(weights, value), weights
