@@ -1,0 +1,1 @@
+"""attention_jax test suite; mirrors the library file for file."""
