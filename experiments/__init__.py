@@ -1,0 +1,1 @@
+"""Experiment scripts reproducing the attention papers' ablations on real corpora (absl + ml_collections)."""
