@@ -22,7 +22,7 @@ import importlib.util as _importlib_util
 import os as _os
 import sys as _sys
 
-from attention_jax import alignment, context, masks, scores
+from attention_jax import alignment, context, decoding, masks, scores, seq2seq
 from attention_jax.alignment import (
     gaussian_window,
     local_alignment,
@@ -32,6 +32,7 @@ from attention_jax.alignment import (
     window_mask,
 )
 from attention_jax.context import attend, weighted_context
+from attention_jax.decoding import beam_search, greedy_decode
 from attention_jax.masks import broadcast_key_mask, padding_mask
 from attention_jax.scores import (
     SCORE_PARAMS,
@@ -45,6 +46,7 @@ from attention_jax.scores import (
     location_score,
     scaled_dot_score,
 )
+from attention_jax.seq2seq import BahdanauAttention, Encoder, LuongAttention, Seq2Seq, make_step_fn
 
 
 def _bind_source_tree_kernels() -> None:
