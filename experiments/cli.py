@@ -1,0 +1,234 @@
+"""Command-line plumbing shared by ``python -m experiments.luong`` and ``python -m experiments.bahdanau``.
+
+Flags:
+
+* ``--preset=smoke|small|paper``: sizes and budgets (default: the experiment's, ``small``).
+* ``--workdir=DIR``: outputs, checkpoints and logs (default ``workdirs/<experiment>``).
+* ``--rows=a,b``: the rows to run (default: every row of the table; ``custom`` runs config.model).
+* ``--data_path=FILE.tsv`` (or ``SRC,TGT``): your own parallel text (sets ``config.data.data_path``).
+* ``--config.<section>.<field>=VALUE``: any config field (`experiments.configs`); these are
+  re-applied AFTER the preset, so ``--preset=smoke --config.train.num_steps=100`` trains 100 steps.
+
+Bad flags, bad config values and missing data end the run with ONE sentence naming the problem and
+the fix on stderr, and exit code 2 (never a traceback).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shlex
+import sys
+from typing import Any, NoReturn
+
+from absl import app
+from absl import flags
+from absl import logging
+import ml_collections
+from ml_collections import config_flags
+
+from experiments import configs
+from experiments import data
+from experiments import train
+
+FLAGS = flags.FLAGS
+EXIT_USAGE = 2
+
+ATTENTIONS = ("none", "bahdanau", "luong")
+SCORES = ("dot", "general", "concat", "location")
+MODES = ("global", "local_m", "local_p")
+CELLS = ("lstm", "gru")
+
+
+def fail(message: str) -> NoReturn:
+    """Prints ``error: <message>`` (one line) on stderr and exits with code 2."""
+    text = " ".join(str(message).split())
+    print(f"error: {text}", file=sys.stderr, flush=True)
+    sys.exit(EXIT_USAGE)
+
+
+def define_flags(exp: train.Experiment, argv: list[str] | None = None) -> None:
+    """Defines --preset, --workdir, --rows, --data_path and --config.* for ``exp`` (once, before app.run).
+
+    config_flags reads the ``--config.*`` overrides from the command line while defining the flag,
+    so an unknown field is reported here (one sentence, exit 2).
+    """
+    flags.DEFINE_string("preset", exp.default_preset, f"size preset, one of {', '.join(exp.presets)}")
+    flags.DEFINE_string("workdir", exp.default_workdir, "output directory (checkpoints, logs, results, figures)")
+    flags.DEFINE_string("rows", "", f"comma-separated rows to run (default: all of {', '.join(exp.default_rows)}; "
+                        f"'{exp.custom_row}' runs config.model as given)")
+    flags.DEFINE_string("data_path", "", "your own parallel text instead of the default corpus: a TSV file of "
+                        "'source<TAB>target' lines, or 'SOURCE_FILE,TARGET_FILE' (sets config.data.data_path)")
+    base = exp.get_config()
+    known = configs.flatten(base)
+    for arg in (sys.argv if argv is None else argv)[1:]:
+        if arg.startswith(("--config.", "--noconfig.")):
+            path = arg.split("=", 1)[0].split("config.", 1)[1]
+            if path not in known:
+                fail(f"--config.{path} names no config field; fix: use a field of experiments/configs/{exp.name}.py "
+                     f"(sections data, model, train, eval), e.g. --config.train.num_steps=100")
+    try:
+        config_flags.DEFINE_config_dict("config", base, "config fields, e.g. --config.train.num_steps=100; "
+                                        "applied after --preset", lock_config=True)
+    except (flags.Error, KeyError, AttributeError, ValueError, TypeError) as err:
+        fail(f"bad --config flag ({' '.join(str(err).split())}); fix: pass --config.<section>.<field>=VALUE with a "
+             f"field of experiments/configs/{exp.name}.py")
+
+
+def parse_rows(exp: train.Experiment, text: str) -> list[str]:
+    """Splits ``--rows``; empty means the default rows.
+
+    Raises:
+      train.ConfigError: unknown row name.
+    """
+    names = [r.strip() for r in text.split(",") if r.strip()] if text else list(exp.default_rows)
+    unknown = [r for r in names if r not in exp.row_names]
+    if unknown or not names:
+        raise train.ConfigError(f"unknown row {unknown[0] if unknown else text!r} for the {exp.name} experiment; "
+                                f"fix: pass --rows as a comma-separated subset of {', '.join(exp.row_names)}")
+    return list(dict.fromkeys(names))
+
+
+def build_config(exp: train.Experiment, preset: str, overrides: dict[str, Any]) -> ml_collections.ConfigDict:
+    """Base config, then the preset, then the command-line overrides.
+
+    Raises:
+      train.ConfigError: unknown preset.
+    """
+    if preset not in exp.presets:
+        raise train.ConfigError(f"unknown preset {preset!r}; fix: pass --preset={' or --preset='.join(exp.presets)}")
+    config = exp.get_config()
+    configs.apply_preset(config, exp.presets, preset)
+    configs.apply_overrides(config, overrides)
+    return config
+
+
+def _choice(path: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise train.ConfigError(f"--config.{path}={value!r} is not valid; fix: use one of {', '.join(choices)}")
+
+
+def _at_least(path: str, value: Any, minimum: float, what: str = "a number") -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < minimum:
+        raise train.ConfigError(f"--config.{path}={value!r} is not valid; fix: use {what} >= {minimum:g}")
+
+
+def _increasing(path: str, values: Any) -> None:
+    values = tuple(values) if isinstance(values, (tuple, list)) else (values,)
+    if (not values or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in values)
+            or list(values) != sorted(set(values))):
+        raise train.ConfigError(f"--config.{path}={values!r} is not valid; fix: use a strictly increasing tuple of "
+                                f"positive ints, e.g. --config.{path}='(16,32,64)'")
+
+
+def validate(exp: train.Experiment, config: ml_collections.ConfigDict, rows: list[str]) -> None:
+    """Checks every value the run will use, before any data or compute.
+
+    Raises:
+      train.ConfigError: naming the bad value and the fix.
+    """
+    d, t, e = config.data, config.train, config.eval
+    if d.data_path:
+        parts = [p for p in d.data_path.split(",") if p]
+        missing = [p for p in parts if not os.path.exists(os.path.expanduser(p))]
+        if missing:
+            raise train.ConfigError(f"the data path file {missing[0]!r} does not exist; fix: point --data_path (or "
+                                    "--config.data.data_path) at a TSV file of 'source<TAB>target' lines or at two "
+                                    "line-aligned files 'SRC,TGT', or leave it empty to use the default corpus")
+    _at_least("data.vocab_size", d.vocab_size, 8, "an int")
+    _at_least("data.max_words", d.max_words, 1, "an int")
+    _at_least("data.dev_size", d.dev_size, 1, "an int")
+    _at_least("data.test_size", d.test_size, 1, "an int")
+    _at_least("data.max_train", d.max_train, 0, "an int (0 = all)")
+    _increasing("data.buckets", d.buckets)
+    _at_least("train.batch_size", t.batch_size, 1, "an int")
+    _at_least("train.learning_rate", t.learning_rate, 1e-12)
+    _at_least("train.grad_clip_norm", t.grad_clip_norm, 0)
+    _at_least("train.num_steps", t.num_steps, 0, "an int (0 = no step limit)")
+    _at_least("train.max_minutes", t.max_minutes, 0, "minutes (0 = no time limit)")
+    if t.num_steps == 0 and t.max_minutes == 0:
+        raise train.ConfigError("train.num_steps and train.max_minutes are both 0, so training would never stop; "
+                                "fix: set --config.train.num_steps or --config.train.max_minutes")
+    for name in ("log_every", "eval_every", "checkpoint_every", "max_source_words"):
+        _at_least(f"train.{name}", t[name], 0, "an int (0 = off)")
+    _at_least("eval.batch_size", e.batch_size, 1, "an int")
+    _at_least("eval.beam_size", e.beam_size, 1, "an int")
+    _at_least("eval.length_penalty", e.length_penalty, 0)
+    _at_least("eval.max_decode_len", e.max_decode_len, 1, "an int")
+    _at_least("eval.num_heatmaps", e.num_heatmaps, 0, "an int")
+    _increasing("eval.length_bins", e.length_bins)
+    for row in rows:
+        cfg = train.row_config(exp, config, row)
+        m = cfg.model
+        _choice("model.attention", m.attention, ATTENTIONS)
+        _choice("model.cell", m.cell, CELLS)
+        _choice("model.score", m.score, SCORES)
+        _choice("model.mode", m.mode, MODES)
+        if isinstance(m.window, bool) or not isinstance(m.window, int) or m.window < (1 if m.mode == "local_p" else 0):
+            raise train.ConfigError(f"--config.model.window={m.window!r} is not valid for mode {m.mode!r}; fix: use an "
+                                    f"int >= {1 if m.mode == 'local_p' else 0} (Luong's D, e.g. 10)")
+        if not 0.0 <= m.dropout_rate < 1.0:
+            raise train.ConfigError(f"--config.model.dropout_rate={m.dropout_rate!r} is not valid; fix: use a rate in "
+                                    "[0, 1)")
+        if m.attention == "luong" and m.score == "location" and 0 < m.max_source_len < max(d.buckets):
+            raise train.ConfigError(f"--config.model.max_source_len={m.max_source_len} is shorter than the largest "
+                                    f"bucket {max(d.buckets)}; fix: set it to 0 (= largest bucket) or raise it")
+        try:
+            train.build_model(m, d.vocab_size, max(d.buckets))
+        except (ValueError, TypeError) as err:
+            raise train.ConfigError(f"row {row!r} has an invalid model config ({err}); fix: change the --config.model "
+                                    "fields it names") from err
+
+
+def _warn_shadowed(exp: train.Experiment, overrides: dict[str, Any], rows: list[str]) -> None:
+    """Warns about overrides that every requested row replaces (they only reach the custom row)."""
+    for path in overrides:
+        shadowed = [r for r in rows if path in exp.rows.get(r, {})]
+        if shadowed and len(shadowed) == len(rows):
+            logging.warning("--config.%s is set by each requested row (%s), so it has no effect; use "
+                            "--rows=%s to run config.model as given", path, ", ".join(shadowed), exp.custom_row)
+
+
+def command_line(exp: train.Experiment, argv: list[str]) -> str:
+    """The exact command, as ``python -m experiments.<name> ARGS``."""
+    return " ".join(["python", "-m", f"experiments.{exp.name}", *(shlex.quote(a) for a in argv[1:])])
+
+
+def main(exp: train.Experiment, argv: list[str]) -> None:
+    """Builds the config from the flags, validates it and runs the experiment."""
+    if len(argv) > 1:
+        fail(f"unexpected positional argument {argv[1]!r}; fix: pass options as --flag=value (see --helpfull)")
+    if FLAGS["verbosity"].using_default_value:
+        logging.set_verbosity(logging.INFO)
+    try:
+        rows = parse_rows(exp, FLAGS.rows)
+        overrides = dict(config_flags.get_override_values(FLAGS["config"]))
+        if FLAGS.data_path:
+            overrides["data.data_path"] = FLAGS.data_path
+        config = build_config(exp, FLAGS.preset, overrides)
+        _warn_shadowed(exp, overrides, rows)
+        validate(exp, config, rows)
+        train.enable_compilation_cache()
+        train.run_experiment(exp, config, rows, FLAGS.workdir, preset=FLAGS.preset,
+                             command=command_line(exp, sys.argv))
+    except (train.ConfigError, data.DataError) as err:
+        fail(str(err))
+    except KeyboardInterrupt:
+        print(f"interrupted; rerun the same command to resume {FLAGS.workdir} from its last checkpoints",
+              file=sys.stderr, flush=True)
+        sys.exit(130)
+
+
+def _parse_flags(exp: train.Experiment, argv: list[str]) -> list[str]:
+    try:
+        return FLAGS(argv)
+    except flags.Error as err:
+        text = " ".join(str(err).split())
+        fail(f"{text}; fix: correct that flag (python -m experiments.{exp.name} --helpfull lists them, and "
+             f"--config.<section>.<field> must name a field of experiments/configs/{exp.name}.py with a value of its type)")
+
+
+def run(exp: train.Experiment) -> None:
+    """Defines the flags and runs ``main`` under absl (entry point of the experiment modules)."""
+    define_flags(exp)
+    app.run(functools.partial(main, exp), flags_parser=functools.partial(_parse_flags, exp))

@@ -1,0 +1,143 @@
+"""Figures of the translation experiments (matplotlib, Agg backend, PNG files).
+
+* `loss_curves`: training loss per row (and dev perplexity at the evaluation points).
+* `attention_heatmap`: one alignment matrix with source / target subword labels, like Bahdanau et
+  al. 2014 (arXiv:1409.0473), Fig. 3 (source along x, generated target along y, white = weight 1).
+* `bleu_by_length`: BLEU against source-sentence length, one line per model, like Bahdanau Fig. 2.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+import os
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
+import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+_MARKERS = ("o", "s", "^", "v", "D", "x", "*", "P", "h", "<", ">")
+
+
+def loss_curves(metrics: Mapping[str, Sequence[Mapping[str, Any]]], path: str, *, title: str = "") -> str:
+    """Plots training loss (left) and dev perplexity (right) against step, one line per row.
+
+    Args:
+      metrics: row name -> metrics.jsonl records; records with "loss" are training points,
+        records with "dev_ppl" are evaluation points.
+      path: PNG file to write.
+      title: figure title.
+
+    Returns:
+      ``path``.
+    """
+    fig, (ax_loss, ax_ppl) = plt.subplots(1, 2, figsize=(12, 4.5))
+    any_dev = False
+    for k, (row, records) in enumerate(metrics.items()):
+        train = [(r["step"], r["loss"]) for r in records if "loss" in r]
+        dev = [(r["step"], r["dev_ppl"]) for r in records if "dev_ppl" in r]
+        style = {"marker": _MARKERS[k % len(_MARKERS)], "markersize": 3, "label": row}
+        if train:
+            ax_loss.plot(*zip(*train), **style)
+        if dev:
+            any_dev = True
+            ax_ppl.plot(*zip(*dev), **style)
+    ax_loss.set_xlabel("step")
+    ax_loss.set_ylabel("train cross-entropy (nats / target token)")
+    ax_loss.grid(alpha=0.3)
+    ax_loss.legend(fontsize=7)
+    ax_ppl.set_xlabel("step")
+    ax_ppl.set_ylabel("dev perplexity")
+    ax_ppl.grid(alpha=0.3)
+    if any_dev:
+        ax_ppl.set_yscale("log")
+        ax_ppl.legend(fontsize=7)
+    else:
+        ax_ppl.text(0.5, 0.5, "no dev evaluation during training\n(train.eval_every = 0)",
+                    ha="center", va="center", transform=ax_ppl.transAxes)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    _save(fig, path)
+    return path
+
+
+def attention_heatmap(weights: np.ndarray, source: Sequence[str], target: Sequence[str], path: str, *,
+                      title: str = "") -> str:
+    """Draws one alignment matrix (Bahdanau et al. 2014, arXiv:1409.0473, Fig. 3).
+
+    Args:
+      weights: [T, S] float32 attention weights; row t is the alignment used to emit target[t].
+      source: S source subword labels (x axis, on top).
+      target: T target subword labels (y axis).
+      path: PNG file to write.
+      title: figure title.
+
+    Returns:
+      ``path``.
+
+    Raises:
+      ValueError: if the label counts do not match ``weights.shape``.
+    """
+    weights = np.asarray(weights, dtype=np.float32)
+    if weights.ndim != 2 or weights.shape != (len(target), len(source)):
+        raise ValueError(f"weights must be [T, S] = [{len(target)}, {len(source)}], got {weights.shape=}")
+    t_len, s_len = weights.shape
+    cell = 0.28
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.8 + cell * s_len), max(3.5, 1.6 + cell * t_len)))
+    ax.imshow(weights, cmap="gray", vmin=0.0, vmax=1.0, aspect="equal", interpolation="nearest")
+    ax.set_xticks(range(s_len))
+    ax.set_xticklabels(source, rotation=90, fontsize=8)
+    ax.xaxis.tick_top()
+    ax.set_yticks(range(t_len))
+    ax.set_yticklabels(target, fontsize=8)
+    ax.set_xlabel("source")
+    ax.set_ylabel("generated target")
+    if title:
+        ax.set_title(title, fontsize=9, pad=12)
+    fig.tight_layout()
+    _save(fig, path)
+    return path
+
+
+def bleu_by_length(buckets: Mapping[str, Sequence[Mapping[str, Any]]], path: str, *, title: str = "") -> str:
+    """BLEU against source-sentence length, one line per model (Bahdanau et al. 2014, Fig. 2).
+
+    Args:
+      buckets: row name -> `experiments.evaluation.bleu_by_length` output (dicts with "bucket",
+        "n" and "bleu"; empty buckets have bleu None and are skipped).
+      path: PNG file to write.
+      title: figure title.
+
+    Returns:
+      ``path``.
+    """
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    labels: list[str] = []
+    for k, (row, points) in enumerate(buckets.items()):
+        if not labels:
+            labels = [p["bucket"] for p in points]
+        xs = [i for i, p in enumerate(points) if p.get("bleu") is not None]
+        ys = [points[i]["bleu"] for i in xs]
+        style = "--" if "encdec" in row.lower() or "no_attention" in row else "-"
+        ax.plot(xs, ys, style, marker=_MARKERS[k % len(_MARKERS)], label=row)
+    if labels:
+        ax.set_xticks(range(len(labels)))
+        ax.set_xticklabels(labels)
+    ax.set_xlabel("source sentence length (words)")
+    ax.set_ylabel("BLEU")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    _save(fig, path)
+    return path
+
+
+def _save(fig, path: str) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
