@@ -31,7 +31,7 @@ from attention_jax.alignment import (
     masked_softmax,
     window_mask,
 )
-from attention_jax.context import attend, weighted_context
+from attention_jax.context import attend, attend_from_logits, weighted_context
 from attention_jax.decoding import beam_search, greedy_decode
 from attention_jax.masks import broadcast_key_mask, padding_mask
 from attention_jax.scores import (

@@ -39,6 +39,44 @@ def weighted_context(weights: jax.Array, value: jax.Array) -> jax.Array:
     return context.astype(value.dtype)
 
 
+def attend_from_logits(
+    logits: jax.Array, value: jax.Array, mask: jax.Array | None = None
+) -> tuple[jax.Array, jax.Array]:
+    """Global attention from precomputed logits: a masked softmax, then the context.
+
+    For callers that compute scores their own way, e.g. a decoder that projects the keys once per sentence
+    (Bahdanau et al. 2014, arXiv:1409.0473, eq. 5-6 and A.1.2). Same mask semantics as `attend`.
+
+    Args:
+      logits: [B, T, S] floating.
+      value: [B, S, Dv] floating.
+      mask: None, [B, S] or [B, T, S] bool; True = attend.
+
+    Returns:
+      context: [B, T, Dv] in value's dtype.
+      weights: [B, T, S] float32.
+
+    Raises:
+      ValueError: if shapes do not fit.
+      TypeError: for non-floating inputs or a non-boolean mask.
+    """
+    _checks.rank("logits", logits, 3)
+    _checks.rank("value", value, 3)
+    batch, num_queries, num_keys = logits.shape
+    if value.shape[:2] != (batch, num_keys):
+        raise ValueError(f"logits [B, T, S] and value [B, S, Dv] do not fit: {logits.shape=} {value.shape=}")
+    full_mask = masks.broadcast_key_mask(mask, batch, num_queries, num_keys)
+    weights = alignment.masked_softmax(logits, full_mask)
+    return _masked_context(weights, value, full_mask), weights
+
+
+def _masked_context(weights: jax.Array, value: jax.Array, full_mask: jax.Array | None) -> jax.Array:
+    if full_mask is not None:
+        # Zero the value rows no query may attend to: their weight is 0, but 0 * NaN would still leak.
+        value = jnp.where(jnp.any(full_mask, axis=1)[:, :, None], value, jnp.zeros((), value.dtype))
+    return weighted_context(weights, value)
+
+
 def attend(
     query: jax.Array,
     key: jax.Array,
@@ -128,7 +166,4 @@ def attend(
     else:
         position = alignment.local_p_position(query, params["w_p"], params["v_p"], key_lengths)
         weights = alignment.local_alignment(logits, position, window, full_mask, gaussian=True)
-    if full_mask is not None:
-        # Zero the value rows no query may attend to: their weight is 0, but 0 * NaN would still leak.
-        value = jnp.where(jnp.any(full_mask, axis=1)[:, :, None], value, jnp.zeros((), value.dtype))
-    return weighted_context(weights, value), weights
+    return _masked_context(weights, value, full_mask), weights

@@ -33,7 +33,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from attention_jax import alignment, masks, scores
+from attention_jax import masks, scores
 from attention_jax import context as context_lib
 
 Array = jax.Array
@@ -206,8 +206,7 @@ class BahdanauAttention(nn.Module):
         value = key if value is None else value
         projected_query = jnp.einsum("BTD,DA->BTA", query.astype(jnp.float32), w_q.astype(jnp.float32))
         logits = scores.additive_score_projected(projected_query, projected_keys, self.v)  # [B,T,S]
-        weights = alignment.masked_softmax(logits, masks.broadcast_key_mask(mask, *logits.shape))
-        return context_lib.weighted_context(weights, value), weights
+        return context_lib.attend_from_logits(logits, value, mask)
 
 
 class LuongAttention(nn.Module):

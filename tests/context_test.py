@@ -514,3 +514,35 @@ class AttendErrorsTest(parameterized.TestCase):
 
 if __name__ == "__main__":
     absltest.main()
+
+
+class AttendFromLogitsTest(parameterized.TestCase):
+    """attend_from_logits: the global path of attend for callers that computed the logits themselves."""
+
+    def test_equals_attend_with_the_same_score(self):
+        rng = np.random.default_rng(7)
+        query, key, value, mask, params = (
+            rng.standard_normal((B, T, DQ)).astype(np.float32),
+            rng.standard_normal((B, S, DK)).astype(np.float32),
+            rng.standard_normal((B, S, DV)).astype(np.float32),
+            ref.padding_mask(LENGTHS, S),
+            ref.random_params(rng, "additive", DQ, DK, hidden_dim=A, max_keys=S_MAX, local_p=False),
+        )
+        logits = aj.compute_score("additive", query, key, params)
+        got_context, got_weights = context.attend_from_logits(logits, value, mask)
+        want_context, want_weights = aj.attend(query, key, value, mask, score="additive", params=params)
+        chex.assert_trees_all_close((got_context, got_weights), (want_context, want_weights), atol=1e-6)
+        ref_weights = ref.masked_softmax(np.asarray(logits, np.float64), np.broadcast_to(mask[:, None], (B, T, S)))
+        np.testing.assert_allclose(got_weights, ref_weights, rtol=1e-5, atol=1e-7)
+
+    def test_nan_values_under_padding_do_not_leak(self):
+        rng = np.random.default_rng(8)
+        logits = rng.standard_normal((B, T, S)).astype(np.float32)
+        value = rng.standard_normal((B, S, DV)).astype(np.float32)
+        value[1, LENGTHS[1]:] = np.nan
+        out, _ = context.attend_from_logits(logits, value, ref.padding_mask(LENGTHS, S))
+        self.assertTrue(np.all(np.isfinite(np.asarray(out))))
+
+    def test_rejects_value_that_does_not_fit(self):
+        with _raises(ValueError, (B, T, S), (B, S + 1, DV)):
+            context.attend_from_logits(jnp.zeros((B, T, S)), jnp.zeros((B, S + 1, DV)))
