@@ -29,6 +29,7 @@ import hashlib
 import itertools
 import json
 import os
+import platform
 import re
 import time
 from typing import Any
@@ -550,6 +551,7 @@ def run_experiment(exp: Experiment, config: ml_collections.ConfigDict, rows: Seq
       experiments.data.DataError: the corpus cannot be obtained or read.
     """
     quiet_orbax_logging()
+    started = time.monotonic()
     os.makedirs(workdir, exist_ok=True)
     row_cfgs = {row: row_config(exp, config, row) for row in rows}
     with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
@@ -602,17 +604,24 @@ def run_experiment(exp: Experiment, config: ml_collections.ConfigDict, rows: Seq
                   "train_pairs": len(train_examples), "max_source_words": cfg.train.max_source_words,
                   "bleu_by_length": scores.get("bleu_by_length"),
                   "heatmaps": [os.path.relpath(p, workdir) for p in scores["heatmaps"]],
-                  "fingerprint": fp}
+                  "seed": cfg.seed, "machine": machine_description(), "fingerprint": fp}
         with open(os.path.join(row_dir, "done.json"), "w", encoding="utf-8") as f:
             json.dump({"fingerprint": fp, "record": record}, f, indent=2, sort_keys=True)
         records[row] = record
-        report(exp, config, workdir, rows, records, preset=preset, command=command)
-    return report(exp, config, workdir, rows, records, preset=preset, command=command, final=True)
+        report(exp, config, workdir, rows, records, preset=preset, command=command, started=started)
+    return report(exp, config, workdir, rows, records, preset=preset, command=command, final=True, started=started)
+
+
+def machine_description() -> str:
+    """One line naming the machine a result came from: host OS, CPU count, jax version and device."""
+    device = jax.devices()[0]
+    return (f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs, jax {jax.__version__} "
+            f"on {device.platform} ({getattr(device, 'device_kind', device.platform)})")
 
 
 def report(exp: Experiment, config: ml_collections.ConfigDict, workdir: str, rows: Sequence[str],
            records: Mapping[str, dict[str, Any]], *, preset: str, command: str,
-           final: bool = False) -> list[dict[str, Any]]:
+           final: bool = False, started: float | None = None) -> list[dict[str, Any]]:
     """Writes results.md / results.jsonl and the figures from the records and metrics files.
 
     Rows of this experiment that are not in ``rows`` but finished earlier in ``workdir`` with the
@@ -640,7 +649,11 @@ def report(exp: Experiment, config: ml_collections.ConfigDict, workdir: str, row
     notes = [f"preset: {preset or '-'}; corpus: {config.data.corpus}; vocabulary: {config.data.vocab_size}",
              "perplexity per target token (EOS included); BLEU: sacrebleu corpus BLEU on detokenised output, beam "
              f"{config.eval.beam_size}",
-             "stop reasons: " + "; ".join(f"{r['row']}: {r.get('stop_reason', '?')}" for r in table)]
+             "stop reasons: " + "; ".join(f"{r['row']}: {r.get('stop_reason', '?')}" for r in table),
+             f"seed: {config.seed}; machine: {machine_description()}"]
+    if started is not None:
+        notes.append(f"wall time of this invocation (data, compiles, training, evaluation, figures): "
+                     f"{(time.monotonic() - started) / 60:.1f} min")
     text = results.write(workdir, table, title=exp.title, command=command, notes=notes,
                          figures=[os.path.relpath(p, workdir) for p in figures], length_table=exp.bleu_by_length)
     if final:

@@ -95,8 +95,8 @@ PRESETS = {
         "model.window": 5,
         "train.batch_size": 64,
         "train.learning_rate": 2e-3,
-        "train.num_steps": 800,  # Equal steps for every row; max_minutes is only a safety cap.
-        "train.max_minutes": 2.5,
+        "train.num_steps": 1400,  # Equal steps for every row; max_minutes is only a safety cap.
+        "train.max_minutes": 2.7,
         "train.log_every": 50,
         "train.eval_every": 500,
         "train.checkpoint_every": 200,
