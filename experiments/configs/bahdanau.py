@@ -84,8 +84,8 @@ PRESETS = {
         "model.attention_features": 128,
         "train.batch_size": 64,
         "train.learning_rate": 2e-3,
-        "train.num_steps": 800,  # Equal steps for every row; max_minutes is only a safety cap.
-        "train.max_minutes": 5.5,
+        "train.num_steps": 1600,  # Equal steps for every row; max_minutes is only a safety cap.
+        "train.max_minutes": 7.5,
         "train.log_every": 50,
         "train.eval_every": 500,
         "train.checkpoint_every": 200,
