@@ -960,6 +960,18 @@ def subsample(pairs: Sequence[Pair], max_pairs: int) -> list[Pair]:
 # ----------------------------------------------------------------------------------------------
 
 
+def strip_special_ids(ids: Iterable[int]) -> list[int]:
+    """Cuts a decoded id sequence at the first EOS and drops PAD and BOS."""
+    kept = []
+    for i in ids:
+        i = int(i)
+        if i == EOS_ID:
+            break
+        if i not in (PAD_ID, BOS_ID):
+            kept.append(i)
+    return kept
+
+
 class Tokenizer:
     """A SentencePiece model with the ids pad=0, unk=1, bos=2, eos=3.
 
@@ -991,14 +1003,7 @@ class Tokenizer:
 
     def decode(self, ids: Iterable[int]) -> str:
         """Text of ``ids``, cut at the first EOS, with pad and BOS ignored."""
-        kept = []
-        for i in ids:
-            i = int(i)
-            if i == EOS_ID:
-                break
-            if i not in (PAD_ID, BOS_ID):
-                kept.append(i)
-        return self.processor.decode(kept)
+        return self.processor.decode(strip_special_ids(ids))
 
     def id_to_piece(self, i: int) -> str:
         """The subword string of id ``i`` (``<pad>``, ``<unk>``, ``<s>``, ``</s>`` for the special ids)."""

@@ -26,7 +26,7 @@ import sacrebleu
 
 from experiments import data
 
-PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
+PAD_ID, UNK_ID, BOS_ID, EOS_ID = data.PAD_ID, data.UNK_ID, data.BOS_ID, data.EOS_ID
 _SPECIAL_PIECES = {PAD_ID: "<pad>", BOS_ID: "<s>", EOS_ID: "</s>"}
 _BATCH_KEYS = ("src", "src_lengths", "tgt_in", "tgt_out", "tgt_mask")
 
@@ -127,18 +127,6 @@ def make_decoder(model, *, beam_size: int, length_penalty: float = 1.0) -> Calla
     return jax.jit(decode, static_argnames=("max_len",))
 
 
-def strip_ids(ids: Sequence[int]) -> list[int]:
-    """Cuts a decoded id sequence at the first EOS and drops BOS/PAD."""
-    out = []
-    for i in ids:
-        i = int(i)
-        if i == EOS_ID:
-            break
-        if i not in (PAD_ID, BOS_ID):
-            out.append(i)
-    return out
-
-
 def decode_len(src_bucket: int, *, ratio: float, extra: int, max_len: int) -> int:
     """Maximum number of decoding steps for a source bucket of ``src_bucket`` tokens."""
     return max(1, min(int(max_len), int(math.ceil(ratio * src_bucket)) + int(extra)))
@@ -165,7 +153,7 @@ def translate(decoder: Callable, params, examples: Sequence[Any], *, batch_size:
         tokens = np.asarray(decoder(params, src, batch["src_lengths"], max_len=max_len_fn(src.shape[1])))
         for row, index in enumerate(batch["index"]):
             if index >= 0:
-                hyps[int(index)] = strip_ids(tokens[row])
+                hyps[int(index)] = data.strip_special_ids(tokens[row])
     missing = [i for i, h in enumerate(hyps) if h is None]
     if missing:
         raise ValueError(f"data.batches did not yield examples {missing[:5]} (of {len(missing)} missing)")

@@ -201,7 +201,7 @@ def test_preset_then_overrides():
 
 def test_bleu_helpers():
     assert evaluation.corpus_bleu(["a b c d e"], ["a b c d e"]) == pytest.approx(100.0)
-    assert evaluation.strip_ids([2, 5, 6, 3, 7, 0]) == [5, 6]
+    assert data.strip_special_ids([2, 5, 6, 3, 7, 0]) == [5, 6]
     buckets = evaluation.bleu_by_length(["x y", "a b c d"], ["x y", "a b c e"], [2, 9], (5,))
     assert [(b["bucket"], b["n"]) for b in buckets] == [("1-5", 1), ("6+", 1)]
 
