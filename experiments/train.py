@@ -574,7 +574,7 @@ def run_experiment(exp: Experiment, config: ml_collections.ConfigDict, rows: Seq
     if todo and dataset is None:
         t0 = time.monotonic()
         dataset = data.prepare(config.data, cache_dir)
-        logging.info("data %s: %d train / %d dev / %d test pairs, vocabulary %d (%.1f s)", config.data.corpus,
+        logging.info("data %s: %d train / %d dev / %d test pairs, vocabulary %d (%.1f s)", corpus_label(config.data),
                      len(dataset.train), len(dataset.dev), len(dataset.test), dataset.tokenizer.vocab_size,
                      time.monotonic() - t0)
 
@@ -612,6 +612,11 @@ def run_experiment(exp: Experiment, config: ml_collections.ConfigDict, rows: Seq
     return report(exp, config, workdir, rows, records, preset=preset, command=command, final=True, started=started)
 
 
+def corpus_label(data_config: ml_collections.ConfigDict) -> str:
+    """The corpus name, or the user's --data_path when one replaces it."""
+    return f"--data_path={data_config.data_path}" if data_config.data_path else data_config.corpus
+
+
 def machine_description() -> str:
     """One line naming the machine a result came from: host OS, CPU count, jax version and device."""
     device = jax.devices()[0]
@@ -646,7 +651,7 @@ def report(exp: Experiment, config: ml_collections.ConfigDict, workdir: str, row
                                                 title=f"{exp.name}: test BLEU by source sentence length"))
     for rec in table:
         figures.extend(os.path.join(workdir, p) for p in rec.get("heatmaps", [])[:2])
-    notes = [f"preset: {preset or '-'}; corpus: {config.data.corpus}; vocabulary: {config.data.vocab_size}",
+    notes = [f"preset: {preset or '-'}; corpus: {corpus_label(config.data)}; vocabulary: {config.data.vocab_size}",
              "perplexity per target token (EOS included); BLEU: sacrebleu corpus BLEU on detokenised output, beam "
              f"{config.eval.beam_size}",
              "stop reasons: " + "; ".join(f"{r['row']}: {r.get('stop_reason', '?')}" for r in table),
