@@ -15,6 +15,48 @@ from attention_jax import _checks
 _F32 = jnp.float32
 
 
+EMPTY_ROW_LSE = float(jnp.finfo(_F32).min)
+"""The log-sum-exp given to a row with no valid key: finite, and exp(EMPTY_ROW_LSE - x) == 0 when rows merge."""
+
+
+def masked_softmax_with_lse(logits: jax.Array, mask: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+    """Softmax over the last axis restricted to the keys where `mask` is True, and its log-sum-exp.
+
+    Bahdanau et al. 2014, arXiv:1409.0473, eq. (6); Luong et al. 2015, arXiv:1508.04025, eq. (7);
+    Vaswani et al. 2017, arXiv:1706.03762, eq. (1). A row with no valid key gets all-zero weights (so a zero
+    context) and zero gradients, never NaN, and lse = EMPTY_ROW_LSE. Runs in float32 whatever the dtype.
+
+    Args:
+      logits: [..., S] floating.
+      mask: None or bool of exactly the shape of `logits` (True = attend); it is never broadcast.
+
+    Returns:
+      weights: [..., S] float32; each row sums to 1, or to 0 if fully masked.
+      lse: [...] float32, log sum_s exp(logits[..., s]) over the valid keys.
+
+    Raises:
+      ValueError: if the mask shape differs from the logits shape.
+      TypeError: if logits are not floating or the mask is not boolean.
+    """
+    _checks.floating("logits", logits)
+    logits = logits.astype(_F32)
+    if mask is not None:
+        _checks.boolean("mask", mask)
+        if jnp.shape(mask) != jnp.shape(logits):
+            raise ValueError(f"mask and logits shapes differ: {jnp.shape(mask)=} {logits.shape=}")
+        # A finite floor, not -inf: a fully-masked row must not produce (-inf) - (-inf).
+        logits = jnp.where(mask, logits, jnp.finfo(_F32).min)
+    row_max = jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
+    unnormalised = jnp.exp(logits - row_max)
+    if mask is not None:
+        unnormalised = jnp.where(mask, unnormalised, 0.0)
+    total = jnp.sum(unnormalised, axis=-1, keepdims=True)
+    has_key = total > 0
+    safe_total = jnp.where(has_key, total, 1.0)
+    lse = jnp.where(has_key, jnp.log(safe_total) + row_max, EMPTY_ROW_LSE)[..., 0]
+    return unnormalised / safe_total, lse
+
+
 def masked_softmax(logits: jax.Array, mask: jax.Array | None = None) -> jax.Array:
     """Softmax over the last axis, restricted to the keys where `mask` is True.
 
@@ -33,19 +75,7 @@ def masked_softmax(logits: jax.Array, mask: jax.Array | None = None) -> jax.Arra
       ValueError: if the mask shape differs from the logits shape.
       TypeError: if logits are not floating or the mask is not boolean.
     """
-    _checks.floating("logits", logits)
-    logits = logits.astype(_F32)
-    if mask is None:
-        return jax.nn.softmax(logits, axis=-1)
-    _checks.boolean("mask", mask)
-    if jnp.shape(mask) != jnp.shape(logits):
-        raise ValueError(f"mask and logits shapes differ: {jnp.shape(mask)=} {logits.shape=}")
-    # A finite floor, not -inf: a fully-masked row must not produce (-inf) - (-inf).
-    masked = jnp.where(mask, logits, jnp.finfo(_F32).min)
-    row_max = jax.lax.stop_gradient(jnp.max(masked, axis=-1, keepdims=True))
-    unnormalised = jnp.exp(masked - row_max) * mask
-    total = jnp.sum(unnormalised, axis=-1, keepdims=True)
-    return unnormalised / jnp.where(total > 0, total, 1.0)
+    return masked_softmax_with_lse(logits, mask)[0]
 
 
 def local_m_position(batch: int, num_queries: int, offset: int | jax.Array = 0) -> jax.Array:

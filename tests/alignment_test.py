@@ -403,3 +403,27 @@ class LocalAlignmentTest(chex.TestCase):
 
 if __name__ == "__main__":
     absltest.main()
+
+
+class MaskedSoftmaxWithLseTest(parameterized.TestCase):
+    """masked_softmax_with_lse: the weights of masked_softmax plus log sum exp over the valid keys."""
+
+    @parameterized.parameters(True, False)
+    def test_matches_float64_reference(self, with_mask):
+        rng = np.random.default_rng(11)
+        logits = (3.0 * rng.standard_normal((2, 3, 5))).astype(np.float32)
+        mask = rng.random((2, 3, 5)) < 0.6 if with_mask else None
+        if with_mask:
+            mask[0, 1] = False  # One fully-masked row.
+            mask[1, :, 0] = True
+        weights, lse = alignment.masked_softmax_with_lse(jnp.asarray(logits), None if mask is None else jnp.asarray(mask))
+        np.testing.assert_allclose(weights, ref.masked_softmax(logits.astype(np.float64), mask), rtol=1e-5, atol=1e-7)
+        x = logits.astype(np.float64)
+        valid = np.ones_like(x, bool) if mask is None else mask
+        with np.errstate(divide="ignore"):
+            want = np.log(np.sum(np.where(valid, np.exp(x), 0.0), axis=-1))
+        has_key = valid.any(-1)
+        np.testing.assert_allclose(np.asarray(lse)[has_key], want[has_key], rtol=1e-6)
+        np.testing.assert_array_equal(np.asarray(lse)[~has_key], alignment.EMPTY_ROW_LSE)
+        self.assertTrue(np.all(np.isfinite(np.asarray(lse))))
+        np.testing.assert_array_equal(alignment.masked_softmax(jnp.asarray(logits), None if mask is None else jnp.asarray(mask)), weights)
