@@ -22,17 +22,19 @@ import importlib.util as _importlib_util
 import os as _os
 import sys as _sys
 
-from attention_jax import alignment, context, decoding, masks, scores, seq2seq
+from attention_jax import alignment, context, decoding, dot_product, masks, scores, seq2seq
 from attention_jax.alignment import (
     gaussian_window,
     local_alignment,
     local_m_position,
     local_p_position,
     masked_softmax,
+    masked_softmax_with_lse,
     window_mask,
 )
 from attention_jax.context import attend, attend_from_logits, weighted_context
 from attention_jax.decoding import beam_search, greedy_decode
+from attention_jax.dot_product import DotProductAttentionOutput, dot_product_attention, register_backend, supports
 from attention_jax.masks import broadcast_key_mask, padding_mask
 from attention_jax.scores import (
     SCORE_PARAMS,

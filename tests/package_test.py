@@ -52,6 +52,7 @@ def test_import_from_another_directory():
     "local_p_position", "window_mask", "gaussian_window", "padding_mask", "compute_score", "dot_score",
     "scaled_dot_score", "general_score", "concat_score", "additive_score", "location_score", "cosine_score",
     "BahdanauAttention", "LuongAttention", "Encoder", "Seq2Seq", "greedy_decode", "beam_search",
+    "masked_softmax_with_lse", "dot_product_attention", "register_backend", "supports",
 ])
 def test_public_api_is_reexported(name):
     assert callable(getattr(aj, name))

@@ -1,0 +1,376 @@
+"""Multi-head scaled dot-product attention in the jax.nn layout, with a backend registry.
+
+softmax(Q K^T * scale + bias) V, Vaswani et al. 2017, "Attention Is All You Need", arXiv:1706.03762, eq. 1.
+Grouped-query attention (Ainslie et al. 2023, arXiv:2305.13245) and multi-query attention (Shazeer 2019,
+arXiv:1911.02150) share each key/value head among G = N // K query heads; the query is reshaped to
+[B, T, K, G, H] and keys and values are never repeated.
+
+Every mask source (an explicit mask, causality, a local window, lengths, segment ids) is folded into one
+boolean mask [B or 1, N or 1, T, S] (True = attend) before a backend runs. Backends plug in with
+`register_backend`; `implementation=None` picks the first registered backend whose `supports` accepts the call.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+from attention_jax import _checks, alignment
+
+_F32 = jnp.float32
+# The log-sum-exp reported for a query row with no valid key. Finite, so it never makes NaN downstream, and
+# so small that exp(EMPTY_ROW_LSE - x) is 0 for any real row when partial results are merged.
+EMPTY_ROW_LSE = alignment.EMPTY_ROW_LSE
+
+__all__ = [
+    "EMPTY_ROW_LSE",
+    "DotProductAttentionOutput",
+    "dot_product_attention",
+    "register_backend",
+    "registered_backends",
+    "supports",
+]
+
+
+class DotProductAttentionOutput(NamedTuple):
+    """What `dot_product_attention` returns when `return_weights` or `return_lse` is set.
+
+    Attributes:
+      output: [B, T, N, H] in the query dtype.
+      weights: [B, N, T, S] float32, the weights applied to the values (after dropout), or None if not asked.
+      lse: [B, N, T] float32, log sum_s exp(logits) over the valid keys of the scaled, biased logits, before
+        dropout; `EMPTY_ROW_LSE` for a row with no valid key. None if not asked.
+    """
+
+    output: jax.Array
+    weights: jax.Array | None
+    lse: jax.Array | None
+
+
+# A backend: fn(query [B,T,N,H], key [B,S,K,H], value [B,S,K,H], bias [B|1,N|1,T,S] float or None,
+#   mask [B|1,N|1,T,S] bool or None, *, scale: float, dropout_rate: float, dropout_rng: key or None)
+#   -> (output [B,T,N,H] query dtype, weights [B,N,T,S] float32, lse [B,N,T] float32).
+BackendFn = Callable[..., tuple[jax.Array, jax.Array, jax.Array]]
+# supports_fn(query, key, value, **kwargs) -> (ok, reason); kwargs are dot_product_attention's keyword args.
+SupportsFn = Callable[..., tuple[bool, str]]
+
+_BACKENDS: dict[str, tuple[BackendFn, SupportsFn]] = {}
+_LOGGED_CHOICES: set[str] = set()
+
+
+def register_backend(name: str, fn: BackendFn, supports_fn: SupportsFn) -> None:
+    """Registers (or replaces) an attention backend under `name`.
+
+    Args:
+      name: the value callers pass as `implementation`, e.g. "blockwise", "flash", "cudnn".
+      fn: the backend; see `BackendFn` above for its signature. It receives the combined mask and must give
+        zero output, zero weights and `EMPTY_ROW_LSE` for rows with no valid key.
+      supports_fn: (query, key, value, **kwargs) -> (bool, reason), reason '' when True.
+
+    Raises:
+      ValueError: if `name` is not a non-empty string or fn/supports_fn are not callable.
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"backend name must be a non-empty string, got {name!r}")
+    if not callable(fn) or not callable(supports_fn):
+        raise ValueError(f"backend {name!r} needs callable fn and supports_fn, got {fn!r} and {supports_fn!r}")
+    _BACKENDS[name] = (fn, supports_fn)
+
+
+def registered_backends() -> tuple[str, ...]:
+    """The registered backend names, in the order `implementation=None` tries them."""
+    return tuple(_BACKENDS)
+
+
+def supports(implementation: str, query: Any, key: Any, value: Any, **kwargs: Any) -> tuple[bool, str]:
+    """Whether backend `implementation` can run this call.
+
+    Args:
+      implementation: a backend name.
+      query: [B, T, N, H] floating (or anything with .shape and .dtype, e.g. jax.ShapeDtypeStruct).
+      key: [B, S, K, H] floating.
+      value: [B, S, K, H] floating.
+      **kwargs: the keyword arguments that would go to `dot_product_attention`.
+
+    Returns:
+      (ok, reason): reason is '' when ok, else says why not (including an unknown name).
+    """
+    if implementation not in _BACKENDS:
+        return False, f"unknown implementation {implementation!r}; registered: {list(_BACKENDS)}"
+    return _BACKENDS[implementation][1](query, key, value, **kwargs)
+
+
+def _choose_backend(implementation: str | None, query, key, value, kwargs) -> BackendFn:
+    if implementation is not None:
+        if implementation not in _BACKENDS:
+            raise ValueError(f"unknown implementation {implementation!r}; choose one of {list(_BACKENDS)} or None")
+        ok, reason = _BACKENDS[implementation][1](query, key, value, **kwargs)
+        if not ok:
+            raise ValueError(f"implementation {implementation!r} cannot run this call: {reason}")
+        return _BACKENDS[implementation][0]
+    reasons = []
+    for name, (fn, supports_fn) in _BACKENDS.items():
+        ok, reason = supports_fn(query, key, value, **kwargs)
+        if ok:
+            if name not in _LOGGED_CHOICES:
+                _LOGGED_CHOICES.add(name)
+                logging.info("dot_product_attention: implementation=None picked %r", name)
+            return fn
+        reasons.append(f"{name}: {reason}")
+    raise ValueError(f"no registered implementation supports this call: {reasons}")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Checks and the combined mask.
+
+
+def _check_pair_mask_shape(name: str, x: Any, batch: int, heads: int, num_queries: int, num_keys: int) -> None:
+    shape = jnp.shape(x)
+    ok = len(shape) == 4 and shape[0] in (1, batch) and shape[1] in (1, heads) and shape[2:] == (num_queries, num_keys)
+    if not ok:
+        raise ValueError(
+            f"{name} must have shape [B or 1, N or 1, T, S] with B={batch} N={heads} T={num_queries} S={num_keys}, "
+            f"got {name}.shape={shape}"
+        )
+
+
+def _check_lengths(name: str, lengths: Any, batch: int) -> None:
+    _checks.integer(name, lengths)
+    if jnp.shape(lengths) != (batch,):
+        raise ValueError(f"{name} must have shape [B]=({batch},), got {name}.shape={jnp.shape(lengths)}")
+
+
+def _segment_pair(segment_ids: Any, batch: int, num_queries: int, num_keys: int) -> tuple[Any, Any]:
+    if isinstance(segment_ids, (tuple, list)):
+        if len(segment_ids) != 2:
+            raise ValueError(f"segment_ids must be a pair (q [B, T], kv [B, S]), got {len(segment_ids)} items")
+        q_seg, kv_seg = segment_ids
+    else:
+        if num_queries != num_keys:
+            raise ValueError(
+                f"a single segment_ids array needs T == S, got T={num_queries} S={num_keys}; pass (q_ids, kv_ids)"
+            )
+        q_seg = kv_seg = segment_ids
+    for name, ids, length in (("q_segment_ids", q_seg, num_queries), ("kv_segment_ids", kv_seg, num_keys)):
+        _checks.integer(name, ids)
+        if jnp.shape(ids) != (batch, length):
+            raise ValueError(f"{name} must have shape {(batch, length)}, got {name}.shape={jnp.shape(ids)}")
+    return q_seg, kv_seg
+
+
+def _window_sides(local_window: Any) -> tuple[int | None, int | None]:
+    if not isinstance(local_window, (tuple, list)) or len(local_window) != 2:
+        raise ValueError(f"local_window must be a pair (left, right) of ints >= 0 or None, got {local_window!r}")
+    sides = []
+    for side_name, side in zip(("left", "right"), local_window):
+        sides.append(None if side is None else _checks.positive_int(f"local_window {side_name}", side, allow_zero=True))
+    return sides[0], sides[1]
+
+
+def _and(a: jax.Array | None, b: jax.Array) -> jax.Array:
+    return b if a is None else jnp.logical_and(a, b)
+
+
+def _combined_mask(mask, num_queries, num_keys, is_causal, window, query_lengths, key_lengths, segments):
+    """Folds every mask source into one bool [B or 1, N or 1, T, S], or None when nothing masks."""
+    combined = mask
+    q_pos = jnp.arange(num_queries)[:, None]  # [T, 1]
+    k_pos = jnp.arange(num_keys)[None, :]  # [1, S]
+    if is_causal:
+        combined = _and(combined, (k_pos <= q_pos)[None, None])  # [1, 1, T, S]
+    if window is not None:
+        left, right = window
+        inside = jnp.ones((num_queries, num_keys), bool)
+        if left is not None:
+            inside = inside & (k_pos >= q_pos - left)
+        if right is not None:
+            inside = inside & (k_pos <= q_pos + right)
+        combined = _and(combined, inside[None, None])  # [1, 1, T, S]
+    if query_lengths is not None:
+        valid_q = jnp.arange(num_queries)[None, :] < jnp.asarray(query_lengths)[:, None]  # [B, T]
+        combined = _and(combined, valid_q[:, None, :, None])  # [B, 1, T, 1]
+    if key_lengths is not None:
+        valid_k = jnp.arange(num_keys)[None, :] < jnp.asarray(key_lengths)[:, None]  # [B, S]
+        combined = _and(combined, valid_k[:, None, None, :])  # [B, 1, 1, S]
+    if segments is not None:
+        q_seg, kv_seg = segments
+        same = jnp.asarray(q_seg)[:, :, None] == jnp.asarray(kv_seg)[:, None, :]  # [B, T, S]
+        combined = _and(combined, same[:, None])  # [B, 1, T, S]
+    if combined is not None and combined.shape[2:] != (num_queries, num_keys):
+        combined = jnp.broadcast_to(combined, combined.shape[:2] + (num_queries, num_keys))
+    return combined
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The XLA backend.
+
+
+def _xla_attention(query, key, value, bias, mask, *, scale, dropout_rate, dropout_rng):
+    """Eq. 1 with einsums; see `BackendFn`. Rows with no valid key give zeros and EMPTY_ROW_LSE."""
+    batch, num_queries, heads, head_dim = query.shape
+    num_keys, kv_heads = key.shape[1], key.shape[2]
+    groups = heads // kv_heads
+
+    def grouped(x):  # [B|1, N|1, T, S] -> [B|1, K|1, G|1, T, S]
+        b, n = x.shape[:2]
+        return x[:, :, None] if n == 1 else x.reshape(b, kv_heads, groups, num_queries, num_keys)
+
+    if mask is not None:
+        # Zero the query rows and key/value rows that nothing attends to: their weights are 0, but 0 * NaN
+        # (padding) would still leak into the output and into the gradients of the valid rows.
+        live_q = jnp.any(mask, axis=(1, 3))  # [B|1, T]
+        live_k = jnp.any(mask, axis=(1, 2))  # [B|1, S]
+        query = jnp.where(live_q[:, :, None, None], query, jnp.zeros((), query.dtype))
+        key = jnp.where(live_k[:, :, None, None], key, jnp.zeros((), key.dtype))
+        value = jnp.where(live_k[:, :, None, None], value, jnp.zeros((), value.dtype))
+
+    q = query.astype(_F32).reshape(batch, num_queries, kv_heads, groups, head_dim)  # [B, T, K, G, H]
+    logits = jnp.einsum("BTKGH,BSKH->BKGTS", q, key.astype(_F32)) * jnp.asarray(scale, _F32)  # [B, K, G, T, S]
+    if bias is not None:
+        logits = logits + grouped(bias.astype(_F32))
+    full = None if mask is None else jnp.broadcast_to(grouped(mask), logits.shape)  # [B, K, G, T, S]
+    weights, lse = alignment.masked_softmax_with_lse(logits, full)  # [B, K, G, T, S], [B, K, G, T]
+    if dropout_rate > 0.0:
+        keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, weights.shape)
+        weights = jnp.where(keep, weights / (1.0 - dropout_rate), 0.0)
+    out = jnp.einsum("BKGTS,BSKH->BTKGH", weights, value.astype(_F32))  # [B, T, K, G, H]
+    out = out.reshape(batch, num_queries, heads, value.shape[-1]).astype(query.dtype)
+    weights = weights.reshape(batch, heads, num_queries, num_keys)  # [B, N, T, S]
+    lse = lse.reshape(batch, heads, num_queries)  # [B, N, T]
+    return out, weights, lse
+
+
+def _xla_supports(query, key, value, **kwargs) -> tuple[bool, str]:
+    del query, key, value, kwargs
+    return True, ""
+
+
+register_backend("xla", _xla_attention, _xla_supports)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The public entry point.
+
+
+def dot_product_attention(
+    query: jax.Array,
+    key: jax.Array,
+    value: jax.Array,
+    bias: jax.Array | None = None,
+    mask: jax.Array | None = None,
+    *,
+    scale: float | None = None,
+    is_causal: bool = False,
+    query_lengths: jax.Array | None = None,
+    key_lengths: jax.Array | None = None,
+    segment_ids: jax.Array | tuple[jax.Array, jax.Array] | None = None,
+    local_window: tuple[int | None, int | None] | None = None,
+    dropout_rate: float = 0.0,
+    dropout_rng: jax.Array | None = None,
+    return_weights: bool = False,
+    return_lse: bool = False,
+    implementation: str | None = None,
+) -> jax.Array | DotProductAttentionOutput:
+    """Scaled dot-product attention, softmax(Q K^T * scale + bias) V, over N query and K key/value heads.
+
+    Vaswani et al. 2017, arXiv:1706.03762, eq. 1; grouped-query attention (K < N, N % K == 0), Ainslie et al.
+    2023, arXiv:2305.13245; multi-query attention (K = 1), Shazeer 2019, arXiv:1911.02150. Same layout and
+    mask conventions as `jax.nn.dot_product_attention`.
+
+    Logits, softmax and the value sum run in float32 whatever the input dtype; the output takes the query
+    dtype. All masks are combined into one bool [B or 1, N or 1, T, S] (True = attend). A query row with no
+    valid key gets zero weights, a zero output, zero gradients and lse = `EMPTY_ROW_LSE` (finfo(float32).min),
+    never NaN. Keys, values and queries that no valid pair uses never reach the output or the gradients of the
+    valid rows, even when they hold NaN.
+
+    Position alignment (as in jax.nn): query t and key s are both counted from 0, so with `is_causal` query t
+    sees keys s <= t for any T and S ("top-left" alignment). When T < S this is NOT the KV-cache alignment in
+    which the last query sees the last key; pass an explicit `mask` for that. `local_window` uses the same
+    positions.
+
+    Args:
+      query: [B, T, N, H] floating.
+      key: [B, S, K, H] floating, K divides N.
+      value: [B, S, K, H] floating.
+      bias: None or [B or 1, N or 1, T, S] floating, added to the scaled logits (in float32).
+      mask: None or [B or 1, N or 1, T, S] bool, True = attend.
+      scale: the logit scale; default 1 / sqrt(H).
+      is_causal: mask keys s > t (top-left alignment, see above).
+      query_lengths: None or [B] integer; queries t >= query_lengths[b] are fully masked (zero output).
+      key_lengths: None or [B] integer; keys s >= key_lengths[b] are masked.
+      segment_ids: None, a pair (q_segment_ids [B, T] integer, kv_segment_ids [B, S] integer), or one [B, T]
+        integer array when T == S. Query t sees key s only when their ids are equal (packed sequences).
+      local_window: None or (left, right), each an int >= 0 or None (unbounded): query t sees keys s with
+        t - left <= s <= t + right.
+      dropout_rate: a Python float in [0, 1); inverted dropout on the weights (kept weights scaled by
+        1 / (1 - rate)).
+      dropout_rng: a PRNG key [2] uint32 (or typed key), required when dropout_rate > 0.
+      return_weights: also return the weights.
+      return_lse: also return the log-sum-exp.
+      implementation: None (the first registered backend that supports the call; the choice is logged once)
+        or a registered name ("xla").
+
+    Returns:
+      output: [B, T, N, H] in the query dtype, when neither return_weights nor return_lse is set. Otherwise a
+      `DotProductAttentionOutput(output, weights, lse)`: weights [B, N, T, S] float32, the weights applied to
+      the values (after dropout); lse [B, N, T] float32, the log-sum-exp of the scaled, biased, masked logits
+      before dropout. A field not asked for is None.
+
+    Raises:
+      ValueError: for wrong ranks; B, S, K or H that differ between query, key and value; N % K != 0; mask,
+        bias, lengths or segment id shapes that do not fit; a bad local window or dropout rate; dropout without
+        an rng; an unknown implementation or one that does not support the call.
+      TypeError: for non-floating query/key/value/bias, a non-boolean mask, or non-integer lengths or ids.
+    """
+    for name, x in (("query", query), ("key", key), ("value", value)):
+        _checks.rank(name, x, 4)
+        _checks.floating(name, x)
+    batch, num_queries, heads, head_dim = jnp.shape(query)
+    if jnp.shape(key) != jnp.shape(value):
+        raise ValueError(f"key and value shapes differ: {jnp.shape(key)=} {jnp.shape(value)=}")
+    kb, num_keys, kv_heads, kh = jnp.shape(key)
+    if kb != batch:
+        raise ValueError(f"batch sizes differ: {jnp.shape(query)=} {jnp.shape(key)=}")
+    if kh != head_dim:
+        raise ValueError(f"query and key head dims differ: {jnp.shape(query)=} {jnp.shape(key)=}")
+    if kv_heads == 0 or heads % kv_heads != 0:
+        raise ValueError(
+            f"query heads N={heads} must be a multiple of key/value heads K={kv_heads}: "
+            f"{jnp.shape(query)=} {jnp.shape(key)=}"
+        )
+    if bias is not None:
+        _checks.floating("bias", bias)
+        _check_pair_mask_shape("bias", bias, batch, heads, num_queries, num_keys)
+    if mask is not None:
+        _checks.boolean("mask", mask)
+        _check_pair_mask_shape("mask", mask, batch, heads, num_queries, num_keys)
+    if query_lengths is not None:
+        _check_lengths("query_lengths", query_lengths, batch)
+    if key_lengths is not None:
+        _check_lengths("key_lengths", key_lengths, batch)
+    segments = None if segment_ids is None else _segment_pair(segment_ids, batch, num_queries, num_keys)
+    window = None if local_window is None else _window_sides(local_window)
+    if isinstance(dropout_rate, bool) or not isinstance(dropout_rate, (int, float)) or not 0.0 <= dropout_rate < 1.0:
+        raise ValueError(f"dropout_rate must be a Python float in [0, 1), got {dropout_rate!r}")
+    if dropout_rate > 0.0 and dropout_rng is None:
+        raise ValueError(f"dropout_rate={dropout_rate} needs a dropout_rng")
+    scale = 1.0 / float(np.sqrt(head_dim)) if scale is None else scale
+
+    kwargs = dict(
+        bias=bias, mask=mask, scale=scale, is_causal=is_causal, query_lengths=query_lengths,
+        key_lengths=key_lengths, segment_ids=segment_ids, local_window=local_window,
+        dropout_rate=dropout_rate, dropout_rng=dropout_rng, return_weights=return_weights, return_lse=return_lse,
+    )
+    backend = _choose_backend(implementation, query, key, value, kwargs)
+
+    combined = _combined_mask(mask, num_queries, num_keys, is_causal, window, query_lengths, key_lengths, segments)
+    output, weights, lse = backend(
+        query, key, value, bias, combined, scale=scale, dropout_rate=float(dropout_rate), dropout_rng=dropout_rng
+    )
+    if not (return_weights or return_lse):
+        return output
+    return DotProductAttentionOutput(output, weights if return_weights else None, lse if return_lse else None)
