@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from absl import logging as absl_logging
 from absl.testing import absltest, parameterized
 from jax import test_util as jtu
 
@@ -330,7 +331,8 @@ class DispatchTest(absltest.TestCase):
     def test_none_picks_xla_and_logs_once(self):
         q, k, v = _qkv(19)
         dot_product._LOGGED_CHOICES.discard("xla")
-        with self.assertLogs(level="INFO") as logs:
+        # The absl logger itself: other tests (the experiment CLI) may raise its level for the whole process.
+        with self.assertLogs(logger=absl_logging.get_absl_logger(), level="INFO") as logs:
             a = dot_product_attention(q, k, v, implementation=None)
             dot_product_attention(q, k, v, implementation=None)
         self.assertEqual(sum("'xla'" in line for line in logs.output), 1)
