@@ -22,7 +22,7 @@ import importlib.util as _importlib_util
 import os as _os
 import sys as _sys
 
-from attention_jax import alignment, context, decoding, dot_product, masks, scores, seq2seq
+from attention_jax import alignment, context, decoding, dot_product, masks, positional, scores, seq2seq
 from attention_jax.alignment import (
     gaussian_window,
     local_alignment,
@@ -36,6 +36,19 @@ from attention_jax.context import attend, attend_from_logits, weighted_context
 from attention_jax.decoding import beam_search, greedy_decode
 from attention_jax.dot_product import DotProductAttentionOutput, dot_product_attention, register_backend, supports
 from attention_jax.masks import broadcast_key_mask, padding_mask
+from attention_jax.positional import (
+    ComplexOrderEmbedding,
+    LearnedPositions,
+    alibi_bias,
+    alibi_slopes,
+    apply_rope,
+    complex_word_order_embedding,
+    relative_position_ids,
+    shaw_logits,
+    shaw_values,
+    sinusoidal_at,
+    sinusoidal_positions,
+)
 from attention_jax.scores import (
     SCORE_PARAMS,
     additive_score,
