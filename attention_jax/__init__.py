@@ -22,7 +22,7 @@ import importlib.util as _importlib_util
 import os as _os
 import sys as _sys
 
-from attention_jax import alignment, context, decoding, dot_product, masks, positional, scores, seq2seq
+from attention_jax import alignment, context, decoding, dot_product, masks, multihead, positional, scores, seq2seq
 from attention_jax.alignment import (
     gaussian_window,
     local_alignment,
@@ -36,6 +36,7 @@ from attention_jax.context import attend, attend_from_logits, weighted_context
 from attention_jax.decoding import beam_search, greedy_decode
 from attention_jax.dot_product import DotProductAttentionOutput, dot_product_attention, register_backend, supports
 from attention_jax.masks import broadcast_key_mask, padding_mask
+from attention_jax.multihead import MultiHeadAttention
 from attention_jax.positional import (
     ComplexOrderEmbedding,
     LearnedPositions,

@@ -52,7 +52,7 @@ def test_import_from_another_directory():
     "local_p_position", "window_mask", "gaussian_window", "padding_mask", "compute_score", "dot_score",
     "scaled_dot_score", "general_score", "concat_score", "additive_score", "location_score", "cosine_score",
     "BahdanauAttention", "LuongAttention", "Encoder", "Seq2Seq", "greedy_decode", "beam_search",
-    "masked_softmax_with_lse", "dot_product_attention", "register_backend", "supports",
+    "masked_softmax_with_lse", "dot_product_attention", "register_backend", "supports", "MultiHeadAttention",
     "sinusoidal_positions", "sinusoidal_at", "LearnedPositions", "relative_position_ids", "shaw_logits",
     "shaw_values", "complex_word_order_embedding", "ComplexOrderEmbedding", "apply_rope", "alibi_slopes", "alibi_bias",
 ])
