@@ -22,7 +22,18 @@ import importlib.util as _importlib_util
 import os as _os
 import sys as _sys
 
-from attention_jax import alignment, context, decoding, dot_product, masks, multihead, positional, scores, seq2seq
+from attention_jax import (
+    alignment,
+    context,
+    decoding,
+    dot_product,
+    masks,
+    multihead,
+    positional,
+    scores,
+    seq2seq,
+    transformer_xl,
+)
 from attention_jax.alignment import (
     gaussian_window,
     local_alignment,
@@ -37,6 +48,14 @@ from attention_jax.decoding import beam_search, greedy_decode
 from attention_jax.dot_product import DotProductAttentionOutput, dot_product_attention, register_backend, supports
 from attention_jax.masks import broadcast_key_mask, padding_mask
 from attention_jax.multihead import MultiHeadAttention
+from attention_jax.transformer_xl import (
+    RelativeMultiHeadAttention,
+    causal_memory_mask,
+    rel_shift,
+    relative_attention,
+    relative_encodings,
+    update_memory,
+)
 from attention_jax.positional import (
     ComplexOrderEmbedding,
     LearnedPositions,
