@@ -23,6 +23,7 @@ import os as _os
 import sys as _sys
 
 from attention_jax import (
+    aaren,
     alignment,
     context,
     decoding,
@@ -34,6 +35,7 @@ from attention_jax import (
     seq2seq,
     transformer_xl,
 )
+from attention_jax.aaren import Aaren, AarenState, aaren_init, aaren_scan, aaren_step
 from attention_jax.alignment import (
     gaussian_window,
     local_alignment,

@@ -54,7 +54,7 @@ def test_import_from_another_directory():
     "BahdanauAttention", "LuongAttention", "Encoder", "Seq2Seq", "greedy_decode", "beam_search",
     "masked_softmax_with_lse", "dot_product_attention", "register_backend", "supports", "MultiHeadAttention",
     "rel_shift", "causal_memory_mask", "relative_attention", "update_memory", "relative_encodings",
-    "RelativeMultiHeadAttention",
+    "RelativeMultiHeadAttention", "Aaren", "aaren_scan", "aaren_step", "aaren_init",
     "sinusoidal_positions", "sinusoidal_at", "LearnedPositions", "relative_position_ids", "shaw_logits",
     "shaw_values", "complex_word_order_embedding", "ComplexOrderEmbedding", "apply_rope", "alibi_slopes", "alibi_bias",
 ])
