@@ -28,6 +28,7 @@ from attention_jax import (
     context,
     decoding,
     dot_product,
+    head_gates,
     masks,
     multihead,
     positional,
@@ -49,6 +50,14 @@ from attention_jax.context import attend, attend_from_logits, weighted_context
 from attention_jax.decoding import beam_search, greedy_decode
 from attention_jax.dot_product import DotProductAttentionOutput, dot_product_attention, register_backend, supports
 from attention_jax.masks import broadcast_key_mask, padding_mask
+from attention_jax.head_gates import (
+    GatedMultiHeadAttention,
+    expected_l0,
+    hard_concrete_deterministic,
+    hard_concrete_sample,
+    kept_heads,
+    prune_heads,
+)
 from attention_jax.multihead import MultiHeadAttention
 from attention_jax.transformer_xl import (
     RelativeMultiHeadAttention,

@@ -55,6 +55,8 @@ def test_import_from_another_directory():
     "masked_softmax_with_lse", "dot_product_attention", "register_backend", "supports", "MultiHeadAttention",
     "rel_shift", "causal_memory_mask", "relative_attention", "update_memory", "relative_encodings",
     "RelativeMultiHeadAttention", "Aaren", "aaren_scan", "aaren_step", "aaren_init",
+    "GatedMultiHeadAttention", "hard_concrete_sample", "hard_concrete_deterministic", "expected_l0", "kept_heads",
+    "prune_heads",
     "sinusoidal_positions", "sinusoidal_at", "LearnedPositions", "relative_position_ids", "shaw_logits",
     "shaw_values", "complex_word_order_embedding", "ComplexOrderEmbedding", "apply_rope", "alibi_slopes", "alibi_bias",
 ])
