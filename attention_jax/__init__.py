@@ -35,6 +35,7 @@ from attention_jax import (
     scores,
     seq2seq,
     transformer_xl,
+    weighted,
 )
 from attention_jax.aaren import Aaren, AarenState, aaren_init, aaren_scan, aaren_step
 from attention_jax.alignment import (
@@ -59,6 +60,7 @@ from attention_jax.head_gates import (
     prune_heads,
 )
 from attention_jax.multihead import MultiHeadAttention
+from attention_jax.weighted import WeightedBranchAttention, project_branch_weights, project_to_simplex
 from attention_jax.transformer_xl import (
     RelativeMultiHeadAttention,
     causal_memory_mask,

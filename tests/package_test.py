@@ -56,7 +56,7 @@ def test_import_from_another_directory():
     "rel_shift", "causal_memory_mask", "relative_attention", "update_memory", "relative_encodings",
     "RelativeMultiHeadAttention", "Aaren", "aaren_scan", "aaren_step", "aaren_init",
     "GatedMultiHeadAttention", "hard_concrete_sample", "hard_concrete_deterministic", "expected_l0", "kept_heads",
-    "prune_heads",
+    "prune_heads", "WeightedBranchAttention", "project_to_simplex", "project_branch_weights",
     "sinusoidal_positions", "sinusoidal_at", "LearnedPositions", "relative_position_ids", "shaw_logits",
     "shaw_values", "complex_word_order_embedding", "ComplexOrderEmbedding", "apply_rope", "alibi_slopes", "alibi_bias",
 ])
