@@ -61,3 +61,18 @@ def positive_int(name: str, value: Any, allow_zero: bool = False) -> int:
         bound = ">= 0" if allow_zero else ">= 1"
         raise ValueError(f"{name} must be {bound}, got {value}")
     return int(value)
+
+
+def attention_inputs(inputs_q: Any, inputs_kv: Any | None) -> Any:
+    """Checks a module's [B, T, Dq] queries and [B, S, Dkv] keys/values; returns inputs_kv (inputs_q if None).
+
+    Raises ValueError for ranks other than 3 or differing batch sizes, TypeError for non-floating inputs.
+    """
+    rank("inputs_q", inputs_q, 3)
+    floating("inputs_q", inputs_q)
+    if inputs_kv is None:
+        return inputs_q
+    rank("inputs_kv", inputs_kv, 3)
+    floating("inputs_kv", inputs_kv)
+    same_batch(inputs_q=inputs_q, inputs_kv=inputs_kv)
+    return inputs_kv

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 
 from attention_jax import _checks
 from attention_jax.alignment import EMPTY_ROW_LSE
+from attention_jax.multihead import dense_projection
 
 _F32 = jnp.float32
 
@@ -277,11 +278,7 @@ class Aaren(nn.Module):
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
         super().__post_init__()
 
-    def _dense(self, features, axis, name):
-        return nn.DenseGeneral(
-            features=features, axis=axis, use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype,
-            kernel_init=self.kernel_init, bias_init=self.bias_init, name=name,
-        )
+    _dense = dense_projection
 
     @nn.compact
     def _apply(self, x: jax.Array, core: Callable[..., Any]) -> tuple[Any, jax.Array]:

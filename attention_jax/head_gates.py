@@ -19,7 +19,6 @@ Shape letters as in the package docstring; N = heads.
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -30,6 +29,7 @@ import numpy as np
 
 from attention_jax import _checks
 from attention_jax.dot_product import _check_pair_mask_shape, dot_product_attention
+from attention_jax.multihead import _check_heads, dense_projection
 
 __all__ = [
     "GatedMultiHeadAttention",
@@ -222,11 +222,6 @@ def prune_heads(params: Mapping[str, Any], keep: Any) -> tuple[dict[str, Any], i
     return new, kept
 
 
-def _check_heads(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-
-
 class GatedMultiHeadAttention(nn.Module):
     """Multi-head attention with a Hard Concrete gate per head (arXiv:1905.09418 §4, arXiv:1712.01312 §4).
 
@@ -285,11 +280,7 @@ class GatedMultiHeadAttention(nn.Module):
         _check_stretch(self.beta, self.gamma, self.zeta)
         super().__post_init__()
 
-    def _dense(self, features, axis, name):
-        return nn.DenseGeneral(
-            features=features, axis=axis, use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype,
-            kernel_init=self.kernel_init, bias_init=self.bias_init, name=name,
-        )
+    _dense = dense_projection
 
     @nn.compact
     def __call__(
@@ -319,13 +310,7 @@ class GatedMultiHeadAttention(nn.Module):
             head_dim, or a mask shape that does not fit.
           TypeError: for non-floating inputs or a non-boolean mask.
         """
-        _checks.rank("inputs_q", inputs_q, 3)
-        _checks.floating("inputs_q", inputs_q)
-        if inputs_kv is None:
-            inputs_kv = inputs_q
-        _checks.rank("inputs_kv", inputs_kv, 3)
-        _checks.floating("inputs_kv", inputs_kv)
-        _checks.same_batch(inputs_q=inputs_q, inputs_kv=inputs_kv)
+        inputs_kv = _checks.attention_inputs(inputs_q, inputs_kv)
         batch, num_queries, features = jnp.shape(inputs_q)
         num_keys = jnp.shape(inputs_kv)[1]
         heads = self.num_heads

@@ -31,6 +31,17 @@ def _check_heads(name: str, value: Any) -> None:
         raise ValueError(f"{name} must be an int >= 1, got {value!r}")
 
 
+def dense_projection(module: nn.Module, features: Any, axis: Any, name: str) -> nn.DenseGeneral:
+    """A DenseGeneral configured from `module`'s use_bias, dtype, param_dtype, kernel_init and bias_init.
+
+    Shared as the `_dense` method of the attention modules that project into and out of heads.
+    """
+    return nn.DenseGeneral(
+        features=features, axis=axis, use_bias=module.use_bias, dtype=module.dtype, param_dtype=module.param_dtype,
+        kernel_init=module.kernel_init, bias_init=module.bias_init, name=name,
+    )
+
+
 class MultiHeadAttention(nn.Module):
     """Multi-head (grouped-query) attention, Concat(head_1..head_N) W^O (arXiv:1706.03762 §3.2.2).
 
@@ -99,11 +110,7 @@ class MultiHeadAttention(nn.Module):
             raise ValueError(f"dropout_rate must be a float in [0, 1), got {self.dropout_rate!r}")
         super().__post_init__()
 
-    def _dense(self, features, axis, name):
-        return nn.DenseGeneral(
-            features=features, axis=axis, use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype,
-            kernel_init=self.kernel_init, bias_init=self.bias_init, name=name,
-        )
+    _dense = dense_projection
 
     @nn.compact
     def __call__(
@@ -141,18 +148,12 @@ class MultiHeadAttention(nn.Module):
             bias or key_lengths shapes that do not fit.
           TypeError: for non-floating inputs or bias, a non-boolean mask or non-integer key_lengths.
         """
-        _checks.rank("inputs_q", inputs_q, 3)
-        _checks.floating("inputs_q", inputs_q)
         if self.decode and inputs_kv is not None:
             raise ValueError(
                 f"decode=True is self-attention only; got inputs_kv.shape={jnp.shape(inputs_kv)} "
                 f"with inputs_q.shape={jnp.shape(inputs_q)}"
             )
-        if inputs_kv is None:
-            inputs_kv = inputs_q
-        _checks.rank("inputs_kv", inputs_kv, 3)
-        _checks.floating("inputs_kv", inputs_kv)
-        _checks.same_batch(inputs_q=inputs_q, inputs_kv=inputs_kv)
+        inputs_kv = _checks.attention_inputs(inputs_q, inputs_kv)
         batch, num_queries, features = jnp.shape(inputs_q)
         num_keys = jnp.shape(inputs_kv)[1]
         heads = self.num_heads

@@ -178,13 +178,7 @@ class WeightedBranchAttention(nn.Module):
           ValueError: for inputs that are not rank 3, batch sizes that differ, or a mask shape that does not fit.
           TypeError: for non-floating inputs or a non-boolean mask.
         """
-        _checks.rank("inputs_q", inputs_q, 3)
-        _checks.floating("inputs_q", inputs_q)
-        if inputs_kv is None:
-            inputs_kv = inputs_q
-        _checks.rank("inputs_kv", inputs_kv, 3)
-        _checks.floating("inputs_kv", inputs_kv)
-        _checks.same_batch(inputs_q=inputs_q, inputs_kv=inputs_kv)
+        inputs_kv = _checks.attention_inputs(inputs_q, inputs_kv)
         batch, num_queries, features = jnp.shape(inputs_q)
         num_keys = jnp.shape(inputs_kv)[1]
         branches, head_dim, hidden = self.num_branches, self.head_dim, self.d_ff
