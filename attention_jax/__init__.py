@@ -26,6 +26,7 @@ from attention_jax import (
     aaren,
     alignment,
     context,
+    convs2s,
     decoding,
     dot_product,
     head_gates,
@@ -34,6 +35,7 @@ from attention_jax import (
     positional,
     scores,
     seq2seq,
+    transformer,
     transformer_xl,
     weighted,
 )
@@ -48,6 +50,7 @@ from attention_jax.alignment import (
     window_mask,
 )
 from attention_jax.context import attend, attend_from_logits, weighted_context
+from attention_jax.convs2s import ConvS2S, GLUConv, MultiStepAttention, glu, multistep_attention
 from attention_jax.decoding import beam_search, greedy_decode
 from attention_jax.dot_product import DotProductAttentionOutput, dot_product_attention, register_backend, supports
 from attention_jax.masks import broadcast_key_mask, padding_mask
@@ -59,10 +62,20 @@ from attention_jax.head_gates import (
     kept_heads,
     prune_heads,
 )
-from attention_jax.multihead import MultiHeadAttention
+from attention_jax.multihead import RELATIVE_POSITIONS, MultiHeadAttention
+from attention_jax.transformer import (
+    DecoderLayer,
+    EncoderLayer,
+    FeedForward,
+    Transformer,
+    label_smoothed_cross_entropy,
+    transformer_schedule,
+)
 from attention_jax.weighted import WeightedBranchAttention, project_branch_weights, project_to_simplex
 from attention_jax.transformer_xl import (
     RelativeMultiHeadAttention,
+    TransformerXLLM,
+    TransformerXLLayer,
     causal_memory_mask,
     rel_shift,
     relative_attention,

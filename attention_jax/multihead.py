@@ -22,8 +22,12 @@ import jax.numpy as jnp
 
 from attention_jax import _checks
 from attention_jax.dot_product import _check_lengths, _check_pair_mask_shape, dot_product_attention
+from attention_jax.positional import alibi_slopes, apply_rope, shaw_logits, shaw_values
 
-__all__ = ["MultiHeadAttention"]
+__all__ = ["MultiHeadAttention", "RELATIVE_POSITIONS"]
+
+# Position schemes MultiHeadAttention applies inside self-attention (absolute ones are added to the inputs).
+RELATIVE_POSITIONS = ("rope", "alibi", "shaw")
 
 
 def _check_heads(name: str, value: Any) -> None:
@@ -76,10 +80,22 @@ class MultiHeadAttention(nn.Module):
         (output, weights [B,N,T,S]) when return_weights; `dot_product_attention` by default.
       implementation: forwarded to `attention_fn` (a `dot_product_attention` backend name, or None).
       decode: key/value cache mode (see above).
+      positions: None, or a relative position scheme applied inside self-attention, with query t at absolute
+        position t (cache_index + t when decoding) and key s at s:
+        "rope": queries and keys rotated by `apply_rope` before the logits (and before caching), Su et al.
+          2021, arXiv:2104.09864, eq. 34;
+        "alibi": the bias -m_h |t - s| added to the logits, Press et al. 2021, arXiv:2108.12409, §3 (the
+          paper's causal form on the visible keys; symmetric in |t - s| for bidirectional attention);
+        "shaw": learned tables "shaw_key" and "shaw_value" [2k + 1, H] (k = shaw_max_distance, shared by the
+          heads) for the clipped distance clip(s - t, -k, k): e_ts = q_t (k_s + a^K_ts)^T / sqrt(H) and
+          z_t = sum_s w_ts (v_s + a^V_ts), Shaw et al. 2018, arXiv:1803.02155, eqs. 3-6. Needs an
+          `attention_fn` that returns weights.
+      rope_base: the 10000 of RoPE.
+      shaw_max_distance: k, the clipping distance of the Shaw tables.
 
     Raises:
-      ValueError: at construction, if N or K is not a positive int, N % K != 0, or the dropout rate is not in
-        [0, 1).
+      ValueError: at construction, if N or K is not a positive int, N % K != 0, the dropout rate is not in
+        [0, 1), positions is not None or one of `RELATIVE_POSITIONS`, or shaw_max_distance < 0.
     """
 
     num_heads: int
@@ -95,6 +111,9 @@ class MultiHeadAttention(nn.Module):
     attention_fn: Callable[..., Any] = dot_product_attention
     implementation: str | None = None
     decode: bool = False
+    positions: str | None = None
+    rope_base: float = 10000.0
+    shaw_max_distance: int = 16
 
     def __post_init__(self):
         _check_heads("num_heads", self.num_heads)
@@ -108,6 +127,11 @@ class MultiHeadAttention(nn.Module):
             _check_heads("head_dim", self.head_dim)
         if not isinstance(self.dropout_rate, numbers.Real) or not 0.0 <= self.dropout_rate < 1.0:
             raise ValueError(f"dropout_rate must be a float in [0, 1), got {self.dropout_rate!r}")
+        if self.positions is not None and self.positions not in RELATIVE_POSITIONS:
+            raise ValueError(f"positions must be None or one of {RELATIVE_POSITIONS}, got {self.positions!r}")
+        if isinstance(self.shaw_max_distance, bool) or not isinstance(self.shaw_max_distance, numbers.Integral) \
+                or self.shaw_max_distance < 0:
+            raise ValueError(f"shaw_max_distance must be an int >= 0, got {self.shaw_max_distance!r}")
         super().__post_init__()
 
     _dense = dense_projection
@@ -124,6 +148,7 @@ class MultiHeadAttention(nn.Module):
         key_lengths: jax.Array | None = None,
         deterministic: bool = True,
         return_weights: bool = False,
+        head_gates: jax.Array | None = None,
     ) -> jax.Array | tuple[jax.Array, jax.Array]:
         """Attends from `inputs_q` to `inputs_kv` (or to itself), MultiHead(Q, K, V) of arXiv:1706.03762 §3.2.2.
 
@@ -137,6 +162,9 @@ class MultiHeadAttention(nn.Module):
           key_lengths: None or [B] integer; keys s >= key_lengths[b] are masked (cache slots when decoding).
           deterministic: if False and dropout_rate > 0, drop attention weights with the "dropout" rng.
           return_weights: also return the attention weights.
+          head_gates: None or [N] floating; head i's context is multiplied by head_gates[i] before the output
+            projection, Concat(g_1 head_1, ..., g_N head_N) W^O (Voita et al. 2019, arXiv:1905.09418, §4).
+            A zero gate removes the head (see `attention_jax.head_gates`).
 
         Returns:
           output: [B, T, D_out], in the compute dtype; with `return_weights`, (output, weights [B, N, T, S]
@@ -144,10 +172,16 @@ class MultiHeadAttention(nn.Module):
 
         Raises:
           ValueError: for inputs that are not rank 3, batch sizes that differ, Dq not a multiple of N without
-            head_dim, inputs_kv while decoding, T > S_max or a batch that differs from the cache's, and mask,
-            bias or key_lengths shapes that do not fit.
+            head_dim, inputs_kv while decoding, T > S_max or a batch that differs from the cache's, mask,
+            bias or key_lengths shapes that do not fit, `positions` with cross-attention (inputs_kv given), and
+            "rope" with an odd head dim.
           TypeError: for non-floating inputs or bias, a non-boolean mask or non-integer key_lengths.
         """
+        if self.positions is not None and inputs_kv is not None:
+            raise ValueError(
+                f"positions={self.positions!r} is for self-attention; got inputs_kv.shape={jnp.shape(inputs_kv)} "
+                f"with inputs_q.shape={jnp.shape(inputs_q)}"
+            )
         if self.decode and inputs_kv is not None:
             raise ValueError(
                 f"decode=True is self-attention only; got inputs_kv.shape={jnp.shape(inputs_kv)} "
@@ -165,6 +199,11 @@ class MultiHeadAttention(nn.Module):
             )
         head_dim = features // heads if self.head_dim is None else self.head_dim
         out_features = features if self.out_features is None else self.out_features
+        if head_gates is not None:
+            _checks.floating("head_gates", head_gates)
+            _checks.shape("head_gates", head_gates, (heads,))
+        if self.positions == "rope" and head_dim % 2:
+            raise ValueError(f"positions='rope' needs an even head dim, got H={head_dim}")
 
         cache_ready = self.decode and self.has_variable("cache", "cached_key")
         if cache_ready:
@@ -188,19 +227,50 @@ class MultiHeadAttention(nn.Module):
         key = self._dense((kv_heads, head_dim), -1, "key")(inputs_kv)  # [B, S, K, H]
         value = self._dense((kv_heads, head_dim), -1, "value")(inputs_kv)  # [B, S, K, H]
 
+        start = self._cache_start() if cache_ready else jnp.zeros((), jnp.int32)
+        query_pos = start + jnp.arange(num_queries)  # [T] absolute positions of the queries (and new keys)
+        if self.positions == "rope":
+            rope = lambda x, pos: apply_rope(x, jnp.broadcast_to(pos, x.shape[:2]), base=self.rope_base)
+            query = rope(query, query_pos)
+            key = rope(key, query_pos if self.decode else jnp.arange(num_keys))  # rotated before caching
+
         if self.decode:
             key, value, mask = self._use_cache(key, value, mask, cache_ready)
             is_causal = False  # the cache mask already is causal, in absolute positions
 
+        key_pos = jnp.arange(num_keys)  # [S] absolute positions of the keys (cache slots when decoding)
+        distance = key_pos[None, :] - query_pos[:, None]  # [T, S], s - t
+        shaw_ids = None
+        if self.positions == "alibi":
+            slopes = alibi_slopes(heads)  # [N]
+            alibi = (-slopes[:, None, None] * jnp.abs(distance).astype(jnp.float32))[None]  # [1, N, T, S]
+            bias = alibi if bias is None else bias.astype(jnp.float32) + alibi
+        elif self.positions == "shaw":
+            k = int(self.shaw_max_distance)
+            table_k = self.param("shaw_key", self.kernel_init, (2 * k + 1, head_dim), self.param_dtype)
+            table_v = self.param("shaw_value", self.kernel_init, (2 * k + 1, head_dim), self.param_dtype)
+            shaw_ids = (jnp.clip(distance, -k, k) + k).astype(jnp.int32)  # [T, S]
+            shaw = shaw_logits(query, table_k, shaw_ids, scale=1.0 / float(head_dim) ** 0.5)  # [B, N, T, S]
+            bias = shaw if bias is None else bias.astype(jnp.float32) + shaw
+
+        need_weights = return_weights or shaw_ids is not None
         rate = 0.0 if deterministic else float(self.dropout_rate)
         dropout_rng = self.make_rng("dropout") if rate > 0.0 else None
         result = self.attention_fn(
             query, key, value, bias, mask, is_causal=is_causal, key_lengths=key_lengths, dropout_rate=rate,
-            dropout_rng=dropout_rng, return_weights=return_weights, implementation=self.implementation,
+            dropout_rng=dropout_rng, return_weights=need_weights, implementation=self.implementation,
         )
-        context, weights = (result[0], result[1]) if return_weights else (result, None)  # [B, T, N, H]
+        context, weights = (result[0], result[1]) if need_weights else (result, None)  # [B, T, N, H]
+        if shaw_ids is not None:
+            context = context + shaw_values(weights, table_v, shaw_ids).astype(context.dtype)  # eq. 3
+        if head_gates is not None:
+            context = context * head_gates[:, None].astype(context.dtype)  # [B, T, N, H]
         output = self._dense(out_features, (-2, -1), "out")(context)  # [B, T, D_out]
         return (output, weights) if return_weights else output
+
+    def _cache_start(self) -> jax.Array:
+        """The cache index before this call: the absolute position of its first query."""
+        return self.get_variable("cache", "cache_index")
 
     def _use_cache(self, key, value, mask, cache_ready):
         """Writes key/value [B, T, K, H] at cache_index; returns the cache [B, S_max, K, H] and its mask."""
