@@ -269,5 +269,216 @@ class RelativeMultiHeadAttentionTest(chex.TestCase, parameterized.TestCase):
             layer.apply(params, self._segments(T), jnp.zeros((B, 2, 5)))
 
 
+# --------------------------------------------------------------------------------------------------
+# The full block and the language model (§3.2 recurrence, §3.3 block).
+# --------------------------------------------------------------------------------------------------
+
+V, LAYERS, SEG = 11, 2, 5
+
+
+def _lm(mem_len=SEG, pre_norm=False, dropout_rate=0.0):
+    return txl.TransformerXLLM(vocab_size=V, num_layers=LAYERS, num_heads=N, head_dim=H, d_model=D, d_inner=16,
+                               mem_len=mem_len, dropout_rate=dropout_rate, pre_norm=pre_norm)
+
+
+def _tokens(length, seed=0):
+    return jnp.asarray(_rng(seed).integers(0, V, size=(B, length)), jnp.int32)
+
+
+class TransformerXLLayerTest(chex.TestCase, parameterized.TestCase):
+
+    @parameterized.parameters(False, True)
+    def test_shapes_and_post_ln_output_is_normalised(self, pre_norm):
+        layer = txl.TransformerXLLayer(num_heads=N, head_dim=H, d_inner=16, pre_norm=pre_norm)
+        h = jnp.asarray(_rng(1).normal(size=(B, T, D)), jnp.float32)
+        memory = jnp.asarray(_rng(2).normal(size=(B, 4, D)), jnp.float32)
+        params = layer.init(jax.random.PRNGKey(0), h, memory)
+        out = layer.apply(params, h, memory)
+        chex.assert_shape(out, (B, T, D))
+        if not pre_norm:  # The paper's post-LN: the block output is a LayerNorm output (zero mean, unit variance).
+            np.testing.assert_allclose(np.asarray(out).mean(-1), 0.0, atol=1e-5)
+            np.testing.assert_allclose(np.asarray(out).var(-1), 1.0, atol=1e-3)
+
+    def test_dropout_only_in_training(self):
+        layer = txl.TransformerXLLayer(num_heads=N, head_dim=H, d_inner=16, dropout_rate=0.5)
+        h = jnp.asarray(_rng(1).normal(size=(B, T, D)), jnp.float32)
+        params = layer.init(jax.random.PRNGKey(0), h)
+        chex.assert_trees_all_close(layer.apply(params, h), layer.apply(params, h))
+        a = layer.apply(params, h, train=True, rngs={"dropout": jax.random.PRNGKey(1)})
+        b = layer.apply(params, h, train=True, rngs={"dropout": jax.random.PRNGKey(2)})
+        self.assertGreater(float(jnp.abs(a - b).max()), 1e-3)
+
+    def test_bad_inputs_raise(self):
+        layer = txl.TransformerXLLayer(num_heads=N, head_dim=H, d_inner=16)
+        with self.assertRaisesRegex(ValueError, "rank"):
+            layer.init(jax.random.PRNGKey(0), jnp.zeros((T, D)))
+        with self.assertRaisesRegex(TypeError, "floating"):
+            layer.init(jax.random.PRNGKey(0), jnp.zeros((B, T, D), jnp.int32))
+        with self.assertRaisesRegex(ValueError, "d_inner"):
+            txl.TransformerXLLayer(num_heads=N, head_dim=H, d_inner=0).init(jax.random.PRNGKey(0), jnp.zeros((B, T, D)))
+
+
+class TransformerXLLMTest(chex.TestCase, parameterized.TestCase):
+
+    def _params(self, model, length=SEG):
+        return model.init(jax.random.PRNGKey(0), _tokens(length))["params"]
+
+    @parameterized.parameters((False, SEG), (True, SEG), (False, 2 * SEG))
+    def test_two_segments_with_memory_equal_one_causal_pass(self, pre_norm, mem_len):
+        model = _lm(mem_len=mem_len, pre_norm=pre_norm)
+        params = self._params(model)
+        tokens = _tokens(2 * SEG)
+        full, _ = model.apply({"params": params}, tokens)  # [B, 2 SEG, V]
+        first, memories = model.apply({"params": params}, tokens[:, :SEG])
+        second, _ = model.apply({"params": params}, tokens[:, SEG:], memories)
+        chex.assert_shape(second, (B, SEG, V))
+        self.assertEqual(second.dtype, jnp.float32)
+        chex.assert_trees_all_close(first, full[:, :SEG], atol=1e-5, rtol=1e-5)
+        chex.assert_trees_all_close(second, full[:, SEG:], atol=1e-5, rtol=1e-5)
+        # Without the memory the second segment is scored differently: the memory carries the context.
+        alone, _ = model.apply({"params": params}, tokens[:, SEG:])
+        self.assertGreater(float(jnp.abs(alone - full[:, SEG:]).max()), 1e-3)
+
+    def test_memories_are_layer_inputs_truncated_to_mem_len(self):
+        model = _lm(mem_len=3)
+        params = self._params(model)
+        tokens = _tokens(SEG)
+        _, memories = model.apply({"params": params}, tokens)
+        self.assertLen(memories, LAYERS)
+        for memory in memories:
+            chex.assert_shape(memory, (B, 3, D))
+        embedding = params["embed"]["embedding"][tokens] * np.sqrt(D)  # layer 0's input: the scaled embeddings
+        chex.assert_trees_all_close(memories[0], embedding[:, -3:], atol=1e-6)
+        _, state = model.apply({"params": params}, tokens, capture_intermediates=True)
+        layer0_out = state["intermediates"]["layer_0"]["__call__"][0]
+        chex.assert_trees_all_close(memories[1], layer0_out[:, -3:], atol=1e-6)
+        # Carrying on: the next memories hold the last 3 of [memory; segment].
+        _, nxt = model.apply({"params": params}, tokens[:, :2], memories)
+        chex.assert_trees_all_close(nxt[0][:, :1], memories[0][:, -1:], atol=1e-6)
+
+    def test_no_gradient_into_memory(self):
+        model = _lm()
+        params = self._params(model)
+        memories = model.init_memories(B, SEG)
+        memories = [m + jnp.asarray(_rng(3 + i).normal(size=m.shape), jnp.float32) for i, m in enumerate(memories)]
+
+        def loss(mems):
+            logits, new = model.apply({"params": params}, _tokens(SEG), mems)
+            return jnp.sum(logits ** 2) + sum(jnp.sum(x ** 2) for x in new)
+
+        grads = jax.grad(loss)(memories)
+        for g in grads:
+            self.assertEqual(float(jnp.abs(g).max()), 0.0)
+        # Sanity: the memory does change the output, so the zero gradient is the stop-gradient's doing.
+        a, _ = model.apply({"params": params}, _tokens(SEG), memories)
+        b, _ = model.apply({"params": params}, _tokens(SEG), [m * 0 for m in memories])
+        self.assertGreater(float(jnp.abs(a - b).max()), 1e-3)
+
+    def test_causal_by_gradient(self):
+        model = _lm()
+        params = self._params(model)
+        memories = model.init_memories(B, SEG)
+        embedded = params["embed"]["embedding"][_tokens(SEG)]  # [B, T, D]
+
+        def logits_from_embedding(emb, i):
+            p = jax.tree.map(lambda x: x, params)
+            # Feed embeddings directly: swap the table for one whose rows are this segment's embeddings.
+            table = emb.reshape(B * SEG, D)
+            p = {**p, "embed": {"embedding": jnp.concatenate([table, params["embed"]["embedding"]])}}
+            ids = jnp.arange(B * SEG, dtype=jnp.int32).reshape(B, SEG)
+            logits, _ = model.clone(vocab_size=B * SEG + V).apply({"params": p}, ids, memories)
+            return logits[:, i, B * SEG:].sum()
+
+        for i in range(SEG):
+            g = jax.grad(logits_from_embedding)(embedded, i)  # [B, T, D]
+            per_position = np.asarray(jnp.abs(g).sum(axis=(0, 2)))
+            self.assertTrue(np.all(per_position[i + 1:] == 0.0), msg=f"query {i} sees the future: {per_position}")
+            self.assertGreater(per_position[i], 0.0)
+            if i:
+                self.assertGreater(per_position[0], 0.0)
+
+    def test_longer_evaluation_memory_runs_and_changes_results(self):
+        model = _lm(mem_len=SEG)
+        params = self._params(model)
+        stream = _tokens(4 * SEG, seed=5)
+
+        def run(mem_len):
+            memories, outs = None, []
+            for s in range(4):
+                logits, memories = model.apply({"params": params}, stream[:, s * SEG:(s + 1) * SEG], memories,
+                                               mem_len=mem_len)
+                outs.append(logits)
+            return memories, jnp.concatenate(outs, axis=1)
+
+        short_mem, short = run(SEG)
+        long_mem, long = run(3 * SEG)
+        chex.assert_shape(short_mem[0], (B, SEG, D))
+        chex.assert_shape(long_mem[0], (B, 3 * SEG, D))
+        chex.assert_tree_all_finite(long)
+        # Segments 0-1 see at most SEG earlier tokens either way; later ones see more with the long memory.
+        chex.assert_trees_all_close(short[:, :2 * SEG], long[:, :2 * SEG], atol=1e-5)
+        self.assertGreater(float(jnp.abs(short[:, 2 * SEG:] - long[:, 2 * SEG:]).max()), 1e-3)
+        # With memory >= everything seen, the last segment equals one pass over the whole stream.
+        full, _ = model.apply({"params": params}, stream)
+        chex.assert_trees_all_close(long[:, 3 * SEG:], full[:, 3 * SEG:], atol=1e-4, rtol=1e-4)
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_jit_matches_no_jit(self):
+        model = _lm()
+        params = self._params(model)
+        memories = [m + 1.0 for m in model.init_memories(B)]
+
+        @self.variant
+        def step(p, tokens, mems):
+            return model.apply({"params": p}, tokens, mems)
+
+        logits, new = step(params, _tokens(SEG), memories)
+        ref_logits, ref_new = model.apply({"params": params}, _tokens(SEG), memories)
+        chex.assert_trees_all_close(logits, ref_logits, atol=1e-5, rtol=1e-5)
+        chex.assert_trees_all_close(new, ref_new, atol=1e-6)
+
+    def test_no_retrace_per_segment(self):
+        model = _lm()
+        params = self._params(model)
+
+        @jax.jit
+        @chex.assert_max_traces(n=1)
+        def step(p, tokens, mems):
+            return model.apply({"params": p}, tokens, mems)
+
+        mems = model.init_memories(B)
+        for s in range(3):
+            _, mems = step(params, _tokens(SEG, seed=s), mems)
+
+    def test_tied_output_projection_and_param_independence_of_memory(self):
+        model = _lm()
+        params = self._params(model)
+        names = {"/".join(k.key for k in path) for path, _ in jax.tree_util.tree_leaves_with_path(params)}
+        self.assertFalse(any("out_proj" in n or "logits" in n for n in names), names)
+        other = model.init(jax.random.PRNGKey(0), _tokens(SEG), model.init_memories(B, 7))["params"]
+        chex.assert_trees_all_equal_shapes(params, other)
+
+    def test_bad_inputs_raise(self):
+        model = _lm()
+        params = self._params(model)
+        apply = lambda *a, **k: model.apply({"params": params}, *a, **k)  # noqa: E731
+        with self.assertRaisesRegex(ValueError, "tokens"):
+            apply(jnp.zeros((B, SEG, 1), jnp.int32))
+        with self.assertRaisesRegex(TypeError, "tokens must be integer"):
+            apply(jnp.zeros((B, SEG), jnp.float32))
+        with self.assertRaisesRegex(ValueError, "one \\[B, M, D\\] array per layer"):
+            apply(_tokens(SEG), model.init_memories(B)[:1])
+        with self.assertRaisesRegex(TypeError, "list"):
+            apply(_tokens(SEG), jnp.zeros((B, SEG, D)))
+        with self.assertRaisesRegex(ValueError, "B=2, D=8"):
+            apply(_tokens(SEG), model.init_memories(B + 1))
+        with self.assertRaisesRegex(ValueError, "same shape"):
+            apply(_tokens(SEG), [jnp.zeros((B, 3, D)), jnp.zeros((B, 4, D))])
+        with self.assertRaisesRegex(ValueError, "mem_len"):
+            apply(_tokens(SEG), mem_len=-1)
+        with self.assertRaisesRegex(ValueError, "batch"):
+            model.init_memories(0)
+
+
 if __name__ == "__main__":
     absltest.main()
