@@ -47,18 +47,20 @@ def fail(message: str) -> NoReturn:
     sys.exit(EXIT_USAGE)
 
 
-def define_flags(exp: train.Experiment, argv: list[str] | None = None) -> None:
+def define_flags(exp: train.Experiment, argv: list[str] | None = None, *, data_path_help: str | None = None) -> None:
     """Defines --preset, --workdir, --rows, --data_path and --config.* for ``exp`` (once, before app.run).
 
     config_flags reads the ``--config.*`` overrides from the command line while defining the flag,
-    so an unknown field is reported here (one sentence, exit 2).
+    so an unknown field is reported here (one sentence, exit 2). ``data_path_help`` replaces the
+    parallel-text help of --data_path (experiments that read another kind of text).
     """
     flags.DEFINE_string("preset", exp.default_preset, f"size preset, one of {', '.join(exp.presets)}")
     flags.DEFINE_string("workdir", exp.default_workdir, "output directory (checkpoints, logs, results, figures)")
     flags.DEFINE_string("rows", "", f"comma-separated rows to run (default: all of {', '.join(exp.default_rows)}; "
                         f"'{exp.custom_row}' runs config.model as given)")
-    flags.DEFINE_string("data_path", "", "your own parallel text instead of the default corpus: a TSV file of "
-                        "'source<TAB>target' lines, or 'SOURCE_FILE,TARGET_FILE' (sets config.data.data_path)")
+    flags.DEFINE_string("data_path", "", data_path_help or "your own parallel text instead of the default corpus: "
+                        "a TSV file of 'source<TAB>target' lines, or 'SOURCE_FILE,TARGET_FILE' (sets "
+                        "config.data.data_path)")
     base = exp.get_config()
     known = configs.flatten(base)
     for arg in (sys.argv if argv is None else argv)[1:]:

@@ -1,0 +1,454 @@
+"""Shared language-modelling loop: one token stream, TBPTT with carried memories, perplexity by memory length.
+
+Used by ``python -m experiments.transformer_xl`` (Dai et al. 2019, arXiv:1901.02860); written for any model with
+the `attention_jax.TransformerXLLM` interface ``apply(params, tokens [B, T], memories, train=, mem_len=) ->
+(logits [B, T, V] float32, new_memories)`` and ``init_memories(batch, mem_len)``.
+
+* Data (`prepare_stream`): the lines of a corpus (the KJV verses, or a plain text file), split into contiguous
+  train / valid / test ranges, a SentencePiece BPE model (`experiments.data.load_or_train_tokenizer`) trained on
+  train, and each split encoded as one int32 stream with EOS after every line.
+* Training (`train_lm`): the train stream cut into B contiguous streams; step k of an epoch reads segment k
+  (T tokens) of every stream and the next-token targets; the memories returned by one step feed the next and are
+  re-zeroed at every epoch start (and on resume: they are not checkpointed). Adam, linear warmup then cosine
+  decay (optax), global-norm clipping. Logging, checkpoints and resume reuse `experiments.train`'s helpers:
+  step / loss / tokens/s / ETA to the absl log and metrics.jsonl, orbax checkpoints of params + optimiser state.
+* Evaluation (`evaluate_stream`): perplexity of a split cut into B streams, segments of T, with an evaluation
+  memory of any length M (zero memories at the start, like training); M = 0 scores each segment alone.
+
+Shapes: B = streams (batch), T = segment length, M = memory length, D = model dim, V = vocabulary.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+import dataclasses
+import functools
+import json
+import math
+import os
+import pathlib
+import textwrap
+import time
+from typing import Any
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+
+from experiments import data
+from experiments import results
+from experiments import train
+
+KJV_CACHE_NAME = "kjv_verses.v1.txt"
+
+
+# ----------------------------------------------------------------------------------------------
+# Data
+# ----------------------------------------------------------------------------------------------
+
+
+def kjv_verses(data_dir: str | os.PathLike[str] | None) -> list[str]:
+    """The 31,102 KJV verses in canonical order (Genesis 1:1 .. Revelation 22:21), empty ones dropped.
+
+    Reads the ``sword-text-kjv`` zText module through `experiments.data` (downloaded once) and caches the verses,
+    one per line, as ``<data_dir>/kjv_verses.v1.txt``.
+
+    Raises:
+      experiments.data.DataError: if the package cannot be obtained or read.
+    """
+    root = data.resolve_data_dir(data_dir)
+    cache = root / KJV_CACHE_NAME
+    if cache.is_file():
+        return cache.read_text(encoding="utf-8").splitlines()
+    package = data.obtain_debian_package(data.KJV_PACKAGE, root)
+    module = data._find_module(package, data.KJV_PACKAGE)  # pylint: disable=protected-access
+    verses = []
+    for testament in ("ot", "nt"):
+        entries = data.read_ztext(module, testament)
+        if len(entries) != data.kjv_num_records(testament):
+            raise data.DataError(f"SWORD module {str(module)!r} has {len(entries)} '{testament}' entries where KJV "
+                                 f"versification has {data.kjv_num_records(testament)}; fix: delete "
+                                 f"{str(root / data.KJV_PACKAGE)!r} so that the package is fetched again")
+        for index, *_ in data.kjv_verse_records(testament):
+            text = data.osis_to_text(entries[index])
+            if text:
+                verses.append(text)
+    root.mkdir(parents=True, exist_ok=True)
+    cache.write_text("\n".join(verses) + "\n", encoding="utf-8")
+    return verses
+
+
+def read_text_lines(path: str) -> list[str]:
+    """The non-blank lines of a UTF-8 text file, whitespace-normalised.
+
+    Raises:
+      experiments.data.DataError: if the file is missing, not UTF-8 or holds no text.
+    """
+    p = pathlib.Path(os.path.expanduser(path))
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (FileNotFoundError, IsADirectoryError):
+        raise data.DataError(f"--data_path {path!r} is not a readable file; fix: pass a plain UTF-8 text file "
+                             "(one line per sentence or paragraph)") from None
+    except UnicodeDecodeError as e:
+        raise data.DataError(f"--data_path {path!r} is not UTF-8 ({e.reason} at byte {e.start}); fix: convert it, "
+                             "e.g. with iconv -t UTF-8") from None
+    lines = [data.normalize_whitespace(line) for line in text.splitlines()]
+    lines = [line for line in lines if line]
+    if not lines:
+        raise data.DataError(f"--data_path {path!r} holds no text; fix: pass a non-empty plain UTF-8 text file")
+    return lines
+
+
+@dataclasses.dataclass
+class Stream:
+    """One split as a token stream."""
+
+    ids: np.ndarray  # [N] int32, EOS after every line.
+    num_lines: int
+    num_chars: int  # characters of the text, one newline per line included (for bits per character).
+    first_line: str
+
+    @property
+    def chars_per_token(self) -> float:
+        return self.num_chars / max(len(self.ids), 1)
+
+
+@dataclasses.dataclass
+class LMData:
+    """The three streams and the tokenizer."""
+
+    train: Stream
+    valid: Stream
+    test: Stream
+    tokenizer: data.Tokenizer
+    source: str
+
+
+def split_lines(lines: Sequence[str], valid_fraction: float, test_fraction: float) -> tuple[list[str], ...]:
+    """Contiguous train / valid / test ranges: test is the last ``test_fraction`` of the lines, valid the range
+    before it (each at least one line).
+
+    Raises:
+      experiments.data.DataError: if there are fewer than 3 lines.
+    """
+    n = len(lines)
+    if n < 3:
+        raise data.DataError(f"the corpus has {n} non-blank lines, too few for train/valid/test; fix: pass a text "
+                             "file with at least a few hundred lines")
+    n_test = max(1, int(round(n * test_fraction)))
+    n_valid = max(1, int(round(n * valid_fraction)))
+    n_train = n - n_test - n_valid
+    if n_train < 1:
+        raise data.DataError(f"valid and test fractions leave no training lines out of {n}; fix: lower "
+                             "--config.data.valid_fraction / --config.data.test_fraction")
+    return list(lines[:n_train]), list(lines[n_train:n_train + n_valid]), list(lines[n_train + n_valid:])
+
+
+def _encode_stream(tokenizer: data.Tokenizer, lines: Sequence[str]) -> Stream:
+    ids: list[int] = []
+    for line in lines:
+        ids.extend(tokenizer.encode(line))
+        ids.append(data.EOS_ID)
+    return Stream(ids=np.asarray(ids, np.int32), num_lines=len(lines),
+                  num_chars=sum(len(line) + 1 for line in lines), first_line=lines[0] if lines else "")
+
+
+def prepare_stream(data_config: ml_collections.ConfigDict) -> LMData:
+    """Reads the corpus, splits it, trains (or loads) the tokenizer and encodes the three streams.
+
+    Raises:
+      experiments.data.DataError: the corpus cannot be obtained or read, or is too small.
+    """
+    if data_config.data_path:
+        lines, source = read_text_lines(data_config.data_path), f"--data_path={data_config.data_path}"
+    elif data_config.corpus == "kjv":
+        lines, source = kjv_verses(data_config.data_dir), "kjv (sword-text-kjv, verses in canonical order)"
+    else:
+        raise data.DataError(f"unknown corpus {data_config.corpus!r}; fix: use --config.data.corpus=kjv or pass "
+                             "--data_path=FILE.txt")
+    train_lines, valid_lines, test_lines = split_lines(lines, data_config.valid_fraction, data_config.test_fraction)
+    model_dir = data.resolve_data_dir(data_config.data_dir) / "tokenizers"
+    tokenizer = data.load_or_train_tokenizer(train_lines, model_dir, int(data_config.vocab_size))
+    return LMData(train=_encode_stream(tokenizer, train_lines), valid=_encode_stream(tokenizer, valid_lines),
+                  test=_encode_stream(tokenizer, test_lines), tokenizer=tokenizer, source=source)
+
+
+def as_streams(ids: np.ndarray, batch: int, max_tokens: int = 0) -> np.ndarray:
+    """[N] -> [B, N // B]: B contiguous streams (the first ``max_tokens`` of ``ids`` when > 0)."""
+    if max_tokens > 0:
+        ids = ids[:max_tokens]
+    n = len(ids) // batch
+    return np.asarray(ids[:n * batch], np.int32).reshape(batch, n)
+
+
+# ----------------------------------------------------------------------------------------------
+# Optimiser, steps
+# ----------------------------------------------------------------------------------------------
+
+
+def learning_rate_schedule(tc: ml_collections.ConfigDict) -> optax.Schedule:
+    """Linear warmup to ``learning_rate``, then cosine decay to ``learning_rate * min_lr_ratio`` at ``num_steps``
+    (constant after warmup when num_steps is 0), as in the paper's released training scripts."""
+    peak = float(tc.learning_rate)
+    if tc.num_steps <= 0:
+        return optax.join_schedules([optax.linear_schedule(0.0, peak, max(tc.warmup_steps, 1)),
+                                     optax.constant_schedule(peak)], [max(tc.warmup_steps, 1)])
+    return optax.warmup_cosine_decay_schedule(0.0, peak, warmup_steps=int(tc.warmup_steps),
+                                              decay_steps=max(int(tc.num_steps), int(tc.warmup_steps) + 1),
+                                              end_value=peak * float(tc.min_lr_ratio))
+
+
+def make_optimizer(tc: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    """Global-norm clipping then Adam with the warmup + cosine schedule."""
+    parts = [optax.clip_by_global_norm(tc.grad_clip_norm)] if tc.grad_clip_norm > 0 else []
+    return optax.chain(*parts, optax.adam(learning_rate_schedule(tc)))
+
+
+def _nll(logits: jax.Array, targets: jax.Array) -> jax.Array:
+    return optax.softmax_cross_entropy_with_integer_labels(logits, targets)  # [B, T] float32
+
+
+def make_train_step(model, optimizer: optax.GradientTransformation) -> Callable:
+    """Jitted ``step(params, opt_state, memories, inputs [B, T], targets [B, T], rng) -> (params, opt_state,
+    new_memories, loss)``; params, optimiser state and memories are donated."""
+
+    def loss_fn(params, memories, inputs, targets, rng):
+        logits, new_memories = model.apply({"params": params}, inputs, memories, train=True, rngs={"dropout": rng})
+        return _nll(logits, targets).mean(), new_memories
+
+    def step(params, opt_state, memories, inputs, targets, rng):
+        (loss, new_memories), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, memories, inputs, targets,
+                                                                                rng)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, new_memories, loss
+
+    return jax.jit(step, donate_argnums=(0, 1, 2))
+
+
+@functools.lru_cache(maxsize=None)
+def _eval_step(model, mem_len: int) -> Callable:
+    def step(params, memories, inputs, targets):
+        logits, new_memories = model.apply({"params": params}, inputs, memories, mem_len=mem_len)
+        return new_memories, _nll(logits, targets).sum()
+
+    return jax.jit(step)
+
+
+def evaluate_stream(model, params, ids: np.ndarray, *, batch: int, segment_len: int, mem_len: int,
+                    max_tokens: int = 0) -> dict[str, float]:
+    """Perplexity of a token stream with an evaluation memory of ``mem_len`` tokens per layer.
+
+    The stream is cut into ``batch`` contiguous streams read segment by segment (T = segment_len), the memories
+    carried across segments and starting from zeros. Every M scores exactly the same tokens.
+
+    Returns:
+      {"nll": mean nats per token, "ppl": exp(nll), "tokens": scored tokens}.
+    """
+    streams = as_streams(ids, batch, max_tokens)  # [B, n]
+    num_segments = (streams.shape[1] - 1) // segment_len
+    if num_segments < 1:
+        return {"nll": float("nan"), "ppl": float("nan"), "tokens": 0}
+    step = _eval_step(model, int(mem_len))
+    memories = model.init_memories(batch, mem_len)
+    total = jnp.zeros((), jnp.float32)
+    for k in range(num_segments):
+        start = k * segment_len
+        inputs = jnp.asarray(streams[:, start:start + segment_len])
+        targets = jnp.asarray(streams[:, start + 1:start + 1 + segment_len])
+        memories, nll = step(params, memories, inputs, targets)
+        total = total + nll
+    tokens = num_segments * segment_len * batch
+    nll = float(total) / tokens
+    return {"nll": nll, "ppl": math.exp(min(nll, 50.0)), "tokens": tokens}
+
+
+# ----------------------------------------------------------------------------------------------
+# Training
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class LMTrainOutcome:
+    params: Any
+    steps: int
+    steps_this_run: int
+    minutes: float
+    stop_reason: str
+    epochs: float
+    last_valid_ppl: float | None
+
+
+def train_lm(model, cfg: ml_collections.ConfigDict, lm_data: LMData, run_dir: str) -> LMTrainOutcome:
+    """Trains (or resumes) the model on the train stream until train.num_steps or train.max_minutes.
+
+    Raises:
+      train.ConfigError: if the train stream is too short for one segment per stream.
+    """
+    tc, ec = cfg.train, cfg.eval
+    seg, batch = int(tc.segment_len), int(tc.batch_size)
+    streams = as_streams(lm_data.train.ids, batch)  # [B, n]
+    steps_per_epoch = (streams.shape[1] - 1) // seg
+    if steps_per_epoch < 1:
+        raise train.ConfigError(f"the train split has {len(lm_data.train.ids)} tokens, too few for {batch} streams "
+                                f"of one {seg}-token segment; fix: lower --config.train.batch_size or "
+                                "--config.train.segment_len, or use a longer text")
+    optimizer = make_optimizer(tc)
+    init_rng, dropout_rng = jax.random.split(jax.random.PRNGKey(cfg.seed))
+    params = jax.jit(model.init)(init_rng, jnp.zeros((batch, seg), jnp.int32),
+                                 model.init_memories(batch, tc.mem_len))["params"]
+    opt_state = optimizer.init(params)
+    metrics_path = os.path.join(run_dir, "metrics.jsonl")
+    manager = train._checkpoint_manager(os.path.join(run_dir, "checkpoints"))  # pylint: disable=protected-access
+    meta = {"step": 0, "elapsed_s": 0.0}
+    latest = manager.latest_step()
+    if latest is not None:
+        state = {"params": params, "opt_state": opt_state}
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+        restored = manager.restore(latest, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
+                                                                    meta=ocp.args.JsonRestore()))
+        params, opt_state = restored.state["params"], restored.state["opt_state"]
+        meta.update(restored.meta)
+        logging.info("resumed from checkpoint step %d (%.1f min trained); memories restart from zeros",
+                     meta["step"], meta["elapsed_s"] / 60)
+    else:
+        num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+        logging.info("new model with %s parameters; train stream %d tokens = %d streams x %d segments of %d",
+                     f"{num_params:,}", len(lm_data.train.ids), batch, steps_per_epoch, seg)
+    train._truncate_metrics(metrics_path, int(meta["step"]))  # pylint: disable=protected-access
+
+    step = int(meta["step"])
+    start_step, last_saved = step, (latest if latest is not None else -1)
+    train_step = make_train_step(model, optimizer)
+    memories = model.init_memories(batch, tc.mem_len)
+    t0, base_elapsed = time.monotonic(), float(meta["elapsed_s"])
+    last_valid: float | None = None
+
+    def elapsed() -> float:
+        return base_elapsed + time.monotonic() - t0
+
+    def save() -> None:
+        nonlocal last_saved
+        if step == last_saved:
+            return
+        manager.save(step, args=ocp.args.Composite(
+                state=ocp.args.StandardSave({"params": params, "opt_state": opt_state}),
+                meta=ocp.args.JsonSave({"step": step, "elapsed_s": elapsed()})))
+        last_saved = step
+
+    window = {"t": time.monotonic(), "step": step, "losses": [], "pause": 0.0}
+    reason = train._stop_reason(step, elapsed(), tc)  # pylint: disable=protected-access
+    with open(metrics_path, "a", encoding="utf-8") as metrics_file:
+        while reason is None:
+            k = step % steps_per_epoch
+            if k == 0:
+                memories = jax.tree.map(jnp.zeros_like, memories)  # TBPTT: a new epoch starts without context.
+            inputs = jnp.asarray(streams[:, k * seg:(k + 1) * seg])
+            targets = jnp.asarray(streams[:, k * seg + 1:(k + 1) * seg + 1])
+            params, opt_state, memories, loss = train_step(params, opt_state, memories, inputs, targets,
+                                                           jax.random.fold_in(dropout_rng, step))
+            window["losses"].append(loss)
+            step += 1
+            reason = train._stop_reason(step, elapsed(), tc)  # pylint: disable=protected-access
+            if (tc.log_every and step % tc.log_every == 0) or reason is not None:
+                losses = [float(x) for x in jax.device_get(window["losses"])]
+                now = time.monotonic()
+                busy = max(now - window["t"] - window["pause"], 1e-9)
+                steps_done = step - window["step"]
+                rate = steps_done * batch * seg / busy
+                remaining = []
+                if tc.num_steps > 0:
+                    remaining.append((tc.num_steps - step) * busy / max(steps_done, 1))
+                if tc.max_minutes > 0:
+                    remaining.append(60.0 * tc.max_minutes - elapsed())
+                eta = max(0.0, min(remaining)) if remaining else 0.0
+                record = {"step": step, "epoch": round(step / steps_per_epoch, 3),
+                          "loss": sum(losses) / max(len(losses), 1), "tokens_per_s": round(rate, 1),
+                          "elapsed_s": round(elapsed(), 1), "eta_s": round(eta, 1)}
+                clock = train._format_seconds  # pylint: disable=protected-access
+                logging.info("step %d (epoch %.2f): loss %.4f (ppl %.1f), %.0f tok/s, elapsed %s, ETA %s", step,
+                             record["epoch"], record["loss"], math.exp(min(record["loss"], 50)), rate,
+                             clock(elapsed()), clock(eta))
+                metrics_file.write(json.dumps(record) + "\n")
+                metrics_file.flush()
+                window = {"t": now, "step": step, "losses": [], "pause": 0.0}
+            if (tc.eval_every and step % tc.eval_every == 0) or reason is not None:
+                t_eval = time.monotonic()
+                valid = evaluate_stream(model, params, lm_data.valid.ids, batch=int(ec.batch_size), segment_len=seg,
+                                        mem_len=int(tc.mem_len), max_tokens=int(ec.valid_max_tokens))
+                last_valid = valid["ppl"]
+                logging.info("step %d: valid ppl %.2f (M=%d, %d tokens)", step, valid["ppl"], tc.mem_len,
+                             valid["tokens"])
+                metrics_file.write(json.dumps({"step": step, "dev_ppl": valid["ppl"]}) + "\n")
+                metrics_file.flush()
+                window["pause"] += time.monotonic() - t_eval
+            if tc.checkpoint_every and step % tc.checkpoint_every == 0:
+                t_save = time.monotonic()
+                save()
+                window["pause"] += time.monotonic() - t_save
+    save()
+    manager.wait_until_finished()
+    manager.close()
+    minutes = elapsed() / 60.0
+    logging.info("stopped at step %d after %.1f min: %s", step, minutes, reason)
+    return LMTrainOutcome(params=params, steps=step, steps_this_run=step - start_step, minutes=minutes,
+                          stop_reason=reason or "", epochs=round(step / steps_per_epoch, 3), last_valid_ppl=last_valid)
+
+
+# ----------------------------------------------------------------------------------------------
+# Report
+# ----------------------------------------------------------------------------------------------
+
+
+def memory_table(records: Sequence[dict[str, Any]]) -> str:
+    """Markdown: one line per evaluation memory length (test ppl, bits per character, bits per token)."""
+    lines = ["| eval memory M | keys per query (max) | test ppl | test bpc | bits/token | test tokens |",
+             "|---:|---:|---:|---:|---:|---:|"]
+    for r in records:
+        lines.append(f"| {r['mem_len']} | {r['mem_len'] + r['segment_len']} | {r['test_ppl']:.2f} | "
+                     f"{r['test_bpc']:.4f} | {r['test_bits_per_token']:.4f} | {r['test_tokens']} |")
+    return "\n".join(lines)
+
+
+def ppl_vs_memory_figure(records: Sequence[dict[str, Any]], path: str, *, train_mem_len: int, title: str) -> str:
+    """Test perplexity against evaluation memory length (log-2 x axis from M=T; M=0 drawn at the left)."""
+    from experiments import plots  # pylint: disable=import-outside-toplevel  (sets the Agg backend)
+
+    fig, ax = plots.plt.subplots(figsize=(6.5, 4.2))
+    xs = [r["mem_len"] for r in records]
+    ax.plot(range(len(xs)), [r["test_ppl"] for r in records], marker="o")
+    ax.set_xticks(range(len(xs)))
+    ax.set_xticklabels([f"{x}" + (" (train)" if x == train_mem_len else "") for x in xs])
+    ax.set_xlabel("evaluation memory length M (tokens per layer)")
+    ax.set_ylabel("test perplexity")
+    ax.grid(alpha=0.3)
+    ax.set_title(textwrap.fill(title, 70), fontsize=9)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plots.plt.close(fig)
+    return path
+
+
+def write_report(workdir: str, records: Sequence[dict[str, Any]], *, title: str, command: str,
+                 notes: Sequence[str], train_mem_len: int) -> str:
+    """results.jsonl / results.md (through `experiments.results.write`), loss_curves.png and ppl_vs_memory.png."""
+    from experiments import plots  # pylint: disable=import-outside-toplevel
+
+    metrics = {"transformer_xl": results.read_jsonl(os.path.join(workdir, "metrics.jsonl"))}
+    figures = [plots.loss_curves(metrics, os.path.join(workdir, "loss_curves.png"), title=title),
+               ppl_vs_memory_figure(records, os.path.join(workdir, "ppl_vs_memory.png"), train_mem_len=train_mem_len,
+                                    title=title)]
+    text = results.write(workdir, records, title=title, command=command, notes=notes,
+                         figures=[os.path.relpath(p, workdir) for p in figures])
+    # The shared table has the translation columns; the language-model numbers get their own table.
+    head, sep, tail = text.partition("\n![")
+    text = (head.rstrip() + "\n\nTest perplexity by evaluation memory length (the paper's claim: longer memory, "
+            "lower perplexity):\n\n" + memory_table(records) + "\n\n" + (sep.lstrip("\n") + tail if sep else ""))
+    with open(os.path.join(workdir, "results.md"), "w", encoding="utf-8") as f:
+        f.write(text.rstrip() + "\n")
+    return text
