@@ -77,13 +77,14 @@ def define_flags(exp: train.Experiment, argv: list[str] | None = None, *, data_p
              f"field of experiments/configs/{exp.name}.py")
 
 
-def parse_rows(exp: train.Experiment, text: str) -> list[str]:
+def parse_rows(exp: train.Experiment, text: str, preset: str = "") -> list[str]:
     """Splits ``--rows``; empty means the default rows.
 
     Raises:
       train.ConfigError: unknown row name.
     """
-    names = [r.strip() for r in text.split(",") if r.strip()] if text else list(exp.default_rows)
+    default = exp.preset_rows.get(preset, exp.default_rows)
+    names = [r.strip() for r in text.split(",") if r.strip()] if text else list(default)
     unknown = [r for r in names if r not in exp.row_names]
     if unknown or not names:
         raise train.ConfigError(f"unknown row {unknown[0] if unknown else text!r} for the {exp.name} experiment; "
@@ -161,25 +162,33 @@ def validate(exp: train.Experiment, config: ml_collections.ConfigDict, rows: lis
     _increasing("eval.length_bins", e.length_bins)
     for row in rows:
         cfg = train.row_config(exp, config, row)
-        m = cfg.model
-        _choice("model.attention", m.attention, ATTENTIONS)
-        _choice("model.cell", m.cell, CELLS)
-        _choice("model.score", m.score, SCORES)
-        _choice("model.mode", m.mode, MODES)
-        if isinstance(m.window, bool) or not isinstance(m.window, int) or m.window < (1 if m.mode == "local_p" else 0):
-            raise train.ConfigError(f"--config.model.window={m.window!r} is not valid for mode {m.mode!r}; fix: use an "
-                                    f"int >= {1 if m.mode == 'local_p' else 0} (Luong's D, e.g. 10)")
-        if not 0.0 <= m.dropout_rate < 1.0:
-            raise train.ConfigError(f"--config.model.dropout_rate={m.dropout_rate!r} is not valid; fix: use a rate in "
-                                    "[0, 1)")
-        if m.attention == "luong" and m.score == "location" and 0 < m.max_source_len < max(d.buckets):
-            raise train.ConfigError(f"--config.model.max_source_len={m.max_source_len} is shorter than the largest "
-                                    f"bucket {max(d.buckets)}; fix: set it to 0 (= largest bucket) or raise it")
+        if exp.validate_model is not None:
+            exp.validate_model(cfg)
+        else:
+            _validate_recurrent(cfg)
         try:
-            train.build_model(m, d.vocab_size, max(d.buckets))
+            exp.make_model(cfg.model, d.vocab_size, max(d.buckets))
         except (ValueError, TypeError) as err:
             raise train.ConfigError(f"row {row!r} has an invalid model config ({err}); fix: change the --config.model "
                                     "fields it names") from err
+
+
+def _validate_recurrent(cfg: ml_collections.ConfigDict) -> None:
+    """The model checks of the recurrent (Luong / Bahdanau) experiments."""
+    m, d = cfg.model, cfg.data
+    _choice("model.attention", m.attention, ATTENTIONS)
+    _choice("model.cell", m.cell, CELLS)
+    _choice("model.score", m.score, SCORES)
+    _choice("model.mode", m.mode, MODES)
+    if isinstance(m.window, bool) or not isinstance(m.window, int) or m.window < (1 if m.mode == "local_p" else 0):
+        raise train.ConfigError(f"--config.model.window={m.window!r} is not valid for mode {m.mode!r}; fix: use an "
+                                f"int >= {1 if m.mode == 'local_p' else 0} (Luong's D, e.g. 10)")
+    if not 0.0 <= m.dropout_rate < 1.0:
+        raise train.ConfigError(f"--config.model.dropout_rate={m.dropout_rate!r} is not valid; fix: use a rate in "
+                                "[0, 1)")
+    if m.attention == "luong" and m.score == "location" and 0 < m.max_source_len < max(d.buckets):
+        raise train.ConfigError(f"--config.model.max_source_len={m.max_source_len} is shorter than the largest "
+                                f"bucket {max(d.buckets)}; fix: set it to 0 (= largest bucket) or raise it")
 
 
 def _warn_shadowed(exp: train.Experiment, overrides: dict[str, Any], rows: list[str]) -> None:
@@ -203,7 +212,7 @@ def main(exp: train.Experiment, argv: list[str]) -> None:
     if FLAGS["verbosity"].using_default_value:
         logging.set_verbosity(logging.INFO)
     try:
-        rows = parse_rows(exp, FLAGS.rows)
+        rows = parse_rows(exp, FLAGS.rows, FLAGS.preset)
         overrides = dict(config_flags.get_override_values(FLAGS["config"]))
         if FLAGS.data_path:
             overrides["data.data_path"] = FLAGS.data_path

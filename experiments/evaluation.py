@@ -91,6 +91,29 @@ def perplexity(forward: Callable, params, examples: Sequence[Any], *, batch_size
     return {"ppl": float(math.exp(min(mean, 50.0))), "nll": mean, "tokens": int(count)}
 
 
+def decoding_setup(model, params, src, src_lengths, max_len: int):
+    """Encodes a batch and returns (memory, state, step_fn) for `attention_jax.decoding`.
+
+    Models with ``init_state`` (`Seq2Seq`, `ConvS2S`) carry a recurrent state through their
+    ``decode_step(memory, state, tokens, t)``; others (`Transformer`) decode on key/value caches of
+    ``max_len`` slots (`attention_jax.transformer.make_step_fn`).
+    """
+    variables = {"params": params}
+    cls = type(model)
+    memory = model.apply(variables, src, src_lengths, method=cls.encode)
+    if hasattr(cls, "init_state"):
+        state = model.apply(variables, memory, method=cls.init_state)
+
+        def step_fn(memory, state, tokens, t):
+            return model.apply(variables, memory, state, tokens, t, method=cls.decode_step)
+
+        return memory, state, step_fn
+    from attention_jax import transformer  # pylint: disable=import-outside-toplevel
+
+    return (memory, transformer.init_decode_state(model, params, memory, max_len),
+            transformer.make_step_fn(model, params))
+
+
 def make_decoder(model, *, beam_size: int, length_penalty: float = 1.0) -> Callable:
     """Returns a jitted ``decode(params, src [B,S], src_lengths [B], max_len) -> tokens [B, L] int32``.
 
@@ -101,19 +124,12 @@ def make_decoder(model, *, beam_size: int, length_penalty: float = 1.0) -> Calla
       ValueError: if ``beam_size`` < 1.
     """
     from attention_jax import decoding  # pylint: disable=import-outside-toplevel
-    from attention_jax.seq2seq import Seq2Seq  # pylint: disable=import-outside-toplevel
 
     if beam_size < 1:
         raise ValueError(f"beam_size must be >= 1, got {beam_size=}")
 
     def decode(params, src, src_lengths, max_len):
-        variables = {"params": params}
-        memory = model.apply(variables, src, src_lengths, method=Seq2Seq.encode)
-        state = model.apply(variables, memory, method=Seq2Seq.init_state)
-
-        def step_fn(memory, state, tokens, t):
-            return model.apply(variables, memory, state, tokens, t, method=Seq2Seq.decode_step)
-
+        memory, state, step_fn = decoding_setup(model, params, src, src_lengths, max_len)
         batch_size = src.shape[0]
         if beam_size == 1:
             tokens, _ = decoding.greedy_decode(step_fn, memory, state, batch_size=batch_size, bos_id=BOS_ID,

@@ -4,6 +4,8 @@
 * `attention_heatmap`: one alignment matrix with source / target subword labels, like Bahdanau et
   al. 2014 (arXiv:1409.0473), Fig. 3 (source along x, generated target along y, white = weight 1).
 * `bleu_by_length`: BLEU against source-sentence length, one line per model, like Bahdanau Fig. 2.
+* `bleu_vs_heads`: BLEU against the number of heads a pruned Transformer keeps, like Voita et al. 2019
+  (arXiv:1905.09418), Fig. 7.
 """
 
 from __future__ import annotations
@@ -130,6 +132,36 @@ def bleu_by_length(buckets: Mapping[str, Sequence[Mapping[str, Any]]], path: str
     ax.set_ylabel("BLEU")
     ax.grid(alpha=0.3)
     ax.legend()
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    _save(fig, path)
+    return path
+
+
+def bleu_vs_heads(points: Sequence[Mapping[str, Any]], path: str, *, total_heads: int, title: str = "") -> str:
+    """Test BLEU against the number of attention heads kept, like Voita et al. 2019 (arXiv:1905.09418), Fig. 7.
+
+    Args:
+      points: dicts with "heads_kept" (int), "test_bleu" (float) and "label" (the row, e.g. its lambda).
+      path: PNG file to write.
+      total_heads: the heads of the unpruned model (the x axis ends there).
+      title: figure title.
+
+    Returns:
+      ``path``.
+    """
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    pts = sorted((p for p in points if p.get("test_bleu") is not None), key=lambda p: p["heads_kept"])
+    if pts:
+        ax.plot([p["heads_kept"] for p in pts], [p["test_bleu"] for p in pts], marker="o")
+        for p in pts:
+            ax.annotate(str(p["label"]), (p["heads_kept"], p["test_bleu"]), textcoords="offset points",
+                        xytext=(4, 4), fontsize=7)
+    ax.set_xlim(0, total_heads + 1)
+    ax.set_xlabel(f"encoder self-attention heads kept (of {total_heads})")
+    ax.set_ylabel("test BLEU")
+    ax.grid(alpha=0.3)
     if title:
         ax.set_title(title)
     fig.tight_layout()

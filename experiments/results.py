@@ -27,6 +27,10 @@ COLUMNS = (
 )
 
 
+# Left-aligned (text) columns; every other column is right-aligned.
+TEXT_COLUMNS = ("row", "attention", "score", "mode", "norm", "positions", "description")
+
+
 def describe_model(model_config: Mapping[str, Any]) -> dict[str, str]:
     """The attention / score / mode columns of a row from its model config."""
     attention = model_config["attention"]
@@ -49,12 +53,14 @@ def _cell(key: str, value: Any) -> str:
     return str(value)
 
 
-def markdown_table(records: Sequence[Mapping[str, Any]]) -> str:
-    """The main results table (one line per row) in GitHub Markdown."""
-    lines = ["| " + " | ".join(h for h, _ in COLUMNS) + " |",
-             "|" + "|".join("---" if k in ("row", "attention", "score", "mode") else "---:" for _, k in COLUMNS) + "|"]
+def markdown_table(records: Sequence[Mapping[str, Any]],
+                   columns: Sequence[tuple[str, str]] | None = None) -> str:
+    """The main results table (one line per row) in GitHub Markdown; ``columns`` defaults to COLUMNS."""
+    columns = COLUMNS if columns is None else columns
+    lines = ["| " + " | ".join(h for h, _ in columns) + " |",
+             "|" + "|".join("---" if k in TEXT_COLUMNS else "---:" for _, k in columns) + "|"]
     for rec in records:
-        lines.append("| " + " | ".join(_cell(k, rec.get(k)) for _, k in COLUMNS) + " |")
+        lines.append("| " + " | ".join(_cell(k, rec.get(k)) for _, k in columns) + " |")
     return "\n".join(lines)
 
 
@@ -74,7 +80,8 @@ def bleu_by_length_table(records: Sequence[Mapping[str, Any]]) -> str:
 
 
 def write(workdir: str, records: Sequence[Mapping[str, Any]], *, title: str, command: str,
-          notes: Sequence[str] = (), figures: Sequence[str] = (), length_table: bool = False) -> str:
+          notes: Sequence[str] = (), figures: Sequence[str] = (), length_table: bool = False,
+          columns: Sequence[tuple[str, str]] | None = None) -> str:
     """Writes results.jsonl and results.md in ``workdir`` and returns the Markdown text.
 
     Args:
@@ -85,6 +92,7 @@ def write(workdir: str, records: Sequence[Mapping[str, Any]], *, title: str, com
       notes: extra bullet lines (data sizes, preset, ...).
       figures: PNG paths relative to ``workdir`` to link.
       length_table: whether to add the BLEU-by-source-length table.
+      columns: (header, record key) pairs of the main table; None means COLUMNS.
 
     Returns:
       The content of results.md.
@@ -98,7 +106,7 @@ def write(workdir: str, records: Sequence[Mapping[str, Any]], *, title: str, com
     parts += [f"- {n}" for n in notes]
     if notes:
         parts.append("")
-    parts += [markdown_table(records), ""]
+    parts += [markdown_table(records, columns), ""]
     if length_table:
         table = bleu_by_length_table(records)
         if table:

@@ -71,6 +71,18 @@ class Experiment:
       default_workdir: workdir used when --workdir is not given.
       custom_row: a row name that runs ``config.model`` as given (no row overrides).
       bleu_by_length: whether to plot and tabulate BLEU by source length.
+      build_model: (model_config, vocab_size, max_source_len) -> flax module with the `Seq2Seq` call
+        interface; None builds an `attention_jax.seq2seq.Seq2Seq`.
+      describe_model: row config -> the descriptive columns of a row's record; None gives the
+        attention / score / mode columns of the recurrent experiments.
+      columns: (header, record key) pairs of results.md's table; None means `results.COLUMNS`.
+      validate_model: None (the recurrent models' checks in `experiments.cli.validate`) or a function
+        (row config) -> None raising `ConfigError` for a bad model config.
+      preset_rows: preset name -> the rows run when --rows is not given with that preset (default:
+        ``default_rows``).
+      record_extras: None or (model, params, row config) -> extra fields of the row's record (for
+        example the heads a pruned model keeps).
+      extra_figures: None or (records in table order, workdir) -> paths of further PNG figures.
     """
 
     name: str
@@ -83,6 +95,21 @@ class Experiment:
     default_workdir: str
     custom_row: str = "custom"
     bleu_by_length: bool = False
+    build_model: Callable[..., Any] | None = None
+    describe_model: Callable[[Any], dict[str, Any]] | None = None
+    columns: tuple[tuple[str, str], ...] | None = None
+    validate_model: Callable[[ml_collections.ConfigDict], None] | None = None
+    preset_rows: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+    record_extras: Callable[[Any, Any, ml_collections.ConfigDict], dict[str, Any]] | None = None
+    extra_figures: Callable[[Sequence[dict[str, Any]], str], list[str]] | None = None
+
+    def make_model(self, model_config: ml_collections.ConfigDict, vocab_size: int, max_source_len: int):
+        """The row's model (see `build_model`)."""
+        return (self.build_model or build_model)(model_config, vocab_size, max_source_len)
+
+    def describe(self, cfg: ml_collections.ConfigDict) -> dict[str, Any]:
+        """The descriptive columns of a row from its config (see `describe_model`)."""
+        return self.describe_model(cfg) if self.describe_model else results.describe_model(cfg.model)
 
     @property
     def row_names(self) -> tuple[str, ...]:
@@ -97,6 +124,9 @@ class Experiment:
 def row_config(exp: Experiment, config: ml_collections.ConfigDict, row: str) -> ml_collections.ConfigDict:
     """The config of one row: ``config`` with the row's fields set on top.
 
+    A row that starts from another row's checkpoint (``train.init_from``) trains
+    ``train.finetune_steps`` steps instead of ``train.num_steps`` when that field exists and is > 0.
+
     Raises:
       ConfigError: if ``row`` is not one of ``exp.row_names``.
     """
@@ -105,6 +135,8 @@ def row_config(exp: Experiment, config: ml_collections.ConfigDict, row: str) -> 
                           f"subset of {', '.join(exp.row_names)}")
     cfg = ml_collections.ConfigDict(config.to_dict())
     configs.apply_overrides(cfg, exp.rows.get(row, {}))
+    if cfg.train.get("init_from", "") and cfg.train.get("finetune_steps", 0) > 0:
+        cfg.train.num_steps = cfg.train.finetune_steps  # a warm-started row trains only its fine-tuning steps
     return cfg
 
 
@@ -172,26 +204,87 @@ def build_model(model_config: ml_collections.ConfigDict, vocab_size: int, max_so
     return Seq2Seq(vocab_size=int(vocab_size), **kwargs)
 
 
-def make_optimizer(train_config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-    """Adam with global-norm gradient clipping (Luong 2015 §4.1 clips at norm 5)."""
+SCHEDULES = ("constant", "rsqrt_warmup")
+
+
+def learning_rate(train_config: ml_collections.ConfigDict,
+                  model_config: ml_collections.ConfigDict | None = None) -> float | optax.Schedule:
+    """The learning rate: ``train.learning_rate``, or with ``train.schedule="rsqrt_warmup"`` the warm-up
+    schedule of Vaswani et al. 2017 (arXiv:1706.03762 §5.3, eq. 3) for ``model.d_model`` and
+    ``train.warmup_steps``, times ``train.learning_rate``."""
+    schedule = train_config.get("schedule", "constant")
+    if schedule == "constant":
+        return train_config.learning_rate
+    if schedule == "rsqrt_warmup":
+        from attention_jax.transformer import transformer_schedule  # pylint: disable=import-outside-toplevel
+
+        return transformer_schedule(int(model_config.d_model), int(train_config.warmup_steps),
+                                    scale=float(train_config.learning_rate))
+    raise ConfigError(f"--config.train.schedule={schedule!r} is not valid; fix: use one of {', '.join(SCHEDULES)}")
+
+
+def make_optimizer(train_config: ml_collections.ConfigDict,
+                   model_config: ml_collections.ConfigDict | None = None) -> optax.GradientTransformation:
+    """Adam with global-norm gradient clipping (Luong 2015 §4.1 clips at norm 5).
+
+    Optional fields (the Transformer experiment sets them): ``train.schedule`` (see `learning_rate`),
+    ``train.adam_b2`` and ``train.adam_eps`` (0.98 and 1e-9 in arXiv:1706.03762 §5.3), and
+    ``train.gate_learning_rate`` (> 0: a separate constant Adam learning rate for the head gates'
+    "log_alpha" parameters, which must travel several units while the weights are fine-tuned).
+    """
     parts = []
     if train_config.grad_clip_norm > 0:
         parts.append(optax.clip_by_global_norm(train_config.grad_clip_norm))
-    parts.append(optax.adam(train_config.learning_rate))
+    adam = functools.partial(optax.adam, b2=train_config.get("adam_b2", 0.999), eps=train_config.get("adam_eps", 1e-8))
+    gate_lr = float(train_config.get("gate_learning_rate", 0.0))
+    if gate_lr > 0:
+        def labels(params):
+            return jax.tree_util.tree_map_with_path(
+                    lambda path, _: "gates" if "log_alpha" in jax.tree_util.keystr(path) else "weights", params)
+
+        parts.append(optax.multi_transform({"weights": adam(learning_rate(train_config, model_config)),
+                                            "gates": adam(gate_lr)}, labels))
+    else:
+        parts.append(adam(learning_rate(train_config, model_config)))
     return optax.chain(*parts)
 
 
-def make_train_step(model, optimizer: optax.GradientTransformation) -> Callable:
+def make_train_step(model, optimizer: optax.GradientTransformation,
+                    train_config: ml_collections.ConfigDict | None = None) -> Callable:
     """A jitted ``step(params, opt_state, batch, rng) -> (params, opt_state, nll_sum, tokens)``.
 
-    The loss is the mean label-masked cross-entropy per target token; params and optimiser state
-    are donated, so the update happens in place.
+    The loss is the mean label-masked cross-entropy per target token, against label-smoothed targets
+    when ``train.label_smoothing`` > 0 (arXiv:1706.03762 §5.4), plus ``train.l0_penalty`` times the
+    summed expected L0 of the model's head gates when that is > 0 (Voita et al. 2019,
+    arXiv:1905.09418, eq. 6; the model sows them as intermediates "l0" and draws gates from the
+    "gates" rng). ``nll_sum`` is the unsmoothed NLL, so the logged loss stays a log-perplexity.
+    Params and optimiser state are donated, so the update happens in place.
     """
+    from attention_jax.transformer import label_smoothed_cross_entropy  # pylint: disable=import-outside-toplevel
+
+    tc = train_config if train_config is not None else ml_collections.ConfigDict()
+    smoothing = float(tc.get("label_smoothing", 0.0))
+    l0_weight = float(tc.get("l0_penalty", 0.0))
 
     def loss_fn(params, batch, rng):
-        nll, tokens, _ = evaluation.token_nll(model, params, batch, train=True, rngs={"dropout": rng})
-        total, count = nll.sum(), tokens.sum()
-        return total / jnp.maximum(count, 1.0), (total, count)
+        dropout_rng, gates_rng = jax.random.split(rng)
+        rngs = {"dropout": dropout_rng, "gates": gates_rng}
+        if l0_weight > 0:
+            (logits, _), inter = model.apply({"params": params}, batch["src"], batch["src_lengths"], batch["tgt_in"],
+                                             train=True, rngs=rngs, mutable=["intermediates"])
+            l0 = sum(jnp.sum(x) for x in jax.tree.leaves(inter))
+        else:
+            logits, _ = model.apply({"params": params}, batch["src"], batch["src_lengths"], batch["tgt_in"],
+                                    train=True, rngs=rngs)
+            l0 = 0.0
+        mask = batch["tgt_mask"].astype(jnp.float32)
+        total, count = label_smoothed_cross_entropy(logits, batch["tgt_out"], mask, smoothing=0.0)
+        if smoothing > 0:
+            smoothed, _ = label_smoothed_cross_entropy(logits, batch["tgt_out"], mask, smoothing=smoothing)
+        else:
+            smoothed = total
+        loss = smoothed / jnp.maximum(count, 1.0) + l0_weight * l0
+        return loss, (total, count)
 
     def step(params, opt_state, batch, rng):
         grads, (total, count) = jax.grad(loss_fn, has_aux=True)(params, batch, rng)
@@ -260,6 +353,48 @@ def _checkpoint_manager(path: str) -> ocp.CheckpointManager:
     return ocp.CheckpointManager(os.path.abspath(path), options=options, item_names=("state", "meta"))
 
 
+def resolve_init_from(init_from: str, workdir: str) -> str:
+    """The row directory named by ``train.init_from``: "@row" is a row of the same workdir, else a path."""
+    if init_from.startswith("@"):
+        return os.path.join(workdir, row_dir_name(init_from[1:]))
+    return os.path.expanduser(init_from)
+
+
+def warm_start(params: Any, row_dir: str) -> tuple[Any, int]:
+    """Copies the parameters of ``row_dir``'s latest checkpoint into ``params`` wherever path and shape match.
+
+    Parameters the checkpoint lacks (e.g. head gates added to a trained model) keep their fresh values.
+
+    Returns:
+      (params, number of arrays copied).
+
+    Raises:
+      ConfigError: if ``row_dir`` holds no checkpoint or none of its arrays fits.
+    """
+    path = os.path.join(row_dir, "checkpoints")
+    latest = _checkpoint_manager(path).latest_step() if os.path.isdir(path) else None
+    if latest is None:
+        raise ConfigError(f"train.init_from points at {row_dir!r}, which holds no checkpoint; fix: train that row "
+                          "first (run its experiment) or point --config.train.init_from at a finished row directory")
+    restored = ocp.StandardCheckpointer().restore(os.path.join(os.path.abspath(path), str(latest), "state"))
+    source = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_flatten_with_path(restored["params"])[0]}
+    copied = 0
+
+    def pick(key_path, fresh):
+        nonlocal copied
+        old = source.get(jax.tree_util.keystr(key_path))
+        if old is not None and tuple(np.shape(old)) == tuple(fresh.shape):
+            copied += 1
+            return jnp.asarray(old, fresh.dtype)
+        return fresh
+
+    params = jax.tree_util.tree_map_with_path(pick, params)
+    if copied == 0:
+        raise ConfigError(f"no parameter of the checkpoint in {row_dir!r} fits this row's model; fix: point "
+                          "--config.train.init_from at a row with the same architecture")
+    return params, copied
+
+
 def _stop_reason(step: int, elapsed: float, train_config: ml_collections.ConfigDict) -> str | None:
     if train_config.num_steps > 0 and step >= train_config.num_steps:
         return f"reached train.num_steps={train_config.num_steps}"
@@ -288,7 +423,7 @@ def train_row(model, cfg: ml_collections.ConfigDict, train_examples: Sequence[An
     """
     tc = cfg.train
     buckets = tuple(int(b) for b in cfg.data.buckets)
-    optimizer = make_optimizer(tc)
+    optimizer = make_optimizer(tc, cfg.model)
     init_rng, dropout_rng = jax.random.split(jax.random.PRNGKey(cfg.seed))
     params = init_params(model, init_rng, buckets)
     opt_state = optimizer.init(params)
@@ -309,12 +444,18 @@ def train_row(model, cfg: ml_collections.ConfigDict, train_examples: Sequence[An
         num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
         logging.info("[%s] new model with %s parameters; %d training pairs", row, f"{num_params:,}",
                      len(train_examples))
+        init_from = cfg.train.get("init_from", "")
+        if init_from:
+            params, copied = warm_start(params, resolve_init_from(init_from, os.path.dirname(row_dir)))
+            opt_state = optimizer.init(params)
+            logging.info("[%s] initialised %d of %d parameter arrays from %s", row, copied,
+                         len(jax.tree.leaves(params)), init_from)
     _truncate_metrics(metrics_path, meta["step"])
 
     step, epoch, batch_index = int(meta["step"]), int(meta["epoch"]), int(meta["batch_index"])
     start_step = step
     last_saved = latest if latest is not None else -1
-    train_step = make_train_step(model, optimizer)
+    train_step = make_train_step(model, optimizer, tc)
     forward = evaluation.make_forward(model)
     t0, base_elapsed = time.monotonic(), float(meta["elapsed_s"])
 
@@ -461,7 +602,7 @@ def evaluate_row(model, params, cfg: ml_collections.ConfigDict, dataset, row_dir
             words = [len(ex.src_text.split()) for ex in examples]
             out["bleu_by_length"] = evaluation.bleu_by_length(hyps, refs, words, tuple(ec.length_bins))
     out["heatmaps"] = []
-    if cfg.model.attention != "none" and test_ids and ec.num_heatmaps > 0:
+    if cfg.model.get("attention", "") != "none" and test_ids and ec.num_heatmaps > 0:
         indices = evaluation.pick_heatmap_examples(dataset.test, ec.num_heatmaps, ec.heatmap_max_tokens)
         aligned = evaluation.alignments(forward, params, dataset.test, test_ids, tokenizer, indices=indices,
                                         batch_size=ec.batch_size, buckets=buckets)
@@ -592,12 +733,13 @@ def run_experiment(exp: Experiment, config: ml_collections.ConfigDict, rows: Seq
         with open(os.path.join(row_dir, "row_config.json"), "w", encoding="utf-8") as f:
             json.dump(flats[row], f, indent=2, sort_keys=True)
         train_examples = filter_train(dataset.train, cfg.train.max_source_words)
-        model = build_model(cfg.model, dataset.tokenizer.vocab_size, longest_source(dataset, cfg.data.buckets))
+        model = exp.make_model(cfg.model, dataset.tokenizer.vocab_size, longest_source(dataset, cfg.data.buckets))
         logging.info("[%s] training: %s", row, ", ".join(f"{k}={v}" for k, v in exp.rows.get(row, {}).items()))
         outcome = train_row(model, cfg, train_examples, dataset.dev, row_dir, row=row)
         scores = evaluate_row(model, outcome.params, cfg, dataset, row_dir, heatmap_dir, row=row,
                               forward=outcome.forward)
-        record = {"row": row, **results.describe_model(cfg.model), "dev_ppl": scores["dev_ppl"],
+        record = {"row": row, **exp.describe(cfg),
+                  "params": sum(int(np.prod(x.shape)) for x in jax.tree.leaves(outcome.params)), "dev_ppl": scores["dev_ppl"],
                   "test_ppl": scores["test_ppl"], "dev_bleu": scores["dev_bleu"], "test_bleu": scores["test_bleu"],
                   "steps": outcome.steps, "train_minutes": round(outcome.minutes, 2),
                   "stop_reason": outcome.stop_reason, "epochs": outcome.epoch,
@@ -605,6 +747,8 @@ def run_experiment(exp: Experiment, config: ml_collections.ConfigDict, rows: Seq
                   "bleu_by_length": scores.get("bleu_by_length"),
                   "heatmaps": [os.path.relpath(p, workdir) for p in scores["heatmaps"]],
                   "seed": cfg.seed, "machine": machine_description(), "fingerprint": fp}
+        if exp.record_extras is not None:
+            record.update(exp.record_extras(model, outcome.params, cfg))
         with open(os.path.join(row_dir, "done.json"), "w", encoding="utf-8") as f:
             json.dump({"fingerprint": fp, "record": record}, f, indent=2, sort_keys=True)
         records[row] = record
@@ -649,6 +793,8 @@ def report(exp: Experiment, config: ml_collections.ConfigDict, workdir: str, row
         if buckets:
             figures.append(plots.bleu_by_length(buckets, os.path.join(workdir, "bleu_by_length.png"),
                                                 title=f"{exp.name}: test BLEU by source sentence length"))
+    if exp.extra_figures is not None and table:
+        figures.extend(exp.extra_figures(table, workdir))
     for rec in table:
         figures.extend(os.path.join(workdir, p) for p in rec.get("heatmaps", [])[:2])
     notes = [f"preset: {preset or '-'}; corpus: {corpus_label(config.data)}; vocabulary: {config.data.vocab_size}",
@@ -660,7 +806,8 @@ def report(exp: Experiment, config: ml_collections.ConfigDict, workdir: str, row
         notes.append(f"wall time of this invocation (data, compiles, training, evaluation, figures): "
                      f"{(time.monotonic() - started) / 60:.1f} min")
     text = results.write(workdir, table, title=exp.title, command=command, notes=notes,
-                         figures=[os.path.relpath(p, workdir) for p in figures], length_table=exp.bleu_by_length)
+                         figures=[os.path.relpath(p, workdir) for p in figures], length_table=exp.bleu_by_length,
+                         columns=exp.columns)
     if final:
         print(text, flush=True)
     return table
