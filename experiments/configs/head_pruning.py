@@ -1,0 +1,64 @@
+"""Voita et al. 2019 (arXiv:1905.09418): pruning encoder self-attention heads with L0-regularised gates.
+
+A Transformer (the ``experiments.transformer`` base model, German->English Ding sentences) gets a Hard
+Concrete gate on every encoder self-attention head (§4). The ``dense`` row trains it with open gates and no
+penalty. Each ``l0_*`` row starts from the dense row's checkpoint (``train.init_from="@dense"``) and fine-tunes
+with the loss L = L_xent + lambda * L_C, L_C the expected number of open gates (eq. 6), so larger lambda closes
+more heads. After training, each row's test-time gates decide which heads are kept (a closed gate is exactly 0,
+so the model equals the one `attention_jax.head_gates.prune_heads` returns); the table and bleu_vs_heads.png
+give test BLEU against the number of heads kept, the paper's Fig. 7.
+
+Command::
+
+    python -m experiments.head_pruning                                # preset small
+    python -m experiments.head_pruning --preset=smoke --workdir=/tmp/pruning_smoke
+    python -m experiments.head_pruning --rows=dense,l0_0.05
+
+Presets (2-core CPU, first run, jit compiles included):
+
+* ``smoke``: the transformer smoke model (D=32, 4 heads, 1+1 layers), 30 dense steps and 20 steps per
+  lambda row, greedy decoding: about 1-2 minutes. Plumbing only.
+* ``small``: the transformer ``small`` base model (D=128, 8 heads, 2+2 layers: 16 encoder heads), 600 dense
+  steps, then 300 fine-tuning steps per lambda at a constant learning rate 5e-4 (5e-2 for the gates'
+  log_alpha, which must move from 3 to below -2.4 to close a gate), beam 4 on 500 test
+  sentences. Numbers and wall time: WORKSPACE.md.
+* ``paper``: the transformer ``paper`` sizes (6 layers x 8 heads = 48 encoder heads), for an accelerator.
+
+Differences from the paper: a small corpus and model, fine-tuning for hundreds rather than thousands of steps,
+and lambda scaled to a loss averaged per target token.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from experiments.configs import transformer as transformer_config
+
+LAMBDAS = (0.002, 0.005, 0.01, 0.02, 0.05)
+
+ROWS = {"dense": {"train.l0_penalty": 0.0}}
+for _lam in LAMBDAS:
+    ROWS[f"l0_{_lam:g}"] = {"train.l0_penalty": _lam, "train.init_from": "@dense", "train.schedule": "constant",
+                           "train.learning_rate": 5e-4}
+DEFAULT_ROWS = tuple(ROWS)
+CUSTOM_ROW = "custom"
+PRESET_ROWS = {"smoke": ("dense", "l0_0.01", "l0_0.05")}
+
+# Fine-tuning steps of the lambda rows, per preset (a row with train.init_from trains train.finetune_steps).
+FINETUNE_STEPS = {"smoke": 20, "small": 300, "paper": 20000}
+
+PRESETS = {name: dict(values) for name, values in transformer_config.PRESETS.items()}
+for _name, _steps in FINETUNE_STEPS.items():
+    PRESETS[_name]["train.finetune_steps"] = _steps
+DEFAULT_PRESET = "small"
+
+
+def get_config() -> ml_collections.ConfigDict:
+    """The Transformer base config with gates on the encoder self-attention heads."""
+    config = transformer_config.get_config()
+    config.experiment = "head_pruning"
+    config.model.head_gates = "encoder"
+    config.train.init_from = ""
+    config.train.finetune_steps = 300
+    config.train.gate_learning_rate = 0.05  # log_alpha starts at 3 and a gate closes below about -2.4
+    return config
