@@ -146,6 +146,7 @@ class MultiHeadAttention(nn.Module):
         bias: jax.Array | None = None,
         is_causal: bool = False,
         key_lengths: jax.Array | None = None,
+        segment_ids: jax.Array | tuple[jax.Array, jax.Array] | None = None,
         deterministic: bool = True,
         return_weights: bool = False,
         head_gates: jax.Array | None = None,
@@ -160,6 +161,9 @@ class MultiHeadAttention(nn.Module):
           is_causal: key s is masked for query t when s > t (top-left, as in `dot_product_attention`).
             Ignored when decoding, which is always causal in absolute positions.
           key_lengths: None or [B] integer; keys s >= key_lengths[b] are masked (cache slots when decoding).
+          segment_ids: None, a pair (q_segment_ids [B, T], kv_segment_ids [B, S]) integer, or one [B, T] integer
+            array for self-attention: query t sees key s only within the same segment (packed sequences;
+            forwarded to `attention_fn`). Not available when decoding.
           deterministic: if False and dropout_rate > 0, drop attention weights with the "dropout" rng.
           return_weights: also return the attention weights.
           head_gates: None or [N] floating; head i's context is multiplied by head_gates[i] before the output
@@ -173,8 +177,9 @@ class MultiHeadAttention(nn.Module):
         Raises:
           ValueError: for inputs that are not rank 3, batch sizes that differ, Dq not a multiple of N without
             head_dim, inputs_kv while decoding, T > S_max or a batch that differs from the cache's, mask,
-            bias or key_lengths shapes that do not fit, `positions` with cross-attention (inputs_kv given), and
-            "rope" with an odd head dim.
+            bias or key_lengths shapes that do not fit, `positions` with cross-attention (inputs_kv given),
+            "rope" with an odd head dim, segment_ids while decoding, and segment id shapes that do not fit
+            (raised by `dot_product_attention`).
           TypeError: for non-floating inputs or bias, a non-boolean mask or non-integer key_lengths.
         """
         if self.positions is not None and inputs_kv is not None:
@@ -182,6 +187,8 @@ class MultiHeadAttention(nn.Module):
                 f"positions={self.positions!r} is for self-attention; got inputs_kv.shape={jnp.shape(inputs_kv)} "
                 f"with inputs_q.shape={jnp.shape(inputs_q)}"
             )
+        if self.decode and segment_ids is not None:
+            raise ValueError("segment_ids are not supported with decode=True (the cache holds one sequence per row)")
         if self.decode and inputs_kv is not None:
             raise ValueError(
                 f"decode=True is self-attention only; got inputs_kv.shape={jnp.shape(inputs_kv)} "
@@ -256,9 +263,10 @@ class MultiHeadAttention(nn.Module):
         need_weights = return_weights or shaw_ids is not None
         rate = 0.0 if deterministic else float(self.dropout_rate)
         dropout_rng = self.make_rng("dropout") if rate > 0.0 else None
+        extra = {} if segment_ids is None else {"segment_ids": segment_ids}
         result = self.attention_fn(
             query, key, value, bias, mask, is_causal=is_causal, key_lengths=key_lengths, dropout_rate=rate,
-            dropout_rng=dropout_rng, return_weights=need_weights, implementation=self.implementation,
+            dropout_rng=dropout_rng, return_weights=need_weights, implementation=self.implementation, **extra,
         )
         context, weights = (result[0], result[1]) if need_weights else (result, None)  # [B, T, N, H]
         if shaw_ids is not None:

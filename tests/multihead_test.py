@@ -108,6 +108,38 @@ class ReferenceTest(parameterized.TestCase):
         expected = jnp.einsum("btnh,nho->bto", ctx, p["out"]["kernel"]) + p["out"]["bias"]
         np.testing.assert_allclose(out, expected, atol=ATOL, rtol=1e-5)
 
+    @parameterized.parameters(4, 2, 1)
+    def test_segment_ids_match_jax_nn_and_numpy(self, kv_heads):
+        model = _module(kv_heads)
+        xq, _ = _inputs(20 + kv_heads, t=6)  # T = 6
+        segments = jnp.array([[0, 0, 0, 1, 1, 2], [5, 5, 7, 7, 7, 7]], jnp.int32)  # packed sequences
+        params = model.init(jax.random.PRNGKey(2), xq)["params"]
+        out = model.apply({"params": params}, xq, segment_ids=segments, is_causal=True)
+        same = np.asarray(segments)[:, :, None] == np.asarray(segments)[:, None, :]  # [B, T, T]
+        expected = _np_multihead(params, xq, xq, same[:, None], causal=True)
+        np.testing.assert_allclose(out, expected, atol=ATOL, rtol=1e-5)
+        p = params
+        q = jnp.einsum("btd,dnh->btnh", xq, p["query"]["kernel"]) + p["query"]["bias"]
+        k = jnp.einsum("bsd,dkh->bskh", xq, p["key"]["kernel"]) + p["key"]["bias"]
+        v = jnp.einsum("bsd,dkh->bskh", xq, p["value"]["kernel"]) + p["value"]["bias"]
+        k, v = jnp.repeat(k, N // kv_heads, axis=2), jnp.repeat(v, N // kv_heads, axis=2)
+        mask = jnp.asarray(same)[:, None] & jnp.tril(jnp.ones((6, 6), bool))
+        ctx = jax.nn.dot_product_attention(q, k, v, mask=mask)
+        np.testing.assert_allclose(out, jnp.einsum("btnh,nho->bto", ctx, p["out"]["kernel"]) + p["out"]["bias"],
+                                   atol=ATOL, rtol=1e-5)
+        # A packed row equals its segments run one at a time.
+        alone = model.apply({"params": params}, xq[:1, 3:5], is_causal=True)
+        np.testing.assert_allclose(out[:1, 3:5], alone, atol=ATOL, rtol=1e-5)
+
+    def test_segment_ids_errors(self):
+        model = _module(2)
+        xq, _ = _inputs(1)
+        params = model.init(jax.random.PRNGKey(0), xq)["params"]
+        with pytest.raises(ValueError, match="segment"):
+            model.apply({"params": params}, xq, segment_ids=jnp.zeros((B, T + 1), jnp.int32))
+        with pytest.raises(ValueError, match="segment_ids are not supported with decode=True"):
+            _module(2, decode=True).init(jax.random.PRNGKey(0), xq, segment_ids=jnp.zeros((B, T), jnp.int32))
+
     def test_causal_matches_numpy_and_key_lengths(self):
         model = _module(2)
         xq, _ = _inputs(3)
