@@ -434,6 +434,11 @@ def ppl_vs_memory_figure(records: Sequence[dict[str, Any]], path: str, *, train_
     return path
 
 
+# The summary table of results.md (one row per evaluation memory length).
+LM_COLUMNS = (("row", "row"), ("eval memory M", "mem_len"), ("test ppl", "test_ppl"), ("steps", "steps"),
+              ("train minutes", "train_minutes"))
+
+
 def write_report(workdir: str, records: Sequence[dict[str, Any]], *, title: str, command: str,
                  notes: Sequence[str], train_mem_len: int) -> str:
     """results.jsonl / results.md (through `experiments.results.write`), loss_curves.png and ppl_vs_memory.png."""
@@ -444,8 +449,8 @@ def write_report(workdir: str, records: Sequence[dict[str, Any]], *, title: str,
                ppl_vs_memory_figure(records, os.path.join(workdir, "ppl_vs_memory.png"), train_mem_len=train_mem_len,
                                     title=title)]
     text = results.write(workdir, records, title=title, command=command, notes=notes,
-                         figures=[os.path.relpath(p, workdir) for p in figures])
-    # The shared table has the translation columns; the language-model numbers get their own table.
+                         figures=[os.path.relpath(p, workdir) for p in figures], columns=LM_COLUMNS)
+    # The detailed numbers (bits per character and per token, keys per query) get a table of their own.
     head, sep, tail = text.partition("\n![")
     text = (head.rstrip() + "\n\nTest perplexity by evaluation memory length (the paper's claim: longer memory, "
             "lower perplexity):\n\n" + memory_table(records) + "\n\n" + (sep.lstrip("\n") + tail if sep else ""))
