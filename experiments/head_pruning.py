@@ -52,13 +52,13 @@ def heads_kept(model, params, cfg: ml_collections.ConfigDict) -> dict[str, Any]:
 
 def figures(table, workdir: str) -> list[str]:
     """bleu_vs_heads.png from the finished rows."""
-    points = [{"heads_kept": r["heads_kept"], "test_bleu": r.get("test_bleu"),
-               "label": f"lambda={r['l0_penalty']:g}"} for r in table if "heads_kept" in r]
+    points = [{"heads_kept": r["heads_kept"], "test_bleu": r.get("test_bleu"), "test_ppl": r.get("test_ppl"),
+               "label": f"{r['row']} (lambda={r['l0_penalty']:g})"} for r in table if "heads_kept" in r]
     if not points:
         return []
     total = max(r.get("heads_total", 0) for r in table)
     return [plots.bleu_vs_heads(points, os.path.join(workdir, "bleu_vs_heads.png"), total_heads=total,
-                                title="Voita et al. 2019: BLEU vs encoder heads kept (L0 gates)")]
+                                title="Voita et al. 2019: test BLEU and perplexity vs encoder heads kept (L0 gates)")]
 
 
 def validate(cfg: ml_collections.ConfigDict) -> None:

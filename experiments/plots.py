@@ -140,10 +140,12 @@ def bleu_by_length(buckets: Mapping[str, Sequence[Mapping[str, Any]]], path: str
 
 
 def bleu_vs_heads(points: Sequence[Mapping[str, Any]], path: str, *, total_heads: int, title: str = "") -> str:
-    """Test BLEU against the number of attention heads kept, like Voita et al. 2019 (arXiv:1905.09418), Fig. 7.
+    """Test BLEU and test perplexity against the number of attention heads kept, like Voita et al. 2019
+    (arXiv:1905.09418), Fig. 7; one marker per row, labelled.
 
     Args:
-      points: dicts with "heads_kept" (int), "test_bleu" (float) and "label" (the row, e.g. its lambda).
+      points: dicts with "heads_kept" (int), "test_bleu" and "test_ppl" (float or None) and "label" (the row,
+        e.g. its lambda).
       path: PNG file to write.
       total_heads: the heads of the unpruned model (the x axis ends there).
       title: figure title.
@@ -151,19 +153,18 @@ def bleu_vs_heads(points: Sequence[Mapping[str, Any]], path: str, *, total_heads
     Returns:
       ``path``.
     """
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    pts = sorted((p for p in points if p.get("test_bleu") is not None), key=lambda p: p["heads_kept"])
-    if pts:
-        ax.plot([p["heads_kept"] for p in pts], [p["test_bleu"] for p in pts], marker="o")
-        for p in pts:
-            ax.annotate(str(p["label"]), (p["heads_kept"], p["test_bleu"]), textcoords="offset points",
-                        xytext=(4, 4), fontsize=7)
-    ax.set_xlim(0, total_heads + 1)
-    ax.set_xlabel(f"encoder self-attention heads kept (of {total_heads})")
-    ax.set_ylabel("test BLEU")
-    ax.grid(alpha=0.3)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, key, label in ((axes[0], "test_bleu", "test BLEU"), (axes[1], "test_ppl", "test perplexity")):
+        pts = [p for p in points if p.get(key) is not None]
+        for k, p in enumerate(pts):
+            ax.plot(p["heads_kept"], p[key], marker=_MARKERS[k % len(_MARKERS)], linestyle="none", label=p["label"])
+        ax.set_xlim(0, total_heads + 1)
+        ax.set_xlabel(f"encoder self-attention heads kept (of {total_heads})")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
     if title:
-        ax.set_title(title)
+        fig.suptitle(title)
     fig.tight_layout()
     _save(fig, path)
     return path
