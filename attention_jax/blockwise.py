@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from attention_jax import _checks, alignment
-from attention_jax.dot_product import _check_lengths, _check_pair_mask_shape, _segment_pair, _window_sides
+from attention_jax.dot_product import _check_attention_args, _position_mask
 
 _F32 = jnp.float32
 EMPTY_ROW_LSE = alignment.EMPTY_ROW_LSE
@@ -32,9 +32,7 @@ class _Config(NamedTuple):
 
     scale: float
     is_causal: bool
-    left: int | None  # local window sides, None = unbounded
-    right: int | None
-    has_window: bool
+    window: tuple[int | None, int | None] | None  # local window (left, right), None = no window
     num_keys: int  # S before padding
     block_k: int
     num_blocks: int
@@ -55,13 +53,9 @@ def _chunk_valid(cfg: _Config, j: jax.Array, aux: dict, num_queries: int, kv_hea
     k_pos = j * c + jnp.arange(c)  # [C]
     q_pos = jnp.arange(num_queries)  # [T]
     pos = (k_pos < cfg.num_keys)[None, :]  # [1, C]: the padding keys are never valid
-    if cfg.is_causal:
-        pos = pos & (k_pos[None, :] <= q_pos[:, None])  # [T, C]
-    if cfg.has_window:
-        if cfg.left is not None:
-            pos = pos & (k_pos[None, :] >= q_pos[:, None] - cfg.left)
-        if cfg.right is not None:
-            pos = pos & (k_pos[None, :] <= q_pos[:, None] + cfg.right)
+    allowed = _position_mask(q_pos, k_pos, cfg.is_causal, cfg.window)  # [T, C] or None
+    if allowed is not None:
+        pos = pos & allowed
     valid = pos[None, None, None]  # [1, 1, 1, T|1, C]
     if aux["key_lengths"] is not None:
         valid = valid & (k_pos[None, :] < aux["key_lengths"][:, None])[:, None, None, None, :]  # [B, 1, 1, 1, C]
@@ -264,41 +258,16 @@ def blockwise_attention(
         positive int.
       TypeError: for non-floating query/key/value/bias, a non-boolean mask, or non-integer lengths or ids.
     """
-    for name, x in (("query", query), ("key", key), ("value", value)):
-        _checks.rank(name, x, 4)
-        _checks.floating(name, x)
-    batch, num_queries, heads, head_dim = jnp.shape(query)
-    if jnp.shape(key) != jnp.shape(value):
-        raise ValueError(f"key and value shapes differ: {jnp.shape(key)=} {jnp.shape(value)=}")
-    kb, num_keys, kv_heads, kh = jnp.shape(key)
-    if kb != batch:
-        raise ValueError(f"batch sizes differ: {jnp.shape(query)=} {jnp.shape(key)=}")
-    if kh != head_dim:
-        raise ValueError(f"query and key head dims differ: {jnp.shape(query)=} {jnp.shape(key)=}")
-    if kv_heads == 0 or heads % kv_heads != 0:
-        raise ValueError(
-            f"query heads N={heads} must be a multiple of key/value heads K={kv_heads}: "
-            f"{jnp.shape(query)=} {jnp.shape(key)=}"
-        )
-    if bias is not None:
-        _checks.floating("bias", bias)
-        _check_pair_mask_shape("bias", bias, batch, heads, num_queries, num_keys)
-    if mask is not None:
-        _checks.boolean("mask", mask)
-        _check_pair_mask_shape("mask", mask, batch, heads, num_queries, num_keys)
-    if query_lengths is not None:
-        _check_lengths("query_lengths", query_lengths, batch)
-    if key_lengths is not None:
-        _check_lengths("key_lengths", key_lengths, batch)
-    segments = None if segment_ids is None else _segment_pair(segment_ids, batch, num_queries, num_keys)
-    left, right = (None, None) if local_window is None else _window_sides(local_window)
+    num_queries, num_keys, head_dim, segments, window = _check_attention_args(
+        query, key, value, bias, mask, query_lengths, key_lengths, segment_ids, local_window)
+    batch, heads = jnp.shape(query)[0], jnp.shape(query)[2]
     block_k = _checks.positive_int("block_k", block_k)
     scale = 1.0 / float(np.sqrt(head_dim)) if scale is None else float(scale)
 
     block = max(1, min(block_k, num_keys))
     num_blocks = -(-num_keys // block)
     pad = num_blocks * block - num_keys
-    cfg = _Config(scale, bool(is_causal), left, right, local_window is not None, num_keys, block, num_blocks)
+    cfg = _Config(scale, bool(is_causal), window, num_keys, block, num_blocks)
 
     def pad_keys(x, axis, fill):
         if pad == 0:

@@ -175,21 +175,67 @@ def _and(a: jax.Array | None, b: jax.Array) -> jax.Array:
     return b if a is None else jnp.logical_and(a, b)
 
 
+def _check_attention_args(query, key, value, bias, mask, query_lengths, key_lengths, segment_ids, local_window):
+    """The input checks shared by `dot_product_attention` and `attention_jax.blockwise.blockwise_attention`.
+
+    Returns:
+      (T, S, H, segments (q_ids, kv_ids) or None, window (left, right) or None).
+
+    Raises:
+      ValueError, TypeError: as documented by `dot_product_attention`.
+    """
+    for name, x in (("query", query), ("key", key), ("value", value)):
+        _checks.rank(name, x, 4)
+        _checks.floating(name, x)
+    batch, num_queries, heads, head_dim = jnp.shape(query)
+    if jnp.shape(key) != jnp.shape(value):
+        raise ValueError(f"key and value shapes differ: {jnp.shape(key)=} {jnp.shape(value)=}")
+    kb, num_keys, kv_heads, kh = jnp.shape(key)
+    if kb != batch:
+        raise ValueError(f"batch sizes differ: {jnp.shape(query)=} {jnp.shape(key)=}")
+    if kh != head_dim:
+        raise ValueError(f"query and key head dims differ: {jnp.shape(query)=} {jnp.shape(key)=}")
+    if kv_heads == 0 or heads % kv_heads != 0:
+        raise ValueError(
+            f"query heads N={heads} must be a multiple of key/value heads K={kv_heads}: "
+            f"{jnp.shape(query)=} {jnp.shape(key)=}"
+        )
+    if bias is not None:
+        _checks.floating("bias", bias)
+        _check_pair_mask_shape("bias", bias, batch, heads, num_queries, num_keys)
+    if mask is not None:
+        _checks.boolean("mask", mask)
+        _check_pair_mask_shape("mask", mask, batch, heads, num_queries, num_keys)
+    if query_lengths is not None:
+        _check_lengths("query_lengths", query_lengths, batch)
+    if key_lengths is not None:
+        _check_lengths("key_lengths", key_lengths, batch)
+    segments = None if segment_ids is None else _segment_pair(segment_ids, batch, num_queries, num_keys)
+    window = None if local_window is None else _window_sides(local_window)
+    return num_queries, num_keys, head_dim, segments, window
+
+
+def _position_mask(q_pos: jax.Array, k_pos: jax.Array, is_causal: bool, window) -> jax.Array | None:
+    """[T, C] bool from query positions [T] and key positions [C] (causal and local window, top-left
+    aligned), or None when neither applies."""
+    allowed = None
+    if is_causal:
+        allowed = _and(allowed, k_pos[None, :] <= q_pos[:, None])
+    if window is not None:
+        left, right = window
+        if left is not None:
+            allowed = _and(allowed, k_pos[None, :] >= q_pos[:, None] - left)
+        if right is not None:
+            allowed = _and(allowed, k_pos[None, :] <= q_pos[:, None] + right)
+    return allowed
+
+
 def _combined_mask(mask, num_queries, num_keys, is_causal, window, query_lengths, key_lengths, segments):
     """Folds every mask source into one bool [B or 1, N or 1, T, S], or None when nothing masks."""
     combined = mask
-    q_pos = jnp.arange(num_queries)[:, None]  # [T, 1]
-    k_pos = jnp.arange(num_keys)[None, :]  # [1, S]
-    if is_causal:
-        combined = _and(combined, (k_pos <= q_pos)[None, None])  # [1, 1, T, S]
-    if window is not None:
-        left, right = window
-        inside = jnp.ones((num_queries, num_keys), bool)
-        if left is not None:
-            inside = inside & (k_pos >= q_pos - left)
-        if right is not None:
-            inside = inside & (k_pos <= q_pos + right)
-        combined = _and(combined, inside[None, None])  # [1, 1, T, S]
+    positions = _position_mask(jnp.arange(num_queries), jnp.arange(num_keys), is_causal, window)  # [T, S]
+    if positions is not None:
+        combined = _and(combined, positions[None, None])  # [1, 1, T, S]
     if query_lengths is not None:
         valid_q = jnp.arange(num_queries)[None, :] < jnp.asarray(query_lengths)[:, None]  # [B, T]
         combined = _and(combined, valid_q[:, None, :, None])  # [B, 1, T, 1]
@@ -326,34 +372,8 @@ def dot_product_attention(
         an rng; an unknown implementation or one that does not support the call.
       TypeError: for non-floating query/key/value/bias, a non-boolean mask, or non-integer lengths or ids.
     """
-    for name, x in (("query", query), ("key", key), ("value", value)):
-        _checks.rank(name, x, 4)
-        _checks.floating(name, x)
-    batch, num_queries, heads, head_dim = jnp.shape(query)
-    if jnp.shape(key) != jnp.shape(value):
-        raise ValueError(f"key and value shapes differ: {jnp.shape(key)=} {jnp.shape(value)=}")
-    kb, num_keys, kv_heads, kh = jnp.shape(key)
-    if kb != batch:
-        raise ValueError(f"batch sizes differ: {jnp.shape(query)=} {jnp.shape(key)=}")
-    if kh != head_dim:
-        raise ValueError(f"query and key head dims differ: {jnp.shape(query)=} {jnp.shape(key)=}")
-    if kv_heads == 0 or heads % kv_heads != 0:
-        raise ValueError(
-            f"query heads N={heads} must be a multiple of key/value heads K={kv_heads}: "
-            f"{jnp.shape(query)=} {jnp.shape(key)=}"
-        )
-    if bias is not None:
-        _checks.floating("bias", bias)
-        _check_pair_mask_shape("bias", bias, batch, heads, num_queries, num_keys)
-    if mask is not None:
-        _checks.boolean("mask", mask)
-        _check_pair_mask_shape("mask", mask, batch, heads, num_queries, num_keys)
-    if query_lengths is not None:
-        _check_lengths("query_lengths", query_lengths, batch)
-    if key_lengths is not None:
-        _check_lengths("key_lengths", key_lengths, batch)
-    segments = None if segment_ids is None else _segment_pair(segment_ids, batch, num_queries, num_keys)
-    window = None if local_window is None else _window_sides(local_window)
+    num_queries, num_keys, head_dim, segments, window = _check_attention_args(
+        query, key, value, bias, mask, query_lengths, key_lengths, segment_ids, local_window)
     if isinstance(dropout_rate, bool) or not isinstance(dropout_rate, (int, float)) or not 0.0 <= dropout_rate < 1.0:
         raise ValueError(f"dropout_rate must be a Python float in [0, 1), got {dropout_rate!r}")
     if dropout_rate > 0.0 and dropout_rng is None:
