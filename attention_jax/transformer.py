@@ -198,7 +198,42 @@ def _gates(module: nn.Module, name: str, heads: int, train: bool) -> tuple[Array
     return gates, expected_l0(log_alpha)
 
 
-class EncoderLayer(nn.Module):
+class _Layer(nn.Module):
+    """The attributes and sub-module factories shared by `EncoderLayer` and `DecoderLayer`."""
+
+    num_heads: int
+    d_ff: int
+    head_dim: int | None = None
+    num_kv_heads: int | None = None
+    dropout_rate: float = 0.1
+    attention_dropout_rate: float = 0.0
+    relu_dropout_rate: float = 0.0
+    norm: str = "post"
+    positions: str | None = None
+    shaw_max_distance: int = 16
+    head_gates: bool = False
+    implementation: str | None = None
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+
+    def _attention(self, name: str, *, relative: bool, decode: bool = False) -> MultiHeadAttention:
+        """A sub-layer's MultiHeadAttention; `relative` gives it the layer's position scheme (self-attention)."""
+        extra = dict(positions=self.positions, shaw_max_distance=self.shaw_max_distance) if relative else {}
+        return MultiHeadAttention(
+            num_heads=self.num_heads, num_kv_heads=self.num_kv_heads, head_dim=self.head_dim,
+            dropout_rate=self.attention_dropout_rate, dtype=self.dtype, param_dtype=self.param_dtype,
+            implementation=self.implementation, decode=decode, name=name, **extra)
+
+    def _block(self, name: str) -> _Sublayer:
+        return _Sublayer(norm=self.norm, dropout_rate=self.dropout_rate, dtype=self.dtype,
+                         param_dtype=self.param_dtype, name=name)
+
+    def _ffn_block(self, x: Array, train: bool) -> Array:
+        ffn = FeedForward(self.d_ff, self.relu_dropout_rate, self.dtype, self.param_dtype, name="ffn")
+        return self._block("ffn_block")(x, lambda h: ffn(h, train), train)[0]
+
+
+class EncoderLayer(_Layer):
     """One encoder layer: self-attention and FFN, each a residual sub-layer (arXiv:1706.03762, §3.1).
 
     Attributes:
@@ -218,62 +253,26 @@ class EncoderLayer(nn.Module):
       dtype, param_dtype: compute and parameter dtypes.
     """
 
-    num_heads: int
-    d_ff: int
-    head_dim: int | None = None
-    num_kv_heads: int | None = None
-    dropout_rate: float = 0.1
-    attention_dropout_rate: float = 0.0
-    relu_dropout_rate: float = 0.0
-    norm: str = "post"
-    positions: str | None = None
-    shaw_max_distance: int = 16
-    head_gates: bool = False
-    implementation: str | None = None
-    dtype: Any = None
-    param_dtype: Any = jnp.float32
-
     @nn.compact
     def __call__(self, x: Array, lengths: Array, train: bool = False) -> Array:
         """Encodes [B, S, D] with keys s >= lengths[b] masked; returns [B, S, D] in the compute dtype."""
-        sub = dict(norm=self.norm, dropout_rate=self.dropout_rate, dtype=self.dtype, param_dtype=self.param_dtype)
-        attention = MultiHeadAttention(
-            num_heads=self.num_heads, num_kv_heads=self.num_kv_heads, head_dim=self.head_dim,
-            dropout_rate=self.attention_dropout_rate, dtype=self.dtype, param_dtype=self.param_dtype,
-            implementation=self.implementation, positions=self.positions, shaw_max_distance=self.shaw_max_distance,
-            name="self_attention")
+        attention = self._attention("self_attention", relative=True)
         gates = None
         if self.head_gates:
             gates, l0 = _gates(self, "log_alpha", self.num_heads, train)
             self.sow("intermediates", "l0", l0)
-        x, _ = _Sublayer(**sub, name="attention_block")(
+        x, _ = self._block("attention_block")(
             x, lambda h: attention(h, key_lengths=lengths, deterministic=not train, head_gates=gates), train)
-        ffn = FeedForward(self.d_ff, self.relu_dropout_rate, self.dtype, self.param_dtype, name="ffn")
-        x, _ = _Sublayer(**sub, name="ffn_block")(x, lambda h: ffn(h, train), train)
-        return x
+        return self._ffn_block(x, train)
 
 
-class DecoderLayer(nn.Module):
+class DecoderLayer(_Layer):
     """One decoder layer: masked self-attention, attention over the encoder, FFN (arXiv:1706.03762, §3.1).
 
     Attributes: those of `EncoderLayer` (gates apply to both attentions), plus
       decode: the self-attention keeps a key/value cache (see `MultiHeadAttention`).
     """
 
-    num_heads: int
-    d_ff: int
-    head_dim: int | None = None
-    num_kv_heads: int | None = None
-    dropout_rate: float = 0.1
-    attention_dropout_rate: float = 0.0
-    relu_dropout_rate: float = 0.0
-    norm: str = "post"
-    positions: str | None = None
-    shaw_max_distance: int = 16
-    head_gates: bool = False
-    implementation: str | None = None
-    dtype: Any = None
-    param_dtype: Any = jnp.float32
     decode: bool = False
 
     @nn.compact
@@ -283,28 +282,20 @@ class DecoderLayer(nn.Module):
         Returns:
           (y [B, T, D] in the compute dtype, cross-attention weights [B, N, T, S] float32).
         """
-        sub = dict(norm=self.norm, dropout_rate=self.dropout_rate, dtype=self.dtype, param_dtype=self.param_dtype)
-        common = dict(num_heads=self.num_heads, num_kv_heads=self.num_kv_heads, head_dim=self.head_dim,
-                      dropout_rate=self.attention_dropout_rate, dtype=self.dtype, param_dtype=self.param_dtype,
-                      implementation=self.implementation)
-        self_attention = MultiHeadAttention(**common, positions=self.positions,
-                                            shaw_max_distance=self.shaw_max_distance, decode=self.decode,
-                                            name="self_attention")
-        cross_attention = MultiHeadAttention(**common, name="cross_attention")
+        self_attention = self._attention("self_attention", relative=True, decode=self.decode)
+        cross_attention = self._attention("cross_attention", relative=False)
         self_gates = cross_gates = None
         if self.head_gates:
             self_gates, l0_self = _gates(self, "log_alpha_self", self.num_heads, train)
             cross_gates, l0_cross = _gates(self, "log_alpha_cross", self.num_heads, train)
             self.sow("intermediates", "l0", l0_self + l0_cross)
-        y, _ = _Sublayer(**sub, name="self_attention_block")(
+        y, _ = self._block("self_attention_block")(
             y, lambda h: self_attention(h, is_causal=not self.decode, deterministic=not train, head_gates=self_gates),
             train)
-        y, weights = _Sublayer(**sub, name="cross_attention_block")(
+        y, weights = self._block("cross_attention_block")(
             y, lambda h: cross_attention(h, encoded, key_lengths=src_lengths, deterministic=not train,
                                          return_weights=True, head_gates=cross_gates), train)
-        ffn = FeedForward(self.d_ff, self.relu_dropout_rate, self.dtype, self.param_dtype, name="ffn")
-        y, _ = _Sublayer(**sub, name="ffn_block")(y, lambda h: ffn(h, train), train)
-        return y, weights
+        return self._ffn_block(y, train), weights
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -560,11 +551,11 @@ def _strip_index(cache: PyTree) -> PyTree:
     return cache
 
 
-def _with_index(cache: PyTree, template: PyTree, t: Array) -> PyTree:
-    """Re-inserts `cache_index` = t wherever `template` (the abstract full cache) has one."""
-    if isinstance(template, Mapping):
-        out = {k: _with_index(cache[k], v, t) for k, v in template.items() if k != "cache_index"}
-        if "cache_index" in template:
+def _with_index(cache: PyTree, t: Array) -> PyTree:
+    """Re-inserts `cache_index` = t beside every `cached_key` (each `MultiHeadAttention` cache)."""
+    if isinstance(cache, Mapping):
+        out = {k: _with_index(v, t) for k, v in cache.items()}
+        if "cached_key" in cache:
             out["cache_index"] = jnp.asarray(t, jnp.int32)
         return out
     return cache
@@ -615,9 +606,7 @@ def make_step_fn(model: Transformer, params: PyTree) -> Callable[..., tuple[Arra
     decoder = model.clone(decode=True)
 
     def step_fn(memory, state, tokens, t):
-        max_len = jax.tree.leaves(state)[0].shape[1]
-        template = _abstract_cache(model, params, memory, max_len)
-        cache = _with_index(state, template, t)
+        cache = _with_index(state, t)
         (logits, weights), updated = decoder.apply({"params": params, "cache": cache}, memory, tokens, t,
                                                    method=Transformer.decode_step, mutable=["cache"])
         return logits, _strip_index(updated["cache"]), weights
