@@ -28,8 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from attention_jax import _checks
-from attention_jax.dot_product import _check_pair_mask_shape, dot_product_attention
-from attention_jax.multihead import _check_heads, dense_projection
+from attention_jax.multihead import MultiHeadAttention, _check_heads
 
 __all__ = [
     "GatedMultiHeadAttention",
@@ -222,51 +221,32 @@ def prune_heads(params: Mapping[str, Any], keep: Any) -> tuple[dict[str, Any], i
     return new, kept
 
 
-class GatedMultiHeadAttention(nn.Module):
+class GatedMultiHeadAttention(MultiHeadAttention):
     """Multi-head attention with a Hard Concrete gate per head (arXiv:1905.09418 §4, arXiv:1712.01312 §4).
 
-    MultiHead(Q, K, V) = Concat(g_1 head_1, ..., g_N head_N) W^O. The projections have the same names and
-    shapes as `MultiHeadAttention`'s ("query" [Dq, N, H], "key"/"value" [Dkv, N, H], "out" [N, H, D_out]),
-    so its parameters load here and back; the extra parameter "log_alpha" [N] holds the gates' locations.
-    When training (deterministic=False) each call draws fresh gates with the "gates" rng; otherwise it
+    MultiHead(Q, K, V) = Concat(g_1 head_1, ..., g_N head_N) W^O. A `MultiHeadAttention` (same projections,
+    "query" [Dq, N, H], "key"/"value" [Dkv, N, H], "out" [N, H, D_out], so its parameters load here and back)
+    whose gates come from the extra parameter "log_alpha" [N], the gates' locations, through its `head_gates`
+    argument. When training (deterministic=False) each call draws fresh gates with the "gates" rng; otherwise it
     uses the test-time gate. Every call also returns the expected-L0 penalty of the gates.
 
     Only num_kv_heads == num_heads is supported: under grouped-query attention a closed query head does not
-    free its shared key/value head, so pruning would not be a per-head slice.
+    free its shared key/value head, so pruning would not be a per-head slice. The key/value cache and relative
+    positions of `MultiHeadAttention` are not available here (decode and positions must keep their defaults).
 
-    Attributes:
-      num_heads: N.
-      num_kv_heads: None or N; any other value raises ValueError.
-      head_dim: H; None means Dq // N.
-      out_features: D_out; None means Dq.
-      use_bias: whether the four projections have biases.
-      dtype: the compute dtype of the projections; None infers it.
-      param_dtype: the parameter dtype, float32 by default.
-      kernel_init: initialiser of the projection kernels.
-      bias_init: initialiser of the projection biases.
+    Attributes: those of `MultiHeadAttention`, plus
       log_alpha_init: initialiser of "log_alpha" [N]; constant 3 starts every test-time gate fully open.
       beta, gamma, zeta: the Hard Concrete temperature and stretch.
-      attention_fn: as in `MultiHeadAttention`; `dot_product_attention` by default.
 
     Raises:
-      ValueError: at construction, for N not a positive int, num_kv_heads other than None or N, or bad
-        beta, gamma, zeta.
+      ValueError: at construction, for N not a positive int, num_kv_heads other than None or N, decode or
+        positions set, or bad beta, gamma, zeta (and whatever `MultiHeadAttention` rejects).
     """
 
-    num_heads: int
-    num_kv_heads: int | None = None
-    head_dim: int | None = None
-    out_features: int | None = None
-    use_bias: bool = True
-    dtype: Any = None
-    param_dtype: Any = jnp.float32
-    kernel_init: Callable[..., Any] = nn.initializers.lecun_normal()
-    bias_init: Callable[..., Any] = nn.initializers.zeros_init()
     log_alpha_init: Callable[..., Any] = nn.initializers.constant(3.0)
     beta: float = BETA
     gamma: float = GAMMA
     zeta: float = ZETA
-    attention_fn: Callable[..., Any] = dot_product_attention
 
     def __post_init__(self):
         _check_heads("num_heads", self.num_heads)
@@ -275,12 +255,11 @@ class GatedMultiHeadAttention(nn.Module):
                 f"GatedMultiHeadAttention supports only num_kv_heads == num_heads; got "
                 f"num_kv_heads K={self.num_kv_heads!r}, num_heads N={self.num_heads}"
             )
-        if self.head_dim is not None:
-            _check_heads("head_dim", self.head_dim)
+        if self.decode or self.positions is not None:
+            raise ValueError(f"GatedMultiHeadAttention supports neither decode nor positions; got "
+                             f"decode={self.decode!r}, positions={self.positions!r}")
         _check_stretch(self.beta, self.gamma, self.zeta)
         super().__post_init__()
-
-    _dense = dense_projection
 
     @nn.compact
     def __call__(
@@ -310,32 +289,12 @@ class GatedMultiHeadAttention(nn.Module):
             head_dim, or a mask shape that does not fit.
           TypeError: for non-floating inputs or a non-boolean mask.
         """
-        inputs_kv = _checks.attention_inputs(inputs_q, inputs_kv)
-        batch, num_queries, features = jnp.shape(inputs_q)
-        num_keys = jnp.shape(inputs_kv)[1]
-        heads = self.num_heads
-        if self.head_dim is None and features % heads != 0:
-            raise ValueError(
-                f"without head_dim, the query features Dq={features} must be a multiple of num_heads N={heads}: "
-                f"{jnp.shape(inputs_q)=}"
-            )
-        head_dim = features // heads if self.head_dim is None else self.head_dim
-        out_features = features if self.out_features is None else self.out_features
-        if mask is not None:
-            _checks.boolean("mask", mask)
-            _check_pair_mask_shape("mask", mask, batch, heads, num_queries, num_keys)
-
-        log_alpha = self.param("log_alpha", self.log_alpha_init, (heads,), self.param_dtype)  # [N]
-        query = self._dense((heads, head_dim), -1, "query")(inputs_q)  # [B, T, N, H]
-        key = self._dense((heads, head_dim), -1, "key")(inputs_kv)  # [B, S, N, H]
-        value = self._dense((heads, head_dim), -1, "value")(inputs_kv)  # [B, S, N, H]
-        context = self.attention_fn(query, key, value, None, mask, is_causal=is_causal)  # [B, T, N, H]
-
+        log_alpha = self.param("log_alpha", self.log_alpha_init, (self.num_heads,), self.param_dtype)  # [N]
         kw = dict(gamma=self.gamma, zeta=self.zeta)
         if deterministic:
             gates = hard_concrete_deterministic(log_alpha, **kw)  # [N]
         else:
             gates = hard_concrete_sample(log_alpha, self.make_rng("gates"), beta=self.beta, **kw)  # [N]
-        context = context * gates[:, None].astype(context.dtype)  # [B, T, N, H]
-        output = self._dense(out_features, (-2, -1), "out")(context)  # [B, T, D_out]
+        output = super().__call__(inputs_q, inputs_kv, mask=mask, is_causal=is_causal, deterministic=deterministic,
+                                  head_gates=gates)  # [B, T, D_out]
         return output, expected_l0(log_alpha, beta=self.beta, **kw)

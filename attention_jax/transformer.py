@@ -30,7 +30,6 @@ import jax.numpy as jnp
 import optax
 
 from attention_jax import _checks
-from attention_jax.dot_product import dot_product_attention
 from attention_jax.head_gates import expected_l0, hard_concrete_deterministic, hard_concrete_sample
 from attention_jax.multihead import MultiHeadAttention
 from attention_jax.positional import LearnedPositions, sinusoidal_at
@@ -104,7 +103,6 @@ def label_smoothed_cross_entropy(
     if mask is not None:
         _checks.shape("mask", mask, tuple(jnp.shape(logits)[:2]))
     _check_rate("smoothing", smoothing)
-    vocab = jnp.shape(logits)[-1]
     log_p = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)  # [B, T, V]
     nll = -jnp.take_along_axis(log_p, labels[..., None].astype(jnp.int32), axis=-1)[..., 0]  # [B, T]
     if smoothing > 0.0:
