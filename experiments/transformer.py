@@ -75,8 +75,7 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
                                  ("model.positions", m.positions, transformer.POSITIONS),
                                  ("model.head_gates", m.head_gates, transformer.HEAD_GATES),
                                  ("train.schedule", t.schedule, train.SCHEDULES)):
-        if value not in choices:
-            raise train.ConfigError(f"--config.{path}={value!r} is not valid; fix: use one of {', '.join(choices)}")
+        cli._choice(path, value, choices)  # pylint: disable=protected-access
     for path, value in (("model.dropout_rate", m.dropout_rate), ("train.label_smoothing", t.label_smoothing)):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
             raise train.ConfigError(f"--config.{path}={value!r} is not valid; fix: use a value in [0, 1)")
