@@ -1,0 +1,239 @@
+"""`flash_attention`: the Pallas flash-attention kernels behind one differentiable function.
+
+This file is the VJP wiring and the glue around the kernels:
+  * checks the call (the same checks and errors as `dot_product_attention`);
+  * pads T and S to tile multiples and H to 64/128/256, and folds lengths and padding into segment ids
+    (`masking.encode_segments`), so users never see a divisibility error;
+  * zeroes dead query, key and value rows (beyond the lengths, or in the padding) before any kernel runs:
+    a NaN there cannot leak, because 0 * NaN never happens inside a kernel;
+  * a `jax.custom_vjp` whose forward keeps (q, k, v, out, lse) and whose backward runs the `delta`, dK/dV and
+    dQ kernels;
+  * picks the kernel family for the device: Triton (GPU), Mosaic GPU (Hopper forward, see `mosaic_gpu.py`)
+    or Mosaic TPU (see `tpu.py`).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+from attention_jax import alignment
+from attention_jax.dot_product import _check_attention_args
+from attention_jax.kernels import masking
+from attention_jax.kernels.backward import flash_backward, flash_delta
+from attention_jax.kernels.block_sizes import BlockSizes, padded_head_dim
+from attention_jax.kernels.forward import LOG2E, flash_forward
+
+__all__ = ["EMPTY_ROW_LSE", "KERNELS", "SUPPORTED_DTYPES", "default_kernel", "flash_attention"]
+
+EMPTY_ROW_LSE = alignment.EMPTY_ROW_LSE
+SUPPORTED_DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+# "triton": Pallas with the Triton lowering (GPU; any device in interpret mode).
+# "mosaic_gpu": the Hopper (sm90) forward in Pallas Mosaic GPU; its backward is the Triton one.
+# "mosaic_tpu": Pallas Mosaic TPU block specs, forward and backward.
+KERNELS = ("triton", "mosaic_gpu", "mosaic_tpu")
+
+
+class _Static(NamedTuple):
+    """The hashable part of a call (a custom_vjp nondiff argument)."""
+
+    spec: masking.MaskSpec
+    scale: float
+    blocks: BlockSizes
+    kernel: str
+    interpret: Any  # False, True, or a pltpu.InterpretParams for the Mosaic TPU interpreter
+
+
+def default_kernel(platform: str | None = None) -> str:
+    """The kernel family for a platform ("gpu", "cuda", "rocm", "tpu"; None = jax's default backend).
+
+    Hopper GPUs get "mosaic_gpu" when this jax has Pallas Mosaic GPU; other GPUs get "triton"; TPUs get
+    "mosaic_tpu". Any other platform gets "triton", which runs there only in interpret mode.
+    """
+    platform = jax.default_backend() if platform is None else platform
+    if platform == "tpu":
+        return "mosaic_tpu"
+    if platform in ("gpu", "cuda"):
+        from attention_jax.kernels import mosaic_gpu
+        if mosaic_gpu.available():
+            return "mosaic_gpu"
+    return "triton"
+
+
+def _run_forward(static: _Static, q, k, v, segments):
+    if static.kernel == "mosaic_tpu":
+        from attention_jax.kernels import tpu
+        return tpu.tpu_forward(q, k, v, segments, spec=static.spec, scale=static.scale, blocks=static.blocks,
+                               interpret=static.interpret, empty_row_lse=EMPTY_ROW_LSE)
+    if static.kernel == "mosaic_gpu":
+        from attention_jax.kernels import mosaic_gpu
+        ok, reason = mosaic_gpu.supports_call(q, k, v, static.spec)
+        if ok:
+            return mosaic_gpu.mosaic_gpu_forward(q, k, v, spec=static.spec, scale=static.scale,
+                                                 empty_row_lse=EMPTY_ROW_LSE)
+        logging.log_first_n(logging.INFO, "flash_attention: Mosaic GPU forward cannot run this call (%s); "
+                            "using the Triton forward", 4, reason)
+    return flash_forward(q, k, v, segments, spec=static.spec, scale=static.scale, blocks=static.blocks,
+                         interpret=bool(static.interpret), empty_row_lse=EMPTY_ROW_LSE)
+
+
+def _run_backward(static: _Static, q, k, v, d_out, lse2, delta, segments):
+    if static.kernel == "mosaic_tpu":
+        from attention_jax.kernels import tpu
+        return tpu.tpu_backward(q, k, v, d_out, lse2, delta, segments, spec=static.spec, scale=static.scale,
+                                blocks=static.blocks, interpret=static.interpret)
+    return flash_backward(q, k, v, d_out, lse2, delta, segments, spec=static.spec, scale=static.scale,
+                          blocks=static.blocks, interpret=bool(static.interpret))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _flash(static: _Static, q, k, v, segments):
+    return _run_forward(static, q, k, v, segments)
+
+
+def _flash_fwd(static, q, k, v, segments):
+    out, lse = _run_forward(static, q, k, v, segments)
+    return (out, lse), (q, k, v, segments, out, lse)
+
+
+def _flash_bwd(static, residuals, cotangents):
+    q, k, v, segments, out, lse = residuals
+    d_out, d_lse = cotangents
+    if static.kernel == "mosaic_tpu":
+        delta = jnp.einsum("BTNH,BTNH->BNT", out.astype(jnp.float32), d_out.astype(jnp.float32))
+    else:
+        delta = flash_delta(out, d_out, block_q=static.blocks.block_q_dq, interpret=bool(static.interpret))
+    live = lse != EMPTY_ROW_LSE
+    # d lse / d logits = P, so a cotangent on lse enters as -d_lse next to delta: dS = P (dP - delta + d_lse).
+    delta = delta - jnp.where(live, d_lse.astype(jnp.float32), 0.0)
+    lse2 = jnp.where(live, lse * LOG2E, jnp.inf)
+    dq, dk, dv = _run_backward(static, q, k, v, d_out, lse2, delta, segments)
+    d_segments = None if segments is None else tuple(np.zeros(s.shape, jax.dtypes.float0) for s in segments)
+    return dq, dk, dv, d_segments
+
+
+_flash.defvjp(_flash_fwd, _flash_bwd)
+
+
+def _pad_axis(x, axis: int, size: int):
+    if x.shape[axis] == size:
+        return x
+    widths = [(0, 0)] * x.ndim
+    widths[axis] = (0, size - x.shape[axis])
+    return jnp.pad(x, widths)
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+def flash_attention(
+    query: jax.Array,
+    key: jax.Array,
+    value: jax.Array,
+    *,
+    scale: float | None = None,
+    is_causal: bool = False,
+    query_lengths: jax.Array | None = None,
+    key_lengths: jax.Array | None = None,
+    segment_ids: jax.Array | tuple[jax.Array, jax.Array] | None = None,
+    local_window: tuple[int | None, int | None] | None = None,
+    block_sizes: BlockSizes | None = None,
+    kernel: str | None = None,
+    interpret: Any = False,
+    return_lse: bool = False,
+) -> jax.Array | tuple[jax.Array, jax.Array]:
+    """Flash attention softmax(Q K^T * scale) V with Pallas kernels for the forward and the backward.
+
+    Dao et al. 2022, "FlashAttention", arXiv:2205.14135, Algorithm 1 (forward) and Appendix B (backward), in
+    the loop order of FlashAttention-2 (Dao 2023, arXiv:2307.08691, Algorithms 1 and 2); the scaled
+    dot-product attention of Vaswani et al. 2017, arXiv:1706.03762, eq. 1. Logits, softmax and accumulators
+    are float32 whatever the input dtype; the softmax uses exp2 on logits scaled by `scale * log2(e)`.
+    Neither pass stores a [T, S] array: the forward saves the lse [B, N, T] and the backward recomputes P
+    from it (delta = rowsum(dO * O), then dK/dV and dQ kernels).
+
+    Same layout, masks and empty-row semantics as `attention_jax.dot_product_attention`: query t and key s
+    count from 0 (top-left alignment), so with `is_causal` query t sees keys s <= t for any T and S, even
+    T != S (this is not the KV-cache alignment where the last query sees the last key). Tiles that the causal
+    mask, the window, the lengths or the segment ids leave fully masked are skipped. A query row with no
+    valid key gets a zero output, zero (finite) gradients and lse = `EMPTY_ROW_LSE`; queries, keys and values
+    beyond the lengths never reach the output or the gradients, even when they hold NaN. Grouped-query
+    attention (K < N) reads key/value head n // G from query head n, never materialising repeated heads.
+
+    Any T and S work (they are padded to tile multiples and the padding is masked); head dims 64, 128 and 256
+    run as they are and any other H <= 256 is zero-padded to the next of those.
+
+    Args:
+      query: [B, T, N, H] float32, bfloat16 or float16.
+      key: [B, S, K, H], same dtype as query; K divides N.
+      value: [B, S, K, H], same dtype as query.
+      scale: a Python float, the logit scale (sm_scale); default 1 / sqrt(H).
+      is_causal: mask keys s > t (top-left alignment).
+      query_lengths: None or [B] integer; queries t >= query_lengths[b] are fully masked (zero output).
+      key_lengths: None or [B] integer; keys s >= key_lengths[b] are masked.
+      segment_ids: None, a pair (q_segment_ids [B, T], kv_segment_ids [B, S]) of integers, or one [B, T] array
+        when T == S. Query t sees key s only when their ids are equal (packed sequences). The two smallest
+        int32 values are reserved (`masking.Q_DEAD`, `masking.KV_DEAD`).
+      local_window: None or (left, right), each an int >= 0 or None: query t sees t - left <= s <= t + right.
+      block_sizes: the tiles; default `BlockSizes.default(H)`, always shrunk to the lengths (`fit`).
+      kernel: "triton", "mosaic_gpu", "mosaic_tpu" or None (`default_kernel()` for the default device).
+      interpret: run the kernels in the Pallas interpreter. True for "triton"; for "mosaic_tpu", True or a
+        `jax.experimental.pallas.tpu.InterpretParams` (the TPU interpreter, which runs on CPU).
+      return_lse: also return the lse.
+
+    Returns:
+      output [B, T, N, H] in the query dtype; with `return_lse`, (output, lse [B, N, T] float32), where
+      lse = log sum_s exp(logits) over the valid keys and `EMPTY_ROW_LSE` for an empty row.
+
+    Raises:
+      ValueError: for the shape, mask, length, segment and window errors of `dot_product_attention`; a head dim
+        above 256; an unknown kernel.
+      TypeError: for a dtype other than float32/bfloat16/float16, dtypes that differ between query, key and
+        value, or non-integer lengths or ids.
+    """
+    num_queries, num_keys, head_dim, segments, window = _check_attention_args(
+        query, key, value, None, None, query_lengths, key_lengths, segment_ids, local_window)
+    dtypes = {jnp.dtype(x.dtype) for x in (query, key, value)}
+    if len(dtypes) != 1:
+        raise TypeError(f"flash_attention needs one dtype for query, key and value, got "
+                        f"{query.dtype=} {key.dtype=} {value.dtype=}")
+    if dtypes.pop() not in SUPPORTED_DTYPES:
+        raise TypeError(f"flash_attention supports float32, bfloat16 and float16, got {query.dtype=}")
+    padded_dim = padded_head_dim(head_dim)
+    kernel = default_kernel() if kernel is None else kernel
+    if kernel not in KERNELS:
+        raise ValueError(f"unknown kernel {kernel!r}; choose one of {KERNELS} or None")
+    scale = 1.0 / float(np.sqrt(head_dim)) if scale is None else float(scale)
+    blocks = (BlockSizes.default(head_dim) if block_sizes is None else block_sizes).fit(num_queries, num_keys)
+    if kernel == "mosaic_tpu":
+        from attention_jax.kernels import tpu
+        blocks = tpu.tpu_blocks(blocks, num_queries, num_keys)
+
+    batch = query.shape[0]
+    tile_q = max(blocks.block_q, blocks.block_q_dkv, blocks.block_q_dq)
+    tile_k = max(blocks.block_k, blocks.block_k_dkv, blocks.block_k_dq)
+    padded_q, padded_k = _round_up(num_queries, tile_q), _round_up(num_keys, tile_k)
+    seg = masking.encode_segments(segments, query_lengths, key_lengths, batch, num_queries, num_keys,
+                                  padded_q, padded_k)
+    spec = masking.MaskSpec(num_queries, num_keys, padded_k, bool(is_causal), window, seg is not None)
+
+    q = _pad_axis(_pad_axis(query, 1, padded_q), 3, padded_dim)
+    k = _pad_axis(_pad_axis(key, 1, padded_k), 3, padded_dim)
+    v = _pad_axis(_pad_axis(value, 1, padded_k), 3, padded_dim)
+    if seg is not None:
+        # Dead rows are zeroed with where (not multiplied) so a NaN in them cannot survive.
+        q = jnp.where((seg[0] != masking.Q_DEAD)[:, :, None, None], q, jnp.zeros((), q.dtype))
+        k_live = (seg[1] != masking.KV_DEAD)[:, :, None, None]
+        k = jnp.where(k_live, k, jnp.zeros((), k.dtype))
+        v = jnp.where(k_live, v, jnp.zeros((), v.dtype))
+    static = _Static(spec, scale, blocks, kernel, interpret)
+    out, lse = _flash(static, q, k, v, seg)
+    out = out[:, :num_queries, :, :head_dim]
+    if not return_lse:
+        return out
+    return out, lse[:, :, :num_queries]
