@@ -84,7 +84,8 @@ def kv_tile_range(spec: MaskSpec, q_tile, block_q: int, block_k: int):
     if spec.left is not None:
         lo = lax.div(jnp.maximum(q_first - spec.left, 0), block_k)
     if spec.right is not None:
-        last_key = q_first + block_q - 1 + spec.right  # the largest key any row of the tile sees
+        # The largest key any real row of the tile sees (rows past T are padding and need nothing).
+        last_key = jnp.minimum(q_first + block_q, spec.num_queries) - 1 + spec.right
         hi = jnp.minimum(hi, lax.div(jnp.maximum(last_key + 1, 0) + (block_k - 1), block_k))
     return lo, hi
 
@@ -97,7 +98,7 @@ def q_tile_range(spec: MaskSpec, k_tile, block_q: int, block_k: int, num_q_tiles
     if spec.right is not None:  # s <= t + right  <=>  t >= s - right
         lo = lax.div(jnp.maximum(k_first - spec.right, 0), block_q)
     if spec.left is not None:  # s >= t - left  <=>  t <= s + left
-        last_query = k_first + block_k - 1 + spec.left
+        last_query = jnp.minimum(k_first + block_k, spec.num_keys) - 1 + spec.left
         hi = jnp.minimum(hi, lax.div(last_query + 1 + (block_q - 1), block_q))
     return lo, hi
 
