@@ -5,9 +5,14 @@ Grouped-query attention (Ainslie et al. 2023, arXiv:2305.13245) and multi-query 
 arXiv:1911.02150) share each key/value head among G = N // K query heads; the query is reshaped to
 [B, T, K, G, H] and keys and values are never repeated.
 
-Every mask source (an explicit mask, causality, a local window, lengths, segment ids) is folded into one
-boolean mask [B or 1, N or 1, T, S] (True = attend) before a backend runs. Backends plug in with
-`register_backend`; `implementation=None` picks the first registered backend whose `supports` accepts the call.
+A call is checked once and packed into an `AttentionCall`; a backend receives it with every mask source
+(an explicit mask, causality, a local window, lengths, segment ids) still separate, so a kernel can build
+its masks tile by tile and skip dead tiles, while the "xla" backend folds them into one boolean
+[B or 1, N or 1, T, S] mask (`AttentionCall.combined_mask`). Backends plug in with `register_backend`:
+"xla" lives here, "blockwise", "flash" and "cudnn" in `attention_jax.kernels.dispatch`. With
+`implementation=None` the backends are tried in `auto_order` (the fastest first for the platform) and the
+first whose `supports` accepts the call runs; the choice and the reasons for skipping the others are logged
+once.
 """
 
 from __future__ import annotations
@@ -28,11 +33,14 @@ EMPTY_ROW_LSE = alignment.EMPTY_ROW_LSE
 
 __all__ = [
     "EMPTY_ROW_LSE",
+    "AttentionCall",
     "DotProductAttentionOutput",
+    "auto_order",
     "dot_product_attention",
     "register_backend",
     "registered_backends",
     "supports",
+    "weights_from_lse",
 ]
 
 
@@ -51,15 +59,59 @@ class DotProductAttentionOutput(NamedTuple):
     lse: jax.Array | None
 
 
-# A backend: fn(query [B,T,N,H], key [B,S,K,H], value [B,S,K,H], bias [B|1,N|1,T,S] float or None,
-#   mask [B|1,N|1,T,S] bool or None, *, scale: float, dropout_rate: float, dropout_rng: key or None)
-#   -> (output [B,T,N,H] query dtype, weights [B,N,T,S] float32, lse [B,N,T] float32).
-BackendFn = Callable[..., tuple[jax.Array, jax.Array, jax.Array]]
-# supports_fn(query, key, value, **kwargs) -> (ok, reason); kwargs are dot_product_attention's keyword args.
-SupportsFn = Callable[..., tuple[bool, str]]
+class AttentionCall(NamedTuple):
+    """One checked `dot_product_attention` call, as a backend receives it.
+
+    Attributes:
+      query: [B, T, N, H]; key, value: [B, S, K, H] (floating).
+      bias: None or [B|1, N|1, T, S] floating. mask: None or [B|1, N|1, T, S] bool (the user's dense mask only).
+      scale: the logit scale (a Python float).
+      is_causal: top-left causal mask. window: None or (left, right) with int >= 0 or None entries.
+      query_lengths, key_lengths: None or [B] integer.
+      segments: None or (q_segment_ids [B, T], kv_segment_ids [B, S]) integers.
+      dropout_rate: a Python float in [0, 1). dropout_rng: a PRNG key or None.
+      return_weights, return_lse: what the caller asked for besides the output.
+    """
+
+    query: Any
+    key: Any
+    value: Any
+    bias: Any = None
+    mask: Any = None
+    scale: float = 1.0
+    is_causal: bool = False
+    window: tuple[int | None, int | None] | None = None
+    query_lengths: Any = None
+    key_lengths: Any = None
+    segments: tuple[Any, Any] | None = None
+    dropout_rate: float = 0.0
+    dropout_rng: Any = None
+    return_weights: bool = False
+    return_lse: bool = False
+
+    def combined_mask(self) -> jax.Array | None:
+        """Every mask source folded into one bool [B or 1, N or 1, T, S] (True = attend), or None."""
+        return _combined_mask(self.mask, self.query.shape[1], self.key.shape[1], self.is_causal, self.window,
+                              self.query_lengths, self.key_lengths, self.segments)
+
+
+# A backend: fn(call: AttentionCall) -> (output [B,T,N,H] query dtype, weights [B,N,T,S] float32 or None,
+#   lse [B,N,T] float32 or None). It must return weights when call.return_weights and lse when
+#   call.return_lse, and give rows with no valid key a zero output, zero weights and EMPTY_ROW_LSE.
+BackendFn = Callable[[AttentionCall], tuple[jax.Array, "jax.Array | None", "jax.Array | None"]]
+# supports_fn(call: AttentionCall) -> (ok, reason); reason is '' when ok. It must be cheap and never raise.
+SupportsFn = Callable[[AttentionCall], tuple[bool, str]]
 
 _BACKENDS: dict[str, tuple[BackendFn, SupportsFn]] = {}
-_LOGGED_CHOICES: set[str] = set()
+_LOGGED_CHOICES: set[tuple[str, tuple[str, ...]]] = set()
+# The order implementation=None tries the built-in backends in, per platform: the fastest first. On the CPU,
+# xla's [T, S] logits win while they are small; past _DENSE_BYTES_LIMIT blockwise goes first (O(S) memory).
+_AUTO_ORDER = {
+    "gpu": ("cudnn", "flash", "xla", "blockwise"),
+    "tpu": ("flash", "xla", "blockwise"),
+    "cpu": ("xla", "blockwise"),
+}
+_DENSE_BYTES_LIMIT = 2 << 30
 
 
 def register_backend(name: str, fn: BackendFn, supports_fn: SupportsFn) -> None:
@@ -67,9 +119,8 @@ def register_backend(name: str, fn: BackendFn, supports_fn: SupportsFn) -> None:
 
     Args:
       name: the value callers pass as `implementation`, e.g. "blockwise", "flash", "cudnn".
-      fn: the backend; see `BackendFn` above for its signature. It receives the combined mask and must give
-        zero output, zero weights and `EMPTY_ROW_LSE` for rows with no valid key.
-      supports_fn: (query, key, value, **kwargs) -> (bool, reason), reason '' when True.
+      fn: the backend, fn(call: AttentionCall) -> (output, weights or None, lse or None); see `BackendFn`.
+      supports_fn: supports_fn(call: AttentionCall) -> (bool, reason), reason '' when True; never raises.
 
     Raises:
       ValueError: if `name` is not a non-empty string or fn/supports_fn are not callable.
@@ -82,8 +133,51 @@ def register_backend(name: str, fn: BackendFn, supports_fn: SupportsFn) -> None:
 
 
 def registered_backends() -> tuple[str, ...]:
-    """The registered backend names, in the order `implementation=None` tries them."""
+    """The registered backend names, in registration order."""
     return tuple(_BACKENDS)
+
+
+def _platform() -> str:
+    platform = jax.default_backend()
+    return "gpu" if platform in ("cuda", "rocm") else platform
+
+
+def auto_order(call: AttentionCall | None = None) -> tuple[str, ...]:
+    """The order `implementation=None` tries the registered backends in, for this platform and call.
+
+    Built-in backends come in `_AUTO_ORDER`'s order for the default platform (on the CPU, "blockwise" moves
+    ahead of "xla" once the call's float32 [B, N, T, S] logits would exceed 2 GiB); backends registered
+    under other names follow, in registration order.
+    """
+    order = list(_AUTO_ORDER.get(_platform(), _AUTO_ORDER["cpu"]))
+    if call is not None and _platform() == "cpu":
+        batch, num_queries, heads, _ = call.query.shape
+        if 4 * batch * heads * num_queries * call.key.shape[1] > _DENSE_BYTES_LIMIT and "blockwise" in order:
+            order.remove("blockwise")
+            order.insert(0, "blockwise")
+    known = [name for name in order if name in _BACKENDS]
+    return tuple(known + [name for name in _BACKENDS if name not in known])
+
+
+def _make_call(query, key, value, kwargs) -> AttentionCall:
+    """Checks the arguments and packs them (raises as `dot_product_attention` documents)."""
+    kwargs = dict(kwargs)
+    bias, mask = kwargs.pop("bias", None), kwargs.pop("mask", None)
+    _, _, head_dim, segments, window = _check_attention_args(
+        query, key, value, bias, mask, kwargs.get("query_lengths"), kwargs.get("key_lengths"),
+        kwargs.get("segment_ids"), kwargs.get("local_window"))
+    dropout_rate = kwargs.get("dropout_rate", 0.0)
+    if isinstance(dropout_rate, bool) or not isinstance(dropout_rate, (int, float)) or not 0.0 <= dropout_rate < 1.0:
+        raise ValueError(f"dropout_rate must be a Python float in [0, 1), got {dropout_rate!r}")
+    if dropout_rate > 0.0 and kwargs.get("dropout_rng") is None:
+        raise ValueError(f"dropout_rate={dropout_rate} needs a dropout_rng")
+    scale = kwargs.get("scale")
+    scale = 1.0 / float(np.sqrt(head_dim)) if scale is None else scale
+    return AttentionCall(
+        query, key, value, bias, mask, scale, bool(kwargs.get("is_causal", False)), window,
+        kwargs.get("query_lengths"), kwargs.get("key_lengths"), segments, float(dropout_rate),
+        kwargs.get("dropout_rng"), bool(kwargs.get("return_weights", False)), bool(kwargs.get("return_lse", False)),
+    )
 
 
 def supports(implementation: str, query: Any, key: Any, value: Any, **kwargs: Any) -> tuple[bool, str]:
@@ -94,34 +188,64 @@ def supports(implementation: str, query: Any, key: Any, value: Any, **kwargs: An
       query: [B, T, N, H] floating (or anything with .shape and .dtype, e.g. jax.ShapeDtypeStruct).
       key: [B, S, K, H] floating.
       value: [B, S, K, H] floating.
-      **kwargs: the keyword arguments that would go to `dot_product_attention`.
+      **kwargs: the keyword arguments that would go to `dot_product_attention` (bias, mask, scale, ...).
 
     Returns:
-      (ok, reason): reason is '' when ok, else says why not (including an unknown name).
+      (ok, reason): reason is '' when ok, else says why not (an unknown name, arguments that
+      `dot_product_attention` would reject, or what the backend lacks).
     """
     if implementation not in _BACKENDS:
         return False, f"unknown implementation {implementation!r}; registered: {list(_BACKENDS)}"
-    return _BACKENDS[implementation][1](query, key, value, **kwargs)
+    try:
+        call = _make_call(query, key, value, kwargs)
+    except (ValueError, TypeError) as err:
+        return False, f"invalid arguments: {err}"
+    return _BACKENDS[implementation][1](call)
 
 
-def _choose_backend(implementation: str | None, query, key, value, kwargs) -> BackendFn:
+def _choose_backend(implementation: str | None, call: AttentionCall) -> BackendFn:
     if implementation is not None:
         if implementation not in _BACKENDS:
             raise ValueError(f"unknown implementation {implementation!r}; choose one of {list(_BACKENDS)} or None")
-        ok, reason = _BACKENDS[implementation][1](query, key, value, **kwargs)
+        ok, reason = _BACKENDS[implementation][1](call)
         if not ok:
             raise ValueError(f"implementation {implementation!r} cannot run this call: {reason}")
         return _BACKENDS[implementation][0]
     reasons = []
-    for name, (fn, supports_fn) in _BACKENDS.items():
-        ok, reason = supports_fn(query, key, value, **kwargs)
+    for name in auto_order(call):
+        fn, supports_fn = _BACKENDS[name]
+        ok, reason = supports_fn(call)
         if ok:
-            if name not in _LOGGED_CHOICES:
-                _LOGGED_CHOICES.add(name)
-                logging.info("dot_product_attention: implementation=None picked %r", name)
+            logged = (name, tuple(reasons))
+            if logged not in _LOGGED_CHOICES:
+                _LOGGED_CHOICES.add(logged)
+                skipped = f" (skipped {'; '.join(reasons)})" if reasons else ""
+                logging.info("dot_product_attention: implementation=None picked %r%s", name, skipped)
             return fn
         reasons.append(f"{name}: {reason}")
     raise ValueError(f"no registered implementation supports this call: {reasons}")
+
+
+def weights_from_lse(call: AttentionCall, lse: jax.Array) -> jax.Array:
+    """The full [B, N, T, S] float32 weights of `call`, exp(logits - lse) on the valid pairs, from its lse.
+
+    For backends that never build the weights (blockwise, flash) when a caller asks for them anyway.
+    """
+    query, key = call.query, call.key
+    batch, num_queries, heads, head_dim = query.shape
+    kv_heads = key.shape[2]
+    groups = heads // kv_heads
+    q = query.astype(_F32).reshape(batch, num_queries, kv_heads, groups, head_dim)  # [B, T, K, G, H]
+    logits = jnp.einsum("BTKGH,BSKH->BKGTS", q, key.astype(_F32)) * jnp.asarray(call.scale, _F32)
+    logits = logits.reshape(batch, heads, num_queries, key.shape[1])  # [B, N, T, S]
+    if call.bias is not None:
+        logits = logits + call.bias.astype(_F32)
+    lse = jax.lax.stop_gradient(lse)[..., None]  # [B, N, T, 1]
+    valid = lse != EMPTY_ROW_LSE
+    mask = call.combined_mask()
+    if mask is not None:
+        valid = valid & mask
+    return jnp.where(valid, jnp.exp(jnp.where(valid, logits, 0.0) - lse), 0.0)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -290,12 +414,17 @@ def _xla_attention(query, key, value, bias, mask, *, scale, dropout_rate, dropou
     return out, weights, lse
 
 
-def _xla_supports(query, key, value, **kwargs) -> tuple[bool, str]:
-    del query, key, value, kwargs
+def _xla_backend(call: AttentionCall):
+    return _xla_attention(call.query, call.key, call.value, call.bias, call.combined_mask(), scale=call.scale,
+                          dropout_rate=call.dropout_rate, dropout_rng=call.dropout_rng)
+
+
+def _xla_supports(call: AttentionCall) -> tuple[bool, str]:
+    del call
     return True, ""
 
 
-register_backend("xla", _xla_attention, _xla_supports)
+register_backend("xla", _xla_backend, _xla_supports)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -357,8 +486,15 @@ def dot_product_attention(
       dropout_rng: a PRNG key [2] uint32 (or typed key), required when dropout_rate > 0.
       return_weights: also return the weights.
       return_lse: also return the log-sum-exp.
-      implementation: None (the first registered backend that supports the call; the choice is logged once)
-        or a registered name ("xla").
+      implementation: None, "xla", "blockwise", "flash", "cudnn", or another registered name. None tries the
+        backends in `auto_order()` (GPU: cudnn, flash, xla, blockwise; TPU: flash, xla, blockwise; CPU: xla,
+        then blockwise, which goes first once the [B, N, T, S] float32 logits would pass 2 GiB) and runs the
+        first whose `supports` accepts the call, logging the choice and the skipped backends' reasons once.
+        "xla" materialises the logits and supports everything; "blockwise" (`blockwise_attention`) is O(S)
+        memory on any device, no dropout; "flash" is the Pallas kernel (`attention_jax.kernels.flash_attention`:
+        GPU/TPU, or any device inside `attention_jax.kernels.interpret_mode()`; no bias, dense mask or
+        dropout); "cudnn" is `jax.nn.dot_product_attention(implementation="cudnn")` (NVIDIA GPU, bf16/f16, no
+        segment ids, lse or dropout).
 
     Returns:
       output: [B, T, N, H] in the query dtype, when neither return_weights nor return_lse is set. Otherwise a
@@ -372,25 +508,14 @@ def dot_product_attention(
         an rng; an unknown implementation or one that does not support the call.
       TypeError: for non-floating query/key/value/bias, a non-boolean mask, or non-integer lengths or ids.
     """
-    num_queries, num_keys, head_dim, segments, window = _check_attention_args(
-        query, key, value, bias, mask, query_lengths, key_lengths, segment_ids, local_window)
-    if isinstance(dropout_rate, bool) or not isinstance(dropout_rate, (int, float)) or not 0.0 <= dropout_rate < 1.0:
-        raise ValueError(f"dropout_rate must be a Python float in [0, 1), got {dropout_rate!r}")
-    if dropout_rate > 0.0 and dropout_rng is None:
-        raise ValueError(f"dropout_rate={dropout_rate} needs a dropout_rng")
-    scale = 1.0 / float(np.sqrt(head_dim)) if scale is None else scale
-
     kwargs = dict(
         bias=bias, mask=mask, scale=scale, is_causal=is_causal, query_lengths=query_lengths,
         key_lengths=key_lengths, segment_ids=segment_ids, local_window=local_window,
         dropout_rate=dropout_rate, dropout_rng=dropout_rng, return_weights=return_weights, return_lse=return_lse,
     )
-    backend = _choose_backend(implementation, query, key, value, kwargs)
-
-    combined = _combined_mask(mask, num_queries, num_keys, is_causal, window, query_lengths, key_lengths, segments)
-    output, weights, lse = backend(
-        query, key, value, bias, combined, scale=scale, dropout_rate=float(dropout_rate), dropout_rng=dropout_rng
-    )
+    call = _make_call(query, key, value, kwargs)
+    backend = _choose_backend(implementation, call)
+    output, weights, lse = backend(call)
     if not (return_weights or return_lse):
         return output
     return DotProductAttentionOutput(output, weights if return_weights else None, lse if return_lse else None)

@@ -17,6 +17,7 @@ from jax import test_util as jtu
 
 from attention_jax.blockwise import blockwise_attention
 from attention_jax.dot_product import EMPTY_ROW_LSE, dot_product_attention
+from tests import conformance
 
 B, H = 2, 8
 TOL = {"float32": 1e-5, "bfloat16": 2e-2}
@@ -388,3 +389,9 @@ class BadInputTest(absltest.TestCase):
 
 if __name__ == "__main__":
     absltest.main()
+
+
+class BlockwiseConformanceTest(conformance.AttentionConformance):
+    """The shared backend suite (tests/conformance.py) on the "blockwise" backend."""
+
+    IMPLEMENTATION = "blockwise"

@@ -18,6 +18,7 @@ from jax import test_util as jtu
 
 from attention_jax import dot_product
 from attention_jax.dot_product import EMPTY_ROW_LSE, dot_product_attention
+from tests import conformance
 
 B, T, S, N, K, H = 2, 4, 6, 4, 2, 8
 TOL = {"float32": 1e-5, "bfloat16": 2e-2}
@@ -330,7 +331,7 @@ class DispatchTest(absltest.TestCase):
 
     def test_none_picks_xla_and_logs_once(self):
         q, k, v = _qkv(19)
-        dot_product._LOGGED_CHOICES.discard("xla")
+        dot_product._LOGGED_CHOICES.clear()
         # The absl logger itself: other tests (the experiment CLI) may raise its level for the whole process.
         with self.assertLogs(logger=absl_logging.get_absl_logger(), level="INFO") as logs:
             a = dot_product_attention(q, k, v, implementation=None)
@@ -340,17 +341,24 @@ class DispatchTest(absltest.TestCase):
 
     def test_unknown_name_raises(self):
         q, k, v = _qkv(20)
-        with _raises(ValueError, "'flash'", "xla"):
-            dot_product_attention(q, k, v, implementation="flash")
+        with _raises(ValueError, "'magic'", "xla", "blockwise", "flash", "cudnn"):
+            dot_product_attention(q, k, v, implementation="magic")
+
+    def test_named_backend_that_cannot_run_raises_its_reason(self):
+        q, k, v = _qkv(22)
+        if jax.default_backend() == "cpu":
+            with _raises(ValueError, "'flash' cannot run", "GPU or TPU"):
+                dot_product_attention(q, k, v, implementation="flash")
+        with _raises(ValueError, "'blockwise' cannot run", "dropout"):
+            dot_product_attention(q, k, v, implementation="blockwise", dropout_rate=0.1, dropout_rng=jax.random.key(0))
 
     def test_registered_backend_is_used_and_unsupported_is_skipped(self):
         q, k, v = _qkv(21)
         calls = []
 
-        def fake(query, key, value, bias, mask, *, scale, dropout_rate, dropout_rng):
-            calls.append(mask is None)
-            return dot_product._xla_attention(query, key, value, bias, mask, scale=scale, dropout_rate=dropout_rate,
-                                              dropout_rng=dropout_rng)
+        def fake(call):
+            calls.append(call.combined_mask() is None)
+            return dot_product._xla_backend(call)
 
         saved = dict(dot_product._BACKENDS)
         try:
@@ -404,3 +412,9 @@ class BadInputTest(absltest.TestCase):
 
 if __name__ == "__main__":
     absltest.main()
+
+
+class XlaConformanceTest(conformance.AttentionConformance):
+    """The shared backend suite (tests/conformance.py) on the "xla" backend."""
+
+    IMPLEMENTATION = "xla"
