@@ -13,8 +13,8 @@ GPU (one command, from the repository root, on e.g. an H100 with jax 0.11 + CUDA
   N = 32 for H = 64 (`--num_heads` overrides), i.e. N * H = 2048 as in the FlashAttention-2 benchmarks.
   Implementations, side by side in one run; each is optional and a failure (import, lowering, compile,
   shared memory, out of memory, an unsupported case) becomes "n/a (reason)" in its cell:
-    flash          attention_jax.kernels.flash.flash_attention(kernel=None): Mosaic GPU fwd on Hopper, else Triton
-    flash_triton   the same with kernel="triton"
+    flash          attention_jax.kernels.flash.flash_attention(kernel=None): the Triton-lowered kernels on a GPU
+    flash_mgpu     the same with kernel="mosaic_gpu": the Hopper forward in Mosaic GPU, the Triton backward
     xla            jax.nn.dot_product_attention(implementation="xla")
     cudnn          jax.nn.dot_product_attention(implementation="cudnn")
     pallas_triton  jax.experimental.pallas.ops.gpu.attention.mha (segment_ids=None, sm_scale=1/sqrt(H))
@@ -90,7 +90,7 @@ flags.DEFINE_list("seq_lens", None, "S = T values; default 512..16384 (gpu), 102
 # GPU mode.
 flags.DEFINE_list("head_dims", ["64", "128"], "gpu: head dims H.")
 flags.DEFINE_list("causal", ["false", "true"], "gpu: causal values.")
-flags.DEFINE_list("impls", None, "gpu: implementations (default all): flash, flash_triton, xla, cudnn, "
+flags.DEFINE_list("impls", None, "gpu: implementations (default all): flash, flash_mgpu, xla, cudnn, "
                   "pallas_triton, pallas_mgpu. cpu: blockwise, xla.")
 flags.DEFINE_list("passes", ["fwd", "fwd+bwd"], "gpu: passes to time (bwd is derived when both run).")
 flags.DEFINE_integer("tokens", 16384, "gpu: B * S; B = max(1, tokens // S).")
@@ -112,7 +112,7 @@ flags.DEFINE_float("child_timeout_s", 3600.0, "cpu: wall-clock limit per child p
 flags.DEFINE_string("child_impl", None, "cpu_child: blockwise or xla.")
 flags.DEFINE_integer("child_seq_len", None, "cpu_child: S.")
 
-GPU_IMPLS = ("flash", "flash_triton", "xla", "cudnn", "pallas_triton", "pallas_mgpu")
+GPU_IMPLS = ("flash", "flash_mgpu", "xla", "cudnn", "pallas_triton", "pallas_mgpu")
 CPU_IMPLS = ("blockwise", "xla")
 GPU_SEQ_LENS = (512, 1024, 2048, 4096, 8192, 16384)
 CPU_SEQ_LENS = (1024, 2048, 4096, 8192, 16384, 32768)
@@ -225,7 +225,7 @@ def _gpu_builders() -> dict[str, Callable[[int, bool], Callable]]:
 
     pallas_mgpu.float16_fallback = True
 
-    return {"flash": flash(None), "flash_triton": flash("triton"), "xla": nn("xla"), "cudnn": nn("cudnn"),
+    return {"flash": flash(None), "flash_mgpu": flash("mosaic_gpu"), "xla": nn("xla"), "cudnn": nn("cudnn"),
             "pallas_triton": pallas_triton, "pallas_mgpu": pallas_mgpu}
 
 
@@ -367,7 +367,8 @@ def run_gpu() -> int:
         resolved = f"n/a ({_short(exc)})"
     lines = _header("gpu", device) + [
         f"- bfloat16, T = S, B = max(1, {FLAGS.tokens} // S), N = {FLAGS.num_heads or '2048 // H'}; "
-        f"flash = flash_attention(kernel=None) -> {resolved!r} here (its backward is always Triton)", ""]
+        f"flash = flash_attention(kernel=None) -> {resolved!r} here; flash_mgpu = kernel='mosaic_gpu' "
+        f"(its backward is the Triton one)", ""]
     print("\n".join(lines), flush=True)
     records, rows = [], []
     table_passes = passes + (["bwd"] if {"fwd", "fwd+bwd"} <= set(passes) else [])

@@ -34,7 +34,7 @@ __all__ = ["EMPTY_ROW_LSE", "KERNELS", "SUPPORTED_DTYPES", "default_kernel", "fl
 EMPTY_ROW_LSE = alignment.EMPTY_ROW_LSE
 SUPPORTED_DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
 # "triton": Pallas with the Triton lowering (GPU; any device in interpret mode).
-# "mosaic_gpu": the Hopper (sm90) forward in Pallas Mosaic GPU; its backward is the Triton one.
+# "mosaic_gpu": the Hopper (sm90) forward in Pallas Mosaic GPU, opt-in; its backward is the Triton one.
 # "mosaic_tpu": Pallas Mosaic TPU block specs, forward and backward.
 KERNELS = ("triton", "mosaic_gpu", "mosaic_tpu")
 
@@ -52,17 +52,12 @@ class _Static(NamedTuple):
 def default_kernel(platform: str | None = None) -> str:
     """The kernel family for a platform ("gpu", "cuda", "rocm", "tpu"; None = jax's default backend).
 
-    Hopper GPUs get "mosaic_gpu" when this jax has Pallas Mosaic GPU; other GPUs get "triton"; TPUs get
-    "mosaic_tpu". Any other platform gets "triton", which runs there only in interpret mode.
+    TPUs get "mosaic_tpu"; every other platform gets "triton" (GPUs compile it; elsewhere it runs only in
+    interpret mode). The Hopper forward "mosaic_gpu" is opt-in (`kernel="mosaic_gpu"`) until it has been
+    compiled and checked on a Hopper GPU; see kernels/mosaic_gpu.py.
     """
     platform = jax.default_backend() if platform is None else platform
-    if platform == "tpu":
-        return "mosaic_tpu"
-    if platform in ("gpu", "cuda"):
-        from attention_jax.kernels import mosaic_gpu
-        if mosaic_gpu.available():
-            return "mosaic_gpu"
-    return "triton"
+    return "mosaic_tpu" if platform == "tpu" else "triton"
 
 
 def _run_forward(static: _Static, q, k, v, segments):
@@ -73,6 +68,8 @@ def _run_forward(static: _Static, q, k, v, segments):
     if static.kernel == "mosaic_gpu":
         from attention_jax.kernels import mosaic_gpu
         ok, reason = mosaic_gpu.supports_call(q, k, v, static.spec)
+        if ok and (static.interpret or not mosaic_gpu.available()):
+            ok, reason = False, "it needs a Hopper GPU and compiled (not interpreted) kernels"
         if ok:
             return mosaic_gpu.mosaic_gpu_forward(q, k, v, spec=static.spec, scale=static.scale,
                                                  empty_row_lse=EMPTY_ROW_LSE)

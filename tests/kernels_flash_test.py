@@ -17,6 +17,7 @@ from absl.testing import absltest, parameterized
 
 from attention_jax.dot_product import supports
 from attention_jax.kernels import BlockSizes, flash_attention, interpret_mode
+from attention_jax.kernels.flash import default_kernel
 from attention_jax.kernels.reference import reference_attention
 from tests import conformance
 
@@ -120,6 +121,16 @@ class FlashAttentionTest(parameterized.TestCase):
         self.assertTrue(ok, reason)
         direct = flash_attention(q, k, v, is_causal=True, interpret=True, kernel="triton")
         np.testing.assert_array_equal(np.asarray(via), np.asarray(direct))
+
+    def test_default_kernel_per_platform(self):
+        self.assertEqual([default_kernel(p) for p in ("tpu", "gpu", "cuda", "cpu")],
+                         ["mosaic_tpu", "triton", "triton", "triton"])
+
+    def test_mosaic_gpu_request_falls_back_to_triton_without_a_hopper(self):
+        q, k, v = _qkv(11, 20, 24, h=64, dtype=jnp.bfloat16)
+        got = flash_attention(q, k, v, is_causal=True, kernel="mosaic_gpu", interpret=True)
+        want = flash_attention(q, k, v, is_causal=True, kernel="triton", interpret=True)
+        np.testing.assert_array_equal(np.asarray(got, np.float32), np.asarray(want, np.float32))
 
     def test_unsupported_calls_say_why(self):
         q, k, v = _qkv(7, 8, 8)
