@@ -19,9 +19,10 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from absl import logging
 
 from attention_jax import _checks
-from attention_jax.dot_product import _check_lengths, _check_pair_mask_shape, dot_product_attention
+from attention_jax.dot_product import _check_lengths, _check_pair_mask_shape, dot_product_attention, supports
 from attention_jax.positional import alibi_slopes, apply_rope, shaw_logits, shaw_values
 
 __all__ = ["MultiHeadAttention", "RELATIVE_POSITIONS"]
@@ -58,9 +59,12 @@ class MultiHeadAttention(nn.Module):
     the init call itself leaves them empty. Each later `apply(..., mutable=["cache"])` writes its T new
     key/value rows at `cache_index` (T > 1 is a prefill, then T = 1 steps), advances `cache_index` by T and
     attends causally in absolute positions: query t (position cache_index + t) sees cached keys
-    s <= cache_index + t, never an unwritten slot. That rule is an explicit bool mask [1, 1, T, S_max], since
-    `dot_product_attention`'s `is_causal` is top-left aligned, which is wrong against a cache; in decode mode
-    attention is always causal and `is_causal` adds nothing. Overflow: T > S_max raises ValueError; a traced
+    s <= cache_index + t, never an unwritten slot. For a prefill (T > 1) that rule is an explicit bool mask
+    [1, 1, T, S_max], since `dot_product_attention`'s `is_causal` is top-left aligned, which is wrong against a
+    cache; a one-token step passes it as key lengths cache_index + 1 instead, so steps also run on the
+    "flash" and "cudnn" backends, which take no dense mask (a prefill, and the init call, run on
+    implementation=None when the named backend cannot take the mask; this is logged once). In decode mode attention is always causal and
+    `is_causal` adds nothing. Overflow: T > S_max raises ValueError; a traced
     `cache_index + T > S_max` cannot be detected, and then `lax.dynamic_update_slice` clamps the write to the
     last T slots, silently overwriting them. Keep the total number of tokens <= S_max.
 
@@ -242,8 +246,10 @@ class MultiHeadAttention(nn.Module):
             key = rope(key, query_pos if self.decode else jnp.arange(num_keys))  # rotated before caching
 
         if self.decode:
-            key, value, mask = self._use_cache(key, value, mask, cache_ready)
+            key, value, mask, cache_lengths = self._use_cache(key, value, mask, cache_ready)
             is_causal = False  # the cache mask already is causal, in absolute positions
+            if cache_lengths is not None:
+                key_lengths = cache_lengths if key_lengths is None else jnp.minimum(key_lengths, cache_lengths)
 
         key_pos = jnp.arange(num_keys)  # [S] absolute positions of the keys (cache slots when decoding)
         distance = key_pos[None, :] - query_pos[:, None]  # [T, S], s - t
@@ -264,9 +270,18 @@ class MultiHeadAttention(nn.Module):
         rate = 0.0 if deterministic else float(self.dropout_rate)
         dropout_rng = self.make_rng("dropout") if rate > 0.0 else None
         extra = {} if segment_ids is None else {"segment_ids": segment_ids}
+        implementation = self.implementation
+        if self.decode and mask is not None and implementation is not None and self.attention_fn is dot_product_attention:
+            # A prefill (or the init call) needs the dense cache mask; a backend that takes none (flash, cudnn)
+            # hands that call to implementation=None instead of failing. One-token steps keep the backend.
+            ok, reason = supports(implementation, query, key, value, mask=mask)
+            if not ok:
+                logging.log_first_n(logging.INFO, "MultiHeadAttention: the cache prefill runs on "
+                                    "implementation=None: %s", 1, reason)
+                implementation = None
         result = self.attention_fn(
             query, key, value, bias, mask, is_causal=is_causal, key_lengths=key_lengths, dropout_rate=rate,
-            dropout_rng=dropout_rng, return_weights=need_weights, implementation=self.implementation, **extra,
+            dropout_rng=dropout_rng, return_weights=need_weights, implementation=implementation, **extra,
         )
         context, weights = (result[0], result[1]) if need_weights else (result, None)  # [B, T, N, H]
         if shaw_ids is not None:
@@ -281,7 +296,13 @@ class MultiHeadAttention(nn.Module):
         return self.get_variable("cache", "cache_index")
 
     def _use_cache(self, key, value, mask, cache_ready):
-        """Writes key/value [B, T, K, H] at cache_index; returns the cache [B, S_max, K, H] and its mask."""
+        """Writes key/value [B, T, K, H] at cache_index; returns the cache [B, S_max, K, H], its mask and lengths.
+
+        A one-token step (T = 1) with no user mask sees exactly the cache slots s <= cache_index, which is the
+        key length cache_index + 1: it returns (key, value, None, lengths [B]), so the step needs no dense mask
+        and runs on every backend (flash and cudnn take lengths, not masks). Otherwise (prefill, or a user
+        mask) it returns (key, value, bool mask [B|1, 1, T, S_max], None).
+        """
         num_queries = key.shape[1]
         cached_key = self.variable("cache", "cached_key", jnp.zeros, key.shape, key.dtype)
         cached_value = self.variable("cache", "cached_value", jnp.zeros, value.shape, value.dtype)
@@ -296,8 +317,10 @@ class MultiHeadAttention(nn.Module):
             cached_key.value = full_key
             cached_value.value = full_value
             cache_index.value = start + num_queries
+        if num_queries == 1 and mask is None:
+            return full_key, full_value, None, jnp.broadcast_to(start + 1, (key.shape[0],)).astype(jnp.int32)
         query_pos = start + jnp.arange(num_queries)[:, None]  # [T, 1] absolute positions
         key_pos = jnp.arange(full_key.shape[1])[None, :]  # [1, S_max]
         causal = (key_pos <= query_pos)[None, None]  # [1, 1, T, S_max]; also hides unwritten slots
         mask = causal if mask is None else jnp.logical_and(mask, causal)
-        return full_key, full_value, mask
+        return full_key, full_value, mask, None

@@ -117,6 +117,29 @@ class MultiHeadAttentionBackendsTest(parameterized.TestCase):
         for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads)):
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-4, rtol=1e-4)
 
+    @parameterized.parameters("blockwise", "flash")
+    def test_cached_decode_steps_run_on_each_backend_and_equal_the_full_pass(self, implementation):
+        """One-token cache steps pass lengths, not a dense mask, so the flash kernel can run them."""
+        rng = np.random.default_rng(1)
+        x = jnp.asarray(rng.standard_normal((2, 6, 16)), jnp.float32)
+        full_module = MultiHeadAttention(num_heads=2, implementation="xla")
+        params = full_module.init(jax.random.key(0), x, is_causal=True)
+        want = full_module.apply(params, x, is_causal=True)  # [B, T, D]
+        step_module = MultiHeadAttention(num_heads=2, implementation=implementation, decode=True)
+        outs = []
+        with interpret_mode():
+            cache = step_module.init(jax.random.key(0), x)["cache"]
+            for t in range(x.shape[1]):
+                out, mutated = step_module.apply({**params, "cache": cache}, x[:, t:t + 1], mutable=["cache"])
+                cache = mutated["cache"]
+                outs.append(out)
+            # A prefill (T > 1) needs the dense cache mask: it falls back to implementation=None, then steps.
+            cache = step_module.init(jax.random.key(0), x)["cache"]
+            prefill, mutated = step_module.apply({**params, "cache": cache}, x[:, :4], mutable=["cache"])
+            step, _ = step_module.apply({**params, **mutated}, x[:, 4:5], mutable=["cache"])
+        np.testing.assert_allclose(np.asarray(jnp.concatenate(outs, axis=1)), np.asarray(want), atol=1e-5)
+        np.testing.assert_allclose(np.asarray(jnp.concatenate([prefill, step], axis=1)), np.asarray(want[:, :5]),
+                                   atol=1e-5)
 
 if __name__ == "__main__":
     absltest.main()
