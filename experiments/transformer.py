@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import jax.numpy as jnp
 import ml_collections
 
 from experiments import cli
@@ -38,10 +39,13 @@ COLUMNS = (
 
 
 def model_kwargs(model_config: ml_collections.ConfigDict) -> dict[str, Any]:
-    """`Transformer` keyword arguments from the ``model`` section (0 means None for head_dim, num_kv_heads)."""
+    """`Transformer` keyword arguments from the ``model`` section (0 means None for head_dim, num_kv_heads;
+    "auto" means None for implementation)."""
     kwargs = dict(model_config.to_dict())
     for name in ("head_dim", "num_kv_heads"):
         kwargs[name] = kwargs.get(name) or None
+    if kwargs.get("implementation") == "auto":
+        kwargs["implementation"] = None
     return kwargs
 
 
@@ -62,6 +66,25 @@ def describe(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
             "dropout_rate": m.dropout_rate, "positions": m.positions, "norm": m.norm}
 
 
+IMPLEMENTATIONS = ("auto", "xla", "blockwise", "flash", "cudnn")
+
+
+def _check_implementation(m: ml_collections.ConfigDict) -> None:
+    """Raises ConfigError when the named backend cannot run this model's attention calls here (e.g. "flash"
+    without a GPU/TPU, "cudnn" in float32), before any data is read."""
+    import jax  # pylint: disable=import-outside-toplevel
+    from attention_jax import dot_product  # pylint: disable=import-outside-toplevel
+
+    head_dim = m.head_dim or m.d_model // m.num_heads
+    query = jax.ShapeDtypeStruct((1, 8, m.num_heads, head_dim), jnp.dtype(m.get("dtype") or jnp.float32))
+    kv = jax.ShapeDtypeStruct((1, 8, m.num_kv_heads or m.num_heads, head_dim), query.dtype)
+    ok, reason = dot_product.supports(m.implementation, query, kv, kv, key_lengths=jnp.ones((1,), jnp.int32),
+                                      is_causal=True)
+    if not ok:
+        raise train.ConfigError(f"--config.model.implementation={m.implementation} cannot run here ({reason}); "
+                                f"fix: use auto or xla")
+
+
 def validate(cfg: ml_collections.ConfigDict) -> None:
     """Model and training checks of a row; `Transformer` itself checks the rest when it is built.
 
@@ -74,6 +97,7 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     for path, value, choices in (("model.norm", m.norm, transformer.NORMS),
                                  ("model.positions", m.positions, transformer.POSITIONS),
                                  ("model.head_gates", m.head_gates, transformer.HEAD_GATES),
+                                 ("model.implementation", m.implementation, IMPLEMENTATIONS),
                                  ("train.schedule", t.schedule, train.SCHEDULES)):
         cli._choice(path, value, choices)  # pylint: disable=protected-access
     for path, value in (("model.dropout_rate", m.dropout_rate), ("train.label_smoothing", t.label_smoothing)):
@@ -81,6 +105,8 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
             raise train.ConfigError(f"--config.{path}={value!r} is not valid; fix: use a value in [0, 1)")
     if isinstance(t.warmup_steps, bool) or not isinstance(t.warmup_steps, int) or t.warmup_steps < 1:
         raise train.ConfigError(f"--config.train.warmup_steps={t.warmup_steps!r} is not valid; fix: use an int >= 1")
+    if m.implementation != "auto":
+        _check_implementation(m)
     if m.max_len < cfg.eval.max_decode_len:
         raise train.ConfigError(f"--config.model.max_len={m.max_len} is shorter than --config.eval.max_decode_len="
                                 f"{cfg.eval.max_decode_len}; fix: raise model.max_len or lower eval.max_decode_len")

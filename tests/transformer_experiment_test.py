@@ -157,6 +157,8 @@ def test_preset_rows():
 @pytest.mark.parametrize("module,args", [
         ("experiments.transformer", ["--config.model.positions=bogus"]),
         ("experiments.transformer", ["--config.model.max_len=8"]),
+        ("experiments.transformer", ["--config.model.implementation=triton"]),
+        ("experiments.transformer", ["--config.model.implementation=cudnn"]),
         ("experiments.transformer", ["--rows=custom", "--config.model.num_heads=3"]),
         ("experiments.head_pruning", ["--config.model.head_gates=none"]),
 ])

@@ -165,7 +165,7 @@ def get_config() -> ml_collections.ConfigDict:
     """Returns the base Transformer config: the shared data / train / eval sections and a Transformer model.
 
     ``model`` holds `attention_jax.transformer.Transformer`'s keyword arguments (``head_dim`` and
-    ``num_kv_heads`` 0 mean None); ``train`` adds the schedule of §5.3 (``learning_rate`` scales it),
+    ``num_kv_heads`` 0 mean None, ``implementation`` "auto" means None); ``train`` adds the schedule of §5.3 (``learning_rate`` scales it),
     Adam's beta_2 = 0.98 and eps = 1e-9, and label smoothing 0.1 (§5.4).
     """
     config = configs.base_config()
@@ -188,6 +188,9 @@ def get_config() -> ml_collections.ConfigDict:
     model.shaw_max_distance = 16
     model.share_embeddings = True
     model.head_gates = "none"
+    # The dot_product_attention backend of every attention: "auto" (None: picked per platform and call),
+    # "xla", "blockwise", "flash" (the Pallas kernel, GPU/TPU) or "cudnn" (NVIDIA GPUs, bf16/f16 only).
+    model.implementation = "auto"
     config.model = model
     config.train.learning_rate = 0.3  # scales the schedule: peak 0.3 * 128^-0.5 * 200^-0.5 = 1.9e-3 (small)
     config.train.schedule = "rsqrt_warmup"
