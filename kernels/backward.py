@@ -26,7 +26,7 @@ from jax.experimental import pallas as pl
 
 from attention_jax.kernels import masking
 from attention_jax.kernels.block_sizes import BlockSizes
-from attention_jax.kernels.forward import LOG2E, triton_compiler_params
+from attention_jax.kernels.forward import LOG2E, tile_dot, triton_compiler_params
 
 __all__ = ["flash_backward", "flash_delta"]
 
@@ -57,7 +57,7 @@ def flash_delta(out, d_out, *, block_q: int, interpret: bool):
 
 def _probabilities(q, k, lse2, q_pos, k_pos, q_seg, kv_seg, spec, scale):
     """P [bq, bk] f32 of one tile, recomputed from the saved lse (exactly 0 where masked)."""
-    s = jnp.dot(q, k.T, preferred_element_type=_F32) * (scale * LOG2E)  # [bq, bk]
+    s = tile_dot(q, k.T) * (scale * LOG2E)  # [bq, bk]
     mask = masking.element_mask(spec, q_pos, k_pos, q_seg, kv_seg)
     if mask is not None:
         s = jnp.where(mask, s, -jnp.inf)
@@ -90,10 +90,10 @@ def _dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse2_ref, delta_ref, *refs, spec, 
                 do = do_ref[rows, head, :]
                 q_pos = q_tile * block_q + jnp.arange(block_q, dtype=jnp.int32)
                 p = _probabilities(q, k, lse2_ref[head, rows], q_pos, k_pos, q_seg, kv_seg, spec, scale)
-                dv_new = dv + jnp.dot(p.astype(do.dtype).T, do, preferred_element_type=_F32)
-                dp = jnp.dot(do, v.T, preferred_element_type=_F32)  # [bq, bk]
+                dv_new = dv + tile_dot(p.astype(do.dtype).T, do)
+                dp = tile_dot(do, v.T)  # [bq, bk]
                 ds = p * (dp - delta_ref[head, rows][:, None])
-                dk_new = dk + jnp.dot(ds.astype(q.dtype).T, q, preferred_element_type=_F32)
+                dk_new = dk + tile_dot(ds.astype(q.dtype).T, q)
                 return dk_new, dv_new
 
             if spec.has_segments:
@@ -130,9 +130,9 @@ def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse2_ref, delta_ref, *refs, spec, sc
             v = v_ref[keys, :]
             k_pos = k_tile * block_k + jnp.arange(block_k, dtype=jnp.int32)
             p = _probabilities(q, k, lse2, q_pos, k_pos, q_seg, kv_seg, spec, scale)
-            dp = jnp.dot(do, v.T, preferred_element_type=_F32)
+            dp = tile_dot(do, v.T)
             ds = p * (dp - delta[:, None])
-            return dq + jnp.dot(ds.astype(k.dtype), k, preferred_element_type=_F32)
+            return dq + tile_dot(ds.astype(k.dtype), k)
 
         if spec.has_segments:
             return lax.cond(masking.segments_overlap(q_seg, kv_seg), update, lambda: dq)

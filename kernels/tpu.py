@@ -55,6 +55,15 @@ _F32 = jnp.float32
 _NT = (((1,), (1,)), ((), ()))  # a @ b.T
 
 
+def _precision(a):
+    """Full float32 products for float32 tiles (the MXU's default is bf16 passes); default otherwise."""
+    return lax.Precision.HIGHEST if a.dtype == jnp.float32 else None
+
+
+def _dot(a, b):
+    return jnp.dot(a, b, precision=_precision(a), preferred_element_type=_F32)
+
+
 def _next_power_of_2(n: int) -> int:
     return 1 << max(0, n - 1).bit_length()
 
@@ -175,7 +184,7 @@ def _forward_kernel(q_ref, k_ref, v_ref, *refs, spec, scale, block_q, block_k, e
     def _update():
         q = q_ref[...]  # [bq, H]
         k = k_ref[...]  # [bk, H]
-        s = lax.dot_general(q, k, _NT, preferred_element_type=_F32) * (scale * LOG2E)  # [bq, bk] base 2
+        s = lax.dot_general(q, k, _NT, precision=_precision(q), preferred_element_type=_F32) * (scale * LOG2E)  # [bq, bk] base 2
         segs = (q_seg_ref[:, 0:1], kv_seg_ref[0:1, :]) if spec.has_segments else (None, None)
         mask = tile_mask(spec, q_tile * block_q, k_tile * block_k, block_q, block_k, *segs)
         if mask is not None:
@@ -187,7 +196,7 @@ def _forward_kernel(q_ref, k_ref, v_ref, *refs, spec, scale, block_q, block_k, e
         p = jnp.exp2(s - m_safe)  # [bq, bk]; exactly 0 where masked
         alpha = jnp.exp2(m_prev - m_safe)  # [bq, 1]; 0 while m = -inf
         v = v_ref[...]
-        pv = jnp.dot(p.astype(v.dtype), v, preferred_element_type=_F32)  # [bq, H]
+        pv = _dot(p.astype(v.dtype), v)  # [bq, H]
         acc_ref[...] = alpha * acc_ref[...] + pv
         l_new = alpha * l_ref[:, 0:1] + jnp.sum(p, axis=1, keepdims=True)
         m_ref[...] = jnp.broadcast_to(m_new, m_ref.shape)
@@ -285,7 +294,7 @@ def _check_shapes(padded_q, padded_k, heads, kv_heads, block_q, block_k):
 
 def _probabilities(q, k, lse2, q_first, k_first, block_q, block_k, segs, spec, scale):
     """P [bq, bk] float32 of one tile from the saved lse2 [bq, 1] (exactly 0 where masked)."""
-    s = lax.dot_general(q, k, _NT, preferred_element_type=_F32) * (scale * LOG2E)
+    s = lax.dot_general(q, k, _NT, precision=_precision(q), preferred_element_type=_F32) * (scale * LOG2E)
     mask = tile_mask(spec, q_first, k_first, block_q, block_k, *segs)
     if mask is not None:
         s = jnp.where(mask, s, -jnp.inf)
@@ -317,10 +326,10 @@ def _dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse2_ref, delta_ref, *refs, spec, 
         segs = (q_seg_ref[:, 0:1], kv_seg_ref[0:1, :]) if spec.has_segments else (None, None)
         p = _probabilities(q, k, lse2_ref[:, 0:1], q_tile * block_q, k_tile * block_k, block_q, block_k,
                            segs, spec, scale)  # [bq, bk]
-        dv_acc[...] += jnp.dot(p.astype(do.dtype).T, do, preferred_element_type=_F32)  # [bk, H]
-        dp = lax.dot_general(do, v, _NT, preferred_element_type=_F32)  # [bq, bk]
+        dv_acc[...] += _dot(p.astype(do.dtype).T, do)  # [bk, H]
+        dp = lax.dot_general(do, v, _NT, precision=_precision(do), preferred_element_type=_F32)  # [bq, bk]
         ds = p * (dp - delta_ref[:, 0:1])
-        dk_acc[...] += jnp.dot(ds.astype(q.dtype).T, q, preferred_element_type=_F32)  # [bk, H]
+        dk_acc[...] += _dot(ds.astype(q.dtype).T, q)  # [bk, H]
 
     @pl.when(step == pl.num_programs(3) - 1)
     def _finish():
@@ -350,9 +359,9 @@ def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse2_ref, delta_ref, *refs, spec, sc
         segs = (q_seg_ref[:, 0:1], kv_seg_ref[0:1, :]) if spec.has_segments else (None, None)
         p = _probabilities(q, k, lse2_ref[:, 0:1], q_tile * block_q, k_tile * block_k, block_q, block_k,
                            segs, spec, scale)
-        dp = lax.dot_general(do, v, _NT, preferred_element_type=_F32)
+        dp = lax.dot_general(do, v, _NT, precision=_precision(do), preferred_element_type=_F32)
         ds = p * (dp - delta_ref[:, 0:1])
-        dq_acc[...] += jnp.dot(ds.astype(k.dtype), k, preferred_element_type=_F32)  # [bq, H]
+        dq_acc[...] += _dot(ds.astype(k.dtype), k)  # [bq, H]
 
     @pl.when(k_tile == pl.num_programs(3) - 1)
     def _finish():
