@@ -10,7 +10,7 @@ A call is checked once and packed into an `AttentionCall`; a backend receives it
 its masks tile by tile and skip dead tiles, while the "xla" backend folds them into one boolean
 [B or 1, N or 1, T, S] mask (`AttentionCall.combined_mask`). Backends plug in with `register_backend`:
 "xla" lives here, "blockwise", "flash" and "cudnn" in `attention_jax.kernels.dispatch`. With
-`implementation=None` the backends are tried in `auto_order` (the fastest first for the platform) and the
+`implementation=None` the backends are tried in `auto_order` (per platform; see its docstring) and the
 first whose `supports` accepts the call runs; the choice and the reasons for skipping the others are logged
 once.
 """
@@ -104,13 +104,17 @@ SupportsFn = Callable[[AttentionCall], tuple[bool, str]]
 
 _BACKENDS: dict[str, tuple[BackendFn, SupportsFn]] = {}
 _LOGGED_CHOICES: set[tuple[str, tuple[str, ...]]] = set()
-# The order implementation=None tries the built-in backends in, per platform: the fastest first. On the CPU,
-# xla's [T, S] logits win while they are small; past _DENSE_BYTES_LIMIT blockwise goes first (O(S) memory).
+# The order implementation=None tries the built-in backends in, per platform. cuDNN goes first on GPUs (the
+# vendor kernel); otherwise xla's dense [B, N, T, S] logits win while they are small. Past _DENSE_BYTES_LIMIT
+# the O(S)-memory path moves ahead of xla: "blockwise" on the CPU, the "flash" kernel on GPUs and TPUs. The
+# compiled kernels have not been timed on hardware in this project (WORKSPACE.md), so they are not preferred
+# to xla for small calls; name implementation="flash" to use them there.
 _AUTO_ORDER = {
-    "gpu": ("cudnn", "flash", "xla", "blockwise"),
-    "tpu": ("flash", "xla", "blockwise"),
+    "gpu": ("cudnn", "xla", "flash", "blockwise"),
+    "tpu": ("xla", "flash", "blockwise"),
     "cpu": ("xla", "blockwise"),
 }
+_LARGE_CALL_FIRST = {"gpu": "flash", "tpu": "flash", "cpu": "blockwise"}
 _DENSE_BYTES_LIMIT = 2 << 30
 
 
@@ -145,16 +149,19 @@ def _platform() -> str:
 def auto_order(call: AttentionCall | None = None) -> tuple[str, ...]:
     """The order `implementation=None` tries the registered backends in, for this platform and call.
 
-    Built-in backends come in `_AUTO_ORDER`'s order for the default platform (on the CPU, "blockwise" moves
-    ahead of "xla" once the call's float32 [B, N, T, S] logits would exceed 2 GiB); backends registered
-    under other names follow, in registration order.
+    Built-in backends come in `_AUTO_ORDER`'s order for the default platform: GPU cudnn, xla, flash,
+    blockwise; TPU xla, flash, blockwise; CPU xla, blockwise. Once the call's float32 [B, N, T, S] logits would
+    exceed 2 GiB, the O(S)-memory backend moves just ahead of xla (blockwise on the CPU, flash on GPU/TPU).
+    Backends registered under other names follow, in registration order.
     """
-    order = list(_AUTO_ORDER.get(_platform(), _AUTO_ORDER["cpu"]))
-    if call is not None and _platform() == "cpu":
+    platform = _platform() if _platform() in _AUTO_ORDER else "cpu"
+    order = list(_AUTO_ORDER[platform])
+    if call is not None:
         batch, num_queries, heads, _ = call.query.shape
-        if 4 * batch * heads * num_queries * call.key.shape[1] > _DENSE_BYTES_LIMIT and "blockwise" in order:
-            order.remove("blockwise")
-            order.insert(0, "blockwise")
+        if 4 * batch * heads * num_queries * call.key.shape[1] > _DENSE_BYTES_LIMIT:
+            large = _LARGE_CALL_FIRST[platform]
+            order.remove(large)
+            order.insert(order.index("xla"), large)
     known = [name for name in order if name in _BACKENDS]
     return tuple(known + [name for name in _BACKENDS if name not in known])
 
@@ -487,9 +494,10 @@ def dot_product_attention(
       return_weights: also return the weights.
       return_lse: also return the log-sum-exp.
       implementation: None, "xla", "blockwise", "flash", "cudnn", or another registered name. None tries the
-        backends in `auto_order()` (GPU: cudnn, flash, xla, blockwise; TPU: flash, xla, blockwise; CPU: xla,
-        then blockwise, which goes first once the [B, N, T, S] float32 logits would pass 2 GiB) and runs the
-        first whose `supports` accepts the call, logging the choice and the skipped backends' reasons once.
+        backends in `auto_order()` (GPU: cudnn, xla, flash, blockwise; TPU: xla, flash, blockwise; CPU: xla,
+        blockwise; once the [B, N, T, S] float32 logits would pass 2 GiB, flash (GPU/TPU) or blockwise (CPU)
+        goes ahead of xla) and runs the first whose `supports` accepts the call, logging the choice and the
+        skipped backends' reasons once.
         "xla" materialises the logits and supports everything; "blockwise" (`blockwise_attention`) is O(S)
         memory on any device, no dropout; "flash" is the Pallas kernel (`attention_jax.kernels.flash_attention`:
         GPU/TPU, or any device inside `attention_jax.kernels.interpret_mode()`; no bias, dense mask or

@@ -50,7 +50,11 @@ class AutoOrderTest(absltest.TestCase):
         saved = dot_product._platform
         try:
             dot_product._platform = lambda: "gpu"
-            self.assertEqual(auto_order(_call((1, 8, 2, 64), (1, 8, 2, 64)))[:4], ("cudnn", "flash", "xla", "blockwise"))
+            self.assertEqual(auto_order(_call((1, 8, 2, 64), (1, 8, 2, 64)))[:4], ("cudnn", "xla", "flash", "blockwise"))
+            large = _call((4, 16384, 8, 64), (4, 16384, 8, 64))
+            self.assertEqual(auto_order(large)[:4], ("cudnn", "flash", "xla", "blockwise"))
+            dot_product._platform = lambda: "tpu"
+            self.assertEqual(auto_order(large)[:3], ("flash", "xla", "blockwise"))
         finally:
             dot_product._platform = saved
 
