@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 
-__all__ = ["BlockSizes", "HEAD_DIMS", "padded_head_dim"]
+import jax.numpy as jnp
+
+__all__ = ["BlockSizes", "HEAD_DIMS", "pad_axis", "padded_head_dim", "round_up"]
 
 # The head dims the kernels are written for; any other H <= 256 is zero-padded up to the next one.
 HEAD_DIMS = (64, 128, 256)
@@ -29,6 +31,20 @@ def padded_head_dim(head_dim: int) -> int:
     if not isinstance(head_dim, int) or not 1 <= head_dim <= HEAD_DIMS[-1]:
         raise ValueError(f"the flash kernels support head dims 1..{HEAD_DIMS[-1]}, got H={head_dim!r}")
     return next(h for h in HEAD_DIMS if h >= head_dim)
+
+
+def round_up(n: int, multiple: int) -> int:
+    """The smallest multiple of `multiple` that is >= n."""
+    return -(-n // multiple) * multiple
+
+
+def pad_axis(x, axis: int, size: int):
+    """x zero-padded at the end of `axis` up to `size` (x itself when already that long)."""
+    if x.shape[axis] == size:
+        return x
+    widths = [(0, 0)] * x.ndim
+    widths[axis] = (0, size - x.shape[axis])
+    return jnp.pad(x, widths)
 
 
 def _next_power_of_2(n: int) -> int:

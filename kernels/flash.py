@@ -26,7 +26,7 @@ from attention_jax import alignment
 from attention_jax.dot_product import _check_attention_args
 from attention_jax.kernels import masking
 from attention_jax.kernels.backward import flash_backward, flash_delta
-from attention_jax.kernels.block_sizes import BlockSizes, padded_head_dim
+from attention_jax.kernels.block_sizes import BlockSizes, pad_axis, padded_head_dim, round_up
 from attention_jax.kernels.forward import LOG2E, flash_forward
 
 __all__ = ["EMPTY_ROW_LSE", "KERNELS", "SUPPORTED_DTYPES", "default_kernel", "flash_attention"]
@@ -117,18 +117,6 @@ def _flash_bwd(static, residuals, cotangents):
 _flash.defvjp(_flash_fwd, _flash_bwd)
 
 
-def _pad_axis(x, axis: int, size: int):
-    if x.shape[axis] == size:
-        return x
-    widths = [(0, 0)] * x.ndim
-    widths[axis] = (0, size - x.shape[axis])
-    return jnp.pad(x, widths)
-
-
-def _round_up(n: int, multiple: int) -> int:
-    return -(-n // multiple) * multiple
-
-
 def flash_attention(
     query: jax.Array,
     key: jax.Array,
@@ -214,14 +202,14 @@ def flash_attention(
     batch = query.shape[0]
     tile_q = max(blocks.block_q, blocks.block_q_dkv, blocks.block_q_dq)
     tile_k = max(blocks.block_k, blocks.block_k_dkv, blocks.block_k_dq)
-    padded_q, padded_k = _round_up(num_queries, tile_q), _round_up(num_keys, tile_k)
+    padded_q, padded_k = round_up(num_queries, tile_q), round_up(num_keys, tile_k)
     seg = masking.encode_segments(segments, query_lengths, key_lengths, batch, num_queries, num_keys,
                                   padded_q, padded_k)
     spec = masking.MaskSpec(num_queries, num_keys, padded_k, bool(is_causal), window, seg is not None)
 
-    q = _pad_axis(_pad_axis(query, 1, padded_q), 3, padded_dim)
-    k = _pad_axis(_pad_axis(key, 1, padded_k), 3, padded_dim)
-    v = _pad_axis(_pad_axis(value, 1, padded_k), 3, padded_dim)
+    q = pad_axis(pad_axis(query, 1, padded_q), 3, padded_dim)
+    k = pad_axis(pad_axis(key, 1, padded_k), 3, padded_dim)
+    v = pad_axis(pad_axis(value, 1, padded_k), 3, padded_dim)
     if seg is not None:
         # Dead rows are zeroed with where (not multiplied) so a NaN in them cannot survive.
         q = jnp.where((seg[0] != masking.Q_DEAD)[:, :, None, None], q, jnp.zeros((), q.dtype))

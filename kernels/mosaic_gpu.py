@@ -46,6 +46,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 
 from attention_jax.kernels import masking
+from attention_jax.kernels.block_sizes import pad_axis, round_up
 
 __all__ = ["BLOCK_Q", "HEAD_DIMS", "available", "mosaic_gpu_forward", "supports_call"]
 
@@ -143,18 +144,6 @@ def _num_slots(head_dim: int, block_kv: int, itemsize: int) -> int:
     q_bytes = BLOCK_Q * head_dim * itemsize
     slot_bytes = 2 * block_kv * head_dim * itemsize  # one K and one V tile
     return max(2, min(_MAX_SLOTS, (_SMEM_BUDGET - q_bytes) // slot_bytes))
-
-
-def _round_up(n: int, multiple: int) -> int:
-    return -(-n // multiple) * multiple
-
-
-def _pad_axis(x, axis: int, size: int):
-    if x.shape[axis] == size:
-        return x
-    widths = [(0, 0)] * x.ndim
-    widths[axis] = (0, size - x.shape[axis])
-    return jnp.pad(x, widths)
 
 
 def _full_tile_range(spec: masking.MaskSpec, q_first, lo, hi, block_kv: int):
@@ -327,11 +316,11 @@ def mosaic_gpu_forward(q, k, v, *, spec: masking.MaskSpec, scale: float, empty_r
     num_slots = _num_slots(head_dim, block_kv, dtype.itemsize)
 
     # The kernel's own tiles: 64 query rows, `block_kv` key rows. Added keys lie beyond spec.num_keys.
-    tq = _round_up(padded_q, BLOCK_Q)
-    sk = _round_up(k.shape[1], block_kv)
-    q_in = _pad_axis(q, 1, tq)
-    k_in = _pad_axis(k, 1, sk)
-    v_in = _pad_axis(v, 1, sk)
+    tq = round_up(padded_q, BLOCK_Q)
+    sk = round_up(k.shape[1], block_kv)
+    q_in = pad_axis(q, 1, tq)
+    k_in = pad_axis(k, 1, sk)
+    v_in = pad_axis(v, 1, sk)
     kernel_spec = masking.MaskSpec(spec.num_queries, spec.num_keys, sk, spec.is_causal, spec.window, False)
 
     def body(q_ref, k_ref, v_ref, out_ref, lse_ref):

@@ -162,10 +162,21 @@ def _rows(x):
 # Forward
 
 
+def _kv_tile_live(spec, q_tile, k_tile, block_q, block_k, q_seg_ref, kv_seg_ref):
+    """Whether key tile k_tile is live for query tile q_tile: inside the causal/window/length tile range and,
+    with segment ids, sharing an id range (the forward and dQ kernels both ask this)."""
+    lo, hi = masking.kv_tile_range(spec, q_tile, block_q, block_k)
+    live = jnp.logical_and(k_tile >= lo, k_tile < hi)
+    if spec.has_segments:
+        live = jnp.logical_and(live, masking.segments_overlap(q_seg_ref[...], kv_seg_ref[...]))
+    return live
+
+
 def _forward_kernel(q_ref, k_ref, v_ref, *refs, spec, scale, block_q, block_k, empty_row_lse):
     if spec.has_segments:
         q_seg_ref, kv_seg_ref, o_ref, lse_ref, m_ref, l_ref, acc_ref = refs
     else:
+        q_seg_ref = kv_seg_ref = None
         o_ref, lse_ref, m_ref, l_ref, acc_ref = refs
     q_tile, k_tile = pl.program_id(2), pl.program_id(3)
 
@@ -175,10 +186,7 @@ def _forward_kernel(q_ref, k_ref, v_ref, *refs, spec, scale, block_q, block_k, e
         l_ref[...] = jnp.zeros(l_ref.shape, _F32)
         acc_ref[...] = jnp.zeros(acc_ref.shape, _F32)
 
-    lo, hi = masking.kv_tile_range(spec, q_tile, block_q, block_k)
-    run = jnp.logical_and(k_tile >= lo, k_tile < hi)
-    if spec.has_segments:
-        run = jnp.logical_and(run, masking.segments_overlap(q_seg_ref[...], kv_seg_ref[...]))
+    run = _kv_tile_live(spec, q_tile, k_tile, block_q, block_k, q_seg_ref, kv_seg_ref)
 
     @pl.when(run)
     def _update():
@@ -341,6 +349,7 @@ def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse2_ref, delta_ref, *refs, spec, sc
     if spec.has_segments:
         q_seg_ref, kv_seg_ref, dq_ref, dq_acc = refs
     else:
+        q_seg_ref = kv_seg_ref = None
         dq_ref, dq_acc = refs
     q_tile, k_tile = pl.program_id(2), pl.program_id(3)
 
@@ -348,10 +357,7 @@ def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse2_ref, delta_ref, *refs, spec, sc
     def _init():
         dq_acc[...] = jnp.zeros(dq_acc.shape, _F32)
 
-    lo, hi = masking.kv_tile_range(spec, q_tile, block_q, block_k)
-    run = jnp.logical_and(k_tile >= lo, k_tile < hi)
-    if spec.has_segments:
-        run = jnp.logical_and(run, masking.segments_overlap(q_seg_ref[...], kv_seg_ref[...]))
+    run = _kv_tile_live(spec, q_tile, k_tile, block_q, block_k, q_seg_ref, kv_seg_ref)
 
     @pl.when(run)
     def _update():
