@@ -387,11 +387,11 @@ class BadInputTest(absltest.TestCase):
                 fn()
 
 
-if __name__ == "__main__":
-    absltest.main()
-
-
 class BlockwiseConformanceTest(conformance.AttentionConformance):
     """The shared backend suite (tests/conformance.py) on the "blockwise" backend."""
 
     IMPLEMENTATION = "blockwise"
+
+
+if __name__ == "__main__":
+    absltest.main()

@@ -410,11 +410,11 @@ class BadInputTest(absltest.TestCase):
                 fn()
 
 
-if __name__ == "__main__":
-    absltest.main()
-
-
 class XlaConformanceTest(conformance.AttentionConformance):
     """The shared backend suite (tests/conformance.py) on the "xla" backend."""
 
     IMPLEMENTATION = "xla"
+
+
+if __name__ == "__main__":
+    absltest.main()
