@@ -18,6 +18,7 @@ import pytest
 from absl.testing import absltest, parameterized
 
 from attention_jax.multihead import MultiHeadAttention
+from tests import reference as ref
 
 B, T, D, N = 2, 6, 8, 4
 H = D // N
@@ -30,14 +31,6 @@ def _module(positions, **kwargs):
 
 def _x(seed=0, t=T, d=D):
     return jnp.asarray(np.random.default_rng(seed).normal(size=(B, t, d)).astype(np.float32))
-
-
-def _np_softmax_masked(logits, allowed):
-    logits = np.where(allowed, logits, -np.inf)
-    top = np.max(logits, axis=-1, keepdims=True)
-    e = np.where(allowed, np.exp(logits - np.where(np.isfinite(top), top, 0.0)), 0.0)
-    z = e.sum(-1, keepdims=True)
-    return np.where(z > 0, e / np.where(z > 0, z, 1.0), 0.0)
 
 
 def _np_rope(x, base=10000.0):
@@ -81,7 +74,7 @@ def _np_attention(params, x, positions, *, causal=False, key_lengths=None, shaw_
         allowed &= np.tril(np.ones((t, t), bool))
     if key_lengths is not None:
         allowed &= (np.arange(t)[None, :] < np.asarray(key_lengths)[:, None])[:, None, None, :]
-    w = _np_softmax_masked(logits, allowed)  # [B, N, T, S]
+    w = ref.masked_softmax(logits, allowed)  # [B, N, T, S]
     z = np.einsum("bnts,bsnh->btnh", w, v)
     if positions == "shaw":  # eq. 3: z_t = sum_s w_ts (v_s + a^V_ts)
         z = z + np.einsum("bnts,tsh->btnh", w, a_v)

@@ -23,6 +23,7 @@ from attention_jax.transformer import (
     make_step_fn,
     transformer_schedule,
 )
+from tests import reference as ref
 
 V, D, N, F = 40, 16, 4, 32
 B, S, T = 2, 6, 5
@@ -68,14 +69,6 @@ def _np_log_softmax(x):
     return x - np.log(np.exp(x).sum(-1, keepdims=True))
 
 
-def _np_softmax_masked(logits, allowed):
-    logits = np.where(allowed, logits, -np.inf)
-    top = np.max(logits, axis=-1, keepdims=True)
-    e = np.where(allowed, np.exp(logits - np.where(np.isfinite(top), top, 0.0)), 0.0)
-    z = e.sum(-1, keepdims=True)
-    return np.where(z > 0, e / np.where(z > 0, z, 1.0), 0.0)
-
-
 def _np_sinusoid(length, dim):
     """PE(pos, 2i) = sin(pos / 10000^(2i/D)), PE(pos, 2i+1) = cos(pos / 10000^(2i/D)) (§3.5)."""
     pe = np.zeros((length, dim))
@@ -98,7 +91,7 @@ def _np_mha(p, xq, xkv, allowed):
     q = np.einsum("btd,dnh->btnh", xq, p["query"]["kernel"]) + p["query"]["bias"]
     k = np.einsum("bsd,dnh->bsnh", xkv, p["key"]["kernel"]) + p["key"]["bias"]
     v = np.einsum("bsd,dnh->bsnh", xkv, p["value"]["kernel"]) + p["value"]["bias"]
-    w = _np_softmax_masked(np.einsum("btnh,bsnh->bnts", q, k) / np.sqrt(q.shape[-1]), allowed)
+    w = ref.masked_softmax(np.einsum("btnh,bsnh->bnts", q, k) / np.sqrt(q.shape[-1]), allowed)
     z = np.einsum("bnts,bsnh->btnh", w, v)
     return np.einsum("btnh,nhd->btd", z, p["out"]["kernel"]) + p["out"]["bias"], w
 
