@@ -269,6 +269,16 @@ def _check_pair_mask_shape(name: str, x: Any, batch: int, heads: int, num_querie
         )
 
 
+def _check_bias_and_mask(bias: Any, mask: Any, batch: int, heads: int, num_queries: int, num_keys: int) -> None:
+    """bias (floating) and mask (bool), each None or [B or 1, N or 1, T, S]; raises TypeError / ValueError."""
+    if bias is not None:
+        _checks.floating("bias", bias)
+        _check_pair_mask_shape("bias", bias, batch, heads, num_queries, num_keys)
+    if mask is not None:
+        _checks.boolean("mask", mask)
+        _check_pair_mask_shape("mask", mask, batch, heads, num_queries, num_keys)
+
+
 def _check_lengths(name: str, lengths: Any, batch: int) -> None:
     _checks.integer(name, lengths)
     if jnp.shape(lengths) != (batch,):
@@ -331,12 +341,7 @@ def _check_attention_args(query, key, value, bias, mask, query_lengths, key_leng
             f"query heads N={heads} must be a multiple of key/value heads K={kv_heads}: "
             f"{jnp.shape(query)=} {jnp.shape(key)=}"
         )
-    if bias is not None:
-        _checks.floating("bias", bias)
-        _check_pair_mask_shape("bias", bias, batch, heads, num_queries, num_keys)
-    if mask is not None:
-        _checks.boolean("mask", mask)
-        _check_pair_mask_shape("mask", mask, batch, heads, num_queries, num_keys)
+    _check_bias_and_mask(bias, mask, batch, heads, num_queries, num_keys)
     if query_lengths is not None:
         _check_lengths("query_lengths", query_lengths, batch)
     if key_lengths is not None:

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from absl import logging
 
 from attention_jax import _checks
-from attention_jax.dot_product import _check_lengths, _check_pair_mask_shape, dot_product_attention, supports
+from attention_jax.dot_product import _check_bias_and_mask, _check_lengths, dot_product_attention, supports
 from attention_jax.positional import alibi_slopes, apply_rope, shaw_logits, shaw_values
 
 __all__ = ["MultiHeadAttention", "RELATIVE_POSITIONS"]
@@ -225,12 +225,7 @@ class MultiHeadAttention(nn.Module):
                     f"decode input [B, T, D]={jnp.shape(inputs_q)} does not fit the cache [B, S_max, K, H]="
                     f"{cache_shape}: need the same B and T <= S_max"
                 )
-        if mask is not None:
-            _checks.boolean("mask", mask)
-            _check_pair_mask_shape("mask", mask, batch, heads, num_queries, num_keys)
-        if bias is not None:
-            _checks.floating("bias", bias)
-            _check_pair_mask_shape("bias", bias, batch, heads, num_queries, num_keys)
+        _check_bias_and_mask(bias, mask, batch, heads, num_queries, num_keys)
         if key_lengths is not None:
             _check_lengths("key_lengths", key_lengths, batch)
 

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from attention_jax import _checks
-from attention_jax.dot_product import _check_pair_mask_shape, dot_product_attention
+from attention_jax.dot_product import _check_bias_and_mask, dot_product_attention
 
 __all__ = ["WeightedBranchAttention", "project_branch_weights", "project_to_simplex"]
 
@@ -182,9 +182,7 @@ class WeightedBranchAttention(nn.Module):
         batch, num_queries, features = jnp.shape(inputs_q)
         num_keys = jnp.shape(inputs_kv)[1]
         branches, head_dim, hidden = self.num_branches, self.head_dim, self.d_ff
-        if mask is not None:
-            _checks.boolean("mask", mask)
-            _check_pair_mask_shape("mask", mask, batch, branches, num_queries, num_keys)
+        _check_bias_and_mask(None, mask, batch, branches, num_queries, num_keys)
 
         def dense(name):
             return nn.DenseGeneral(
