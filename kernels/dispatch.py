@@ -107,9 +107,8 @@ def _flash_supports(call: AttentionCall) -> tuple[bool, str]:
         platform = dot_product._platform()
         if platform not in ("gpu", "tpu"):
             return False, f"Pallas kernels need a GPU or TPU, this is {platform!r} (interpret_mode() runs them anywhere)"
-        if platform == "gpu" and flash.default_kernel("gpu") == "triton":
-            if forward.triton_compiler_params(1, 1) is None:
-                return False, "this jax has no Pallas Triton lowering"
+        if platform == "gpu" and forward.triton_compiler_params(1, 1) is None:  # GPUs run the Triton kernels
+            return False, "this jax has no Pallas Triton lowering"
     if call.bias is not None:
         return False, "flash takes no bias"
     if call.mask is not None:
