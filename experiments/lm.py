@@ -65,7 +65,7 @@ def kjv_verses(data_dir: str | os.PathLike[str] | None) -> list[str]:
     if cache.is_file():
         return cache.read_text(encoding="utf-8").splitlines()
     package = data.obtain_debian_package(data.KJV_PACKAGE, root)
-    module = data._find_module(package, data.KJV_PACKAGE)  # pylint: disable=protected-access
+    module = data.find_ztext_module(package, data.KJV_PACKAGE)
     verses = []
     for testament in ("ot", "nt"):
         entries = data.read_ztext(module, testament)

@@ -1,0 +1,1 @@
+"""Tests of experiments/: one folder per package folder (data/, benchmarks/), one file per module."""
