@@ -3,8 +3,16 @@
     import attention_jax as aj
     context, weights = aj.attend(query, key, value, mask, score="general", params={"w_a": w_a})
 
-Every attention here is score -> alignment -> context: `scores` maps queries and keys to logits, `alignment`
-turns logits into weights (global softmax, local windows), `context` takes the weighted sum of values.
+The package is layered, and imports run one way only (an import-linter contract in setup.cfg):
+
+    core         the math: scores (one registry), alignment (masked softmax, local windows), context, masks,
+                 positional encodings. Every classic attention is score -> alignment -> context.
+    kernels      the Pallas flash-attention kernels (loaded on first use; `import attention_jax` loads no Pallas).
+    dot_product  one operation, `dot_product_attention`, with its backends: xla, blockwise, flash, cudnn.
+    layers       one mechanism per file, a pure function plus a thin Linen module.
+    models       whole models (seq2seq, Transformer, Transformer-XL, ConvS2S) and decoding.
+
+This module re-exports the names most code needs; everything else lives in the subpackages.
 
 Shape letters, used in every docstring and einsum:
     B  batch                 T  query (target) length      S  key (source) length
@@ -21,94 +29,6 @@ from __future__ import annotations
 import importlib.util as _importlib_util
 import os as _os
 import sys as _sys
-
-from attention_jax import (
-    aaren,
-    alignment,
-    context,
-    convs2s,
-    decoding,
-    dot_product,
-    head_gates,
-    masks,
-    multihead,
-    positional,
-    scores,
-    seq2seq,
-    transformer,
-    transformer_xl,
-    weighted,
-)
-from attention_jax.aaren import Aaren, AarenState, aaren_init, aaren_scan, aaren_step
-from attention_jax.alignment import (
-    gaussian_window,
-    local_alignment,
-    local_m_position,
-    local_p_position,
-    masked_softmax,
-    masked_softmax_with_lse,
-    window_mask,
-)
-from attention_jax.context import attend, attend_from_logits, weighted_context
-from attention_jax.convs2s import ConvS2S, GLUConv, MultiStepAttention, glu, multistep_attention
-from attention_jax.decoding import beam_search, greedy_decode
-from attention_jax.dot_product import DotProductAttentionOutput, dot_product_attention, register_backend, supports
-from attention_jax.masks import broadcast_key_mask, padding_mask
-from attention_jax.head_gates import (
-    GatedMultiHeadAttention,
-    expected_l0,
-    hard_concrete_deterministic,
-    hard_concrete_sample,
-    kept_heads,
-    prune_heads,
-)
-from attention_jax.multihead import RELATIVE_POSITIONS, MultiHeadAttention
-from attention_jax.transformer import (
-    DecoderLayer,
-    EncoderLayer,
-    FeedForward,
-    Transformer,
-    label_smoothed_cross_entropy,
-    transformer_schedule,
-)
-from attention_jax.weighted import WeightedBranchAttention, project_branch_weights, project_to_simplex
-from attention_jax.transformer_xl import (
-    RelativeMultiHeadAttention,
-    TransformerXLLM,
-    TransformerXLLayer,
-    causal_memory_mask,
-    rel_shift,
-    relative_attention,
-    relative_encodings,
-    update_memory,
-)
-from attention_jax.positional import (
-    ComplexOrderEmbedding,
-    LearnedPositions,
-    alibi_bias,
-    alibi_slopes,
-    apply_rope,
-    complex_word_order_embedding,
-    relative_position_ids,
-    shaw_logits,
-    shaw_values,
-    sinusoidal_at,
-    sinusoidal_positions,
-)
-from attention_jax.scores import (
-    SCORE_PARAMS,
-    additive_score,
-    additive_score_projected,
-    compute_score,
-    concat_score,
-    cosine_score,
-    dot_score,
-    general_score,
-    location_score,
-    scaled_dot_score,
-)
-from attention_jax.seq2seq import BahdanauAttention, Encoder, LuongAttention, Seq2Seq, make_step_fn
-
 
 def _bind_source_tree_kernels() -> None:
     """Makes `attention_jax.kernels` importable when running from a source checkout.
@@ -131,6 +51,70 @@ def _bind_source_tree_kernels() -> None:
 
 
 _bind_source_tree_kernels()
-from attention_jax import kernels  # noqa: E402
+
+from attention_jax import core, dot_product, kernels, layers, models  # noqa: E402
+from attention_jax.core.alignment import EMPTY_ROW_LSE, masked_softmax
+from attention_jax.core.context import attend, attend_from_logits, weighted_context
+from attention_jax.core.masks import padding_mask
+from attention_jax.core.scores import SCORE_PARAMS, compute_score
+from attention_jax.dot_product import (
+    DotProductAttentionOutput,
+    blockwise_attention,
+    dot_product_attention,
+    interpret_mode,
+    register_backend,
+    supports,
+)
+from attention_jax.layers.aaren import Aaren
+from attention_jax.layers.bahdanau import BahdanauAttention
+from attention_jax.layers.head_gates import GatedMultiHeadAttention
+from attention_jax.layers.luong import LuongAttention
+from attention_jax.layers.multihead import MultiHeadAttention
+from attention_jax.layers.multistep import MultiStepAttention
+from attention_jax.layers.relative import RelativeMultiHeadAttention
+from attention_jax.layers.weighted import WeightedBranchAttention
+from attention_jax.models.convs2s import ConvS2S
+from attention_jax.models.decoding import beam_search, greedy_decode
+from attention_jax.models.seq2seq import Seq2Seq
+from attention_jax.models.transformer import Transformer
+from attention_jax.models.transformer_xl import TransformerXLLM
+
+__all__ = [
+    "EMPTY_ROW_LSE",
+    "SCORE_PARAMS",
+    "Aaren",
+    "BahdanauAttention",
+    "ConvS2S",
+    "DotProductAttentionOutput",
+    "GatedMultiHeadAttention",
+    "LuongAttention",
+    "MultiHeadAttention",
+    "MultiStepAttention",
+    "RelativeMultiHeadAttention",
+    "Seq2Seq",
+    "Transformer",
+    "TransformerXLLM",
+    "WeightedBranchAttention",
+    "attend",
+    "attend_from_logits",
+    "beam_search",
+    "blockwise_attention",
+    "compute_score",
+    "core",
+    "dot_product",
+    "dot_product_attention",
+    "greedy_decode",
+    "interpret_mode",
+    "kernels",
+    "layers",
+    "masked_softmax",
+    "models",
+    "padding_mask",
+    "register_backend",
+    "supports",
+    "weighted_context",
+]
+
+
 
 __version__ = "0.1.0"

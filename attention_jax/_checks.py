@@ -5,6 +5,7 @@ Every check runs on static shapes and dtypes, so it costs nothing under jit and 
 
 from __future__ import annotations
 
+import numbers
 from typing import Any
 
 import jax.numpy as jnp
@@ -76,3 +77,38 @@ def attention_inputs(inputs_q: Any, inputs_kv: Any | None) -> Any:
     floating("inputs_kv", inputs_kv)
     same_batch(inputs_q=inputs_q, inputs_kv=inputs_kv)
     return inputs_kv
+
+
+def choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    """Raises ValueError unless `value` is one of the string `choices`."""
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"unknown {name} {value!r}; valid choices are {choices}")
+
+
+def int_at_least(name: str, value: Any, minimum: int) -> int:
+    """Returns `value` as int, raising ValueError unless it is a Python/numpy integer (not bool) >= minimum."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def rate(name: str, value: Any) -> float:
+    """Returns `value` as float, raising ValueError unless it is a real number (not bool) in [0, 1)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= value < 1.0:
+        raise ValueError(f"{name} must be a float in [0, 1), got {value!r}")
+    return float(value)
+
+
+def flag(name: str, value: Any) -> bool:
+    """Returns `value`, raising TypeError unless it is a real bool (Python or numpy), never a string or int."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool, got {value!r} of type {type(value).__name__}")
+    return bool(value)
+
+
+def tokens(name: str, x: Any, ndim: int) -> None:
+    """Raises ValueError unless `x` is an array of rank `ndim`, TypeError unless its dtype is integer."""
+    if not hasattr(x, "shape") or len(x.shape) != ndim:
+        raise ValueError(f"{name} must have {ndim} dims, got shape {getattr(x, 'shape', None)}")
+    if not jnp.issubdtype(x.dtype, jnp.integer):
+        raise TypeError(f"{name} must be an integer array, got dtype {x.dtype}")

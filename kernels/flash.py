@@ -22,8 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from attention_jax import alignment
-from attention_jax.dot_product import _check_attention_args
+from attention_jax.core import alignment
+from attention_jax.dot_product.api import _check_attention_args
 from attention_jax.kernels import masking
 from attention_jax.kernels.backward import flash_backward, flash_delta
 from attention_jax.kernels.block_sizes import BlockSizes, pad_axis, padded_head_dim, round_up

@@ -14,8 +14,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from attention_jax import _checks, alignment
-from attention_jax.dot_product import _check_attention_args, _position_mask
+from attention_jax import _checks
+from attention_jax.core import alignment
+from attention_jax.dot_product.api import _check_attention_args, _position_mask
 
 __all__ = ["attention_weights"]
 

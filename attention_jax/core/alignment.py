@@ -1,0 +1,235 @@
+"""Alignment: turning logits into attention weights.
+
+Global (softmax over every valid key) and the local windows of Luong et al. 2015 (arXiv:1508.04025, §3.2):
+local-m, centred on p_t = t, and local-p, centred on a predicted p_t with a Gaussian that favours keys near it.
+Weights are float32 and rows whose keys are all masked are all zero, with zero gradients.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from attention_jax import _checks
+
+_F32 = jnp.float32
+
+
+EMPTY_ROW_LSE = float(jnp.finfo(_F32).min)
+"""The log-sum-exp given to a row with no valid key: finite, and exp(EMPTY_ROW_LSE - x) == 0 when rows merge."""
+
+
+def masked_softmax_with_lse(logits: jax.Array, mask: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+    """Softmax over the last axis restricted to the keys where `mask` is True, and its log-sum-exp.
+
+    Bahdanau et al. 2014, arXiv:1409.0473, eq. (6); Luong et al. 2015, arXiv:1508.04025, eq. (7);
+    Vaswani et al. 2017, arXiv:1706.03762, eq. (1). A row with no valid key gets all-zero weights (so a zero
+    context) and zero gradients, never NaN, and lse = EMPTY_ROW_LSE. Runs in float32 whatever the dtype.
+
+    Args:
+      logits: [..., S] floating.
+      mask: None or bool of exactly the shape of `logits` (True = attend); it is never broadcast.
+
+    Returns:
+      weights: [..., S] float32; each row sums to 1, or to 0 if fully masked.
+      lse: [...] float32, log sum_s exp(logits[..., s]) over the valid keys.
+
+    Raises:
+      ValueError: if the mask shape differs from the logits shape.
+      TypeError: if logits are not floating or the mask is not boolean.
+    """
+    _checks.floating("logits", logits)
+    logits = logits.astype(_F32)
+    if mask is not None:
+        _checks.boolean("mask", mask)
+        if jnp.shape(mask) != jnp.shape(logits):
+            raise ValueError(f"mask and logits shapes differ: {jnp.shape(mask)=} {logits.shape=}")
+        # A finite floor, not -inf: a fully-masked row must not produce (-inf) - (-inf).
+        logits = jnp.where(mask, logits, jnp.finfo(_F32).min)
+    row_max = jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
+    unnormalised = jnp.exp(logits - row_max)
+    if mask is not None:
+        unnormalised = jnp.where(mask, unnormalised, 0.0)
+    total = jnp.sum(unnormalised, axis=-1, keepdims=True)
+    has_key = total > 0
+    safe_total = jnp.where(has_key, total, 1.0)
+    lse = jnp.where(has_key, jnp.log(safe_total) + row_max, EMPTY_ROW_LSE)[..., 0]
+    return unnormalised / safe_total, lse
+
+
+def masked_softmax(logits: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+    """Softmax over the last axis, restricted to the keys where `mask` is True.
+
+    Bahdanau et al. 2014, arXiv:1409.0473, eq. (6); Luong et al. 2015, arXiv:1508.04025, eq. (7).
+    A row with no valid key gets all-zero weights (so a zero context) and zero gradients, never NaN.
+    The computation runs in float32 whatever the dtype of `logits`.
+
+    Args:
+      logits: [..., S] floating.
+      mask: None or bool of exactly the shape of `logits` (True = attend); it is never broadcast.
+
+    Returns:
+      weights: [..., S] float32; each row sums to 1, or to 0 if fully masked.
+
+    Raises:
+      ValueError: if the mask shape differs from the logits shape.
+      TypeError: if logits are not floating or the mask is not boolean.
+    """
+    return masked_softmax_with_lse(logits, mask)[0]
+
+
+def local_m_position(batch: int, num_queries: int, offset: int | jax.Array = 0) -> jax.Array:
+    """Monotonic alignment centre of local-m attention, p_t = t.
+
+    Luong et al. 2015, arXiv:1508.04025, §3.2 ("Monotonic alignment (local-m)").
+
+    Args:
+      batch: B.
+      num_queries: T.
+      offset: added to every t; a decoder that runs one step at a time passes its step index here.
+        A Python int or a scalar integer array (may be traced).
+
+    Returns:
+      position: [B, T] float32, position[b, t] = t + offset.
+
+    Raises:
+      ValueError: if batch or num_queries is negative.
+    """
+    batch = _checks.positive_int("batch", batch, allow_zero=True)
+    num_queries = _checks.positive_int("num_queries", num_queries, allow_zero=True)
+    position = jnp.arange(num_queries, dtype=_F32) + jnp.asarray(offset, _F32)
+    return jnp.broadcast_to(position[None, :], (batch, num_queries))
+
+
+def local_p_position(query: jax.Array, w_p: jax.Array, v_p: jax.Array, key_lengths: jax.Array) -> jax.Array:
+    """Predicted alignment centre of local-p attention, p_t = S * sigmoid(v_p^T tanh(W_p h_t)).
+
+    Luong et al. 2015, arXiv:1508.04025, eq. (9). S is each sentence's true (unpadded) source length, so
+    p_t lies in [0, S_b] and never points into padding.
+
+    Args:
+      query: [B, T, Dq] floating, the target hidden states h_t.
+      w_p: [Dq, A] floating.
+      v_p: [A] floating.
+      key_lengths: [B] integer, the source lengths S_b.
+
+    Returns:
+      position: [B, T] float32.
+
+    Raises:
+      ValueError: if shapes disagree.
+      TypeError: if dtypes are wrong.
+    """
+    _checks.rank("query", query, 3)
+    _checks.floating("query", query)
+    _checks.rank("w_p", w_p, 2)
+    _checks.rank("v_p", v_p, 1)
+    _checks.rank("key_lengths", key_lengths, 1)
+    _checks.integer("key_lengths", key_lengths)
+    if w_p.shape[0] != query.shape[-1] or v_p.shape[0] != w_p.shape[1]:
+        raise ValueError(f"local-p weights do not fit: {query.shape=} {w_p.shape=} {v_p.shape=}")
+    _checks.same_batch(query=query, key_lengths=key_lengths)
+    hidden = jnp.tanh(jnp.einsum("BTQ,QA->BTA", query.astype(_F32), w_p.astype(_F32)))  # [B, T, A]
+    fraction = jax.nn.sigmoid(jnp.einsum("BTA,A->BT", hidden, v_p.astype(_F32)))  # [B, T]
+    return key_lengths.astype(_F32)[:, None] * fraction
+
+
+def _check_position(position: jax.Array) -> None:
+    _checks.rank("position", position, 2)
+    _checks.floating("position", position)
+
+
+def window_mask(position: jax.Array, num_keys: int, window: int) -> jax.Array:
+    """Marks the keys inside the window [p_t - D, p_t + D], with p_t rounded down.
+
+    Luong et al. 2015, arXiv:1508.04025, §3.2. The window is 2D + 1 keys wide before it is clipped to [0, S).
+
+    Args:
+      position: [B, T] float32, the centres p_t.
+      num_keys: S.
+      window: D >= 0, the half width.
+
+    Returns:
+      mask: [B, T, S] bool.
+
+    Raises:
+      ValueError: if position is not rank 2 or window/num_keys are not non-negative integers.
+    """
+    _check_position(position)
+    num_keys = _checks.positive_int("num_keys", num_keys, allow_zero=True)
+    window = _checks.positive_int("window", window, allow_zero=True)
+    centre = jnp.floor(position)[:, :, None]  # [B, T, 1]
+    keys = jnp.arange(num_keys, dtype=_F32)[None, None, :]  # [1, 1, S]
+    return jnp.abs(keys - centre) <= window
+
+
+def gaussian_window(position: jax.Array, num_keys: int, sigma: float) -> jax.Array:
+    """The local-p Gaussian, exp(-(s - p_t)^2 / (2 sigma^2)).
+
+    Luong et al. 2015, arXiv:1508.04025, eq. (10), where sigma = D / 2. Gradients flow to p_t through it.
+
+    Args:
+      position: [B, T] float32, the centres p_t.
+      num_keys: S.
+      sigma: > 0.
+
+    Returns:
+      factor: [B, T, S] float32 in (0, 1].
+
+    Raises:
+      ValueError: if position is not rank 2 or sigma <= 0.
+    """
+    _check_position(position)
+    num_keys = _checks.positive_int("num_keys", num_keys, allow_zero=True)
+    if not sigma > 0:
+        raise ValueError(f"sigma must be > 0, got {sigma}")
+    keys = jnp.arange(num_keys, dtype=_F32)[None, None, :]  # [1, 1, S]
+    return jnp.exp(-jnp.square(keys - position.astype(_F32)[:, :, None]) / (2.0 * sigma * sigma))
+
+
+def local_alignment(
+    logits: jax.Array,
+    position: jax.Array,
+    window: int,
+    mask: jax.Array | None = None,
+    gaussian: bool = False,
+) -> jax.Array:
+    """Local attention weights: a softmax inside the window, times a Gaussian for local-p.
+
+    Luong et al. 2015, arXiv:1508.04025, §3.2 and eq. (10): a_t(s) = align(h_t, h_s) exp(-(s - p_t)^2 / (2 sigma^2))
+    with sigma = D / 2. The softmax runs over the keys inside the window (and the mask) only; the Gaussian
+    product is not renormalised, as in the paper. A window with no valid key (a source shorter than p_t - D,
+    or all padding) gives zero weights.
+
+    Args:
+      logits: [B, T, S] floating.
+      position: [B, T] float32, the centres p_t.
+      window: D, the half width; >= 0, and >= 1 when gaussian (sigma = D / 2 must be positive).
+      mask: None, [B, S] or [B, T, S] bool, True for valid keys.
+      gaussian: multiply by the Gaussian (local-p) or not (local-m).
+
+    Returns:
+      weights: [B, T, S] float32.
+
+    Raises:
+      ValueError: if shapes disagree or the window is invalid.
+      TypeError: if dtypes are wrong.
+    """
+    from attention_jax.core import masks  # local import: masks is tiny and this keeps the module graph flat
+
+    _checks.rank("logits", logits, 3)
+    batch, num_queries, num_keys = logits.shape
+    _check_position(position)
+    if position.shape != (batch, num_queries):
+        raise ValueError(f"position must be [B, T]={(batch, num_queries)}, got {position.shape}")
+    window = _checks.positive_int("window", window, allow_zero=True)
+    if gaussian and window < 1:
+        raise ValueError(f"local-p needs window >= 1 (sigma = window / 2 > 0), got window={window}")
+    valid = window_mask(position, num_keys, window)
+    key_mask = masks.broadcast_key_mask(mask, batch, num_queries, num_keys)
+    if key_mask is not None:
+        valid = valid & key_mask
+    weights = masked_softmax(logits, valid)
+    if gaussian:
+        weights = weights * gaussian_window(position, num_keys, window / 2.0)
+    return weights

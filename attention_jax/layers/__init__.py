@@ -1,0 +1,13 @@
+"""Attention layers, one mechanism per file: a pure function plus a thin Flax Linen module that owns the parameters.
+
+  bahdanau.py    additive attention of RNNsearch (arXiv:1409.0473).
+  luong.py       global, local-m and local-p attention (arXiv:1508.04025).
+  multihead.py   multi-head (grouped-query) attention with a KV cache and RoPE / ALiBi / Shaw positions.
+  relative.py    Transformer-XL relative attention over a memory (arXiv:1901.02860).
+  multistep.py   ConvS2S multi-step attention (arXiv:1705.03122).
+  weighted.py    Weighted Transformer branch attention (arXiv:1711.02132).
+  head_gates.py  Hard Concrete head gates for pruning (arXiv:1905.09418).
+  aaren.py       attention as a prefix-scan RNN (arXiv:2405.13956).
+
+Layers import `attention_jax.core` and `attention_jax.dot_product`, never `attention_jax.models`.
+"""

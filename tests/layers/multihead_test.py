@@ -1,0 +1,337 @@
+"""Tests for attention_jax/multihead.py: MultiHeadAttention (arXiv:1706.03762 §3.2.2, GQA arXiv:2305.13245).
+
+Tiny sizes (D=8, N=4, K in {4, 2, 1}, T, S <= 6) so the file runs in seconds on one CPU core.
+"""
+
+import re
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from absl.testing import absltest, parameterized
+
+from attention_jax import dot_product_attention
+from attention_jax.layers.multihead import MultiHeadAttention
+
+B, T, S, D, N = 2, 5, 6, 8, 4
+ATOL = 1e-5
+
+
+def _raises(*fragments):
+    """pytest.raises(ValueError) that also checks every fragment (a value or shape) appears in the message."""
+    pattern = "".join(f"(?=[\\s\\S]*{re.escape(str(f))})" for f in fragments)
+    return pytest.raises(ValueError, match=pattern)
+
+
+def _module(num_kv_heads=N, **kwargs):
+    # Non-zero biases so the reference checks every parameter.
+    return MultiHeadAttention(num_heads=N, num_kv_heads=num_kv_heads, bias_init=nn.initializers.normal(0.3), **kwargs)
+
+
+def _inputs(seed=0, t=T, s=S, d_kv=D):
+    rng = np.random.default_rng(seed)
+    xq = rng.normal(size=(B, t, D)).astype(np.float32)
+    xkv = rng.normal(size=(B, s, d_kv)).astype(np.float32)
+    return jnp.asarray(xq), jnp.asarray(xkv)
+
+
+def _random_mask(seed, t, s):
+    mask = np.random.default_rng(seed).random((B, 1, t, s)) < 0.6
+    mask[0, 0, 1] = False  # one fully masked row
+    return jnp.asarray(mask)
+
+
+def _np_multihead(params, xq, xkv, mask=None, causal=False):
+    """float64 numpy MultiHead(Q, K, V) = Concat(head_1..head_N) W^O (arXiv:1706.03762 §3.2.2).
+
+    head_i = softmax(Q W^Q_i (K W^K_i)^T / sqrt(H)) V W^V_i, with key/value head i // G for GQA.
+    """
+    p = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
+    xq, xkv = np.asarray(xq, np.float64), np.asarray(xkv, np.float64)
+    q = np.einsum("btd,dnh->btnh", xq, p["query"]["kernel"]) + p["query"]["bias"]
+    k = np.einsum("bsd,dkh->bskh", xkv, p["key"]["kernel"]) + p["key"]["bias"]
+    v = np.einsum("bsd,dkh->bskh", xkv, p["value"]["kernel"]) + p["value"]["bias"]
+    heads, kv_heads, head_dim = q.shape[2], k.shape[2], q.shape[3]
+    t, s = q.shape[1], k.shape[1]
+    allowed = np.ones((xq.shape[0], heads, t, s), bool)
+    if mask is not None:
+        allowed &= np.broadcast_to(np.asarray(mask), allowed.shape)
+    if causal:
+        allowed &= np.tril(np.ones((t, s), bool))
+    outs = []
+    for i in range(heads):
+        j = i // (heads // kv_heads)  # the key/value head of query head i
+        logits = np.einsum("bth,bsh->bts", q[:, :, i], k[:, :, j]) / np.sqrt(head_dim)
+        logits = np.where(allowed[:, i], logits, -np.inf)
+        top = np.max(logits, axis=-1, keepdims=True)
+        e = np.where(allowed[:, i], np.exp(logits - np.where(np.isfinite(top), top, 0.0)), 0.0)
+        z = e.sum(-1, keepdims=True)
+        w = np.where(z > 0, e / np.where(z > 0, z, 1.0), 0.0)
+        outs.append(np.einsum("bts,bsh->bth", w, v[:, :, j]))
+    concat = np.concatenate(outs, axis=-1)  # [B, T, N*H]
+    w_o = p["out"]["kernel"].reshape(heads * head_dim, -1)
+    return concat @ w_o + p["out"]["bias"]
+
+
+class ReferenceTest(parameterized.TestCase):
+    @parameterized.product(kv_heads=(4, 2, 1), cross=(False, True), masked=(False, True))
+    def test_matches_numpy_multihead(self, kv_heads, cross, masked):
+        model = _module(kv_heads)
+        xq, xkv = _inputs(kv_heads)
+        xkv = xkv if cross else None
+        s = S if cross else T
+        mask = _random_mask(kv_heads, T, s) if masked else None
+        params = model.init(jax.random.PRNGKey(kv_heads), xq, xkv)["params"]
+        out = model.apply({"params": params}, xq, xkv, mask=mask)
+        chex.assert_shape(out, (B, T, D))
+        expected = _np_multihead(params, xq, xq if xkv is None else xkv, mask)
+        np.testing.assert_allclose(out, expected, atol=ATOL, rtol=1e-5)
+
+    @parameterized.parameters(4, 2, 1)
+    def test_matches_jax_nn_on_projections(self, kv_heads):
+        model = _module(kv_heads, out_features=3, head_dim=5)
+        xq, xkv = _inputs(10 + kv_heads)
+        mask = _random_mask(kv_heads, T, S)
+        mask = mask.at[0, 0, 1].set(True)  # jax.nn gives uniform weights on fully masked rows; avoid them
+        params = model.init(jax.random.PRNGKey(0), xq, xkv)["params"]
+        out = model.apply({"params": params}, xq, xkv, mask=mask)
+        chex.assert_shape(out, (B, T, 3))
+        p = params
+        q = jnp.einsum("btd,dnh->btnh", xq, p["query"]["kernel"]) + p["query"]["bias"]
+        k = jnp.einsum("bsd,dkh->bskh", xkv, p["key"]["kernel"]) + p["key"]["bias"]
+        v = jnp.einsum("bsd,dkh->bskh", xkv, p["value"]["kernel"]) + p["value"]["bias"]
+        k, v = jnp.repeat(k, N // kv_heads, axis=2), jnp.repeat(v, N // kv_heads, axis=2)
+        ctx = jax.nn.dot_product_attention(q, k, v, mask=mask)  # [B, T, N, H]
+        expected = jnp.einsum("btnh,nho->bto", ctx, p["out"]["kernel"]) + p["out"]["bias"]
+        np.testing.assert_allclose(out, expected, atol=ATOL, rtol=1e-5)
+
+    @parameterized.parameters(4, 2, 1)
+    def test_segment_ids_match_jax_nn_and_numpy(self, kv_heads):
+        model = _module(kv_heads)
+        xq, _ = _inputs(20 + kv_heads, t=6)  # T = 6
+        segments = jnp.array([[0, 0, 0, 1, 1, 2], [5, 5, 7, 7, 7, 7]], jnp.int32)  # packed sequences
+        params = model.init(jax.random.PRNGKey(2), xq)["params"]
+        out = model.apply({"params": params}, xq, segment_ids=segments, is_causal=True)
+        same = np.asarray(segments)[:, :, None] == np.asarray(segments)[:, None, :]  # [B, T, T]
+        expected = _np_multihead(params, xq, xq, same[:, None], causal=True)
+        np.testing.assert_allclose(out, expected, atol=ATOL, rtol=1e-5)
+        p = params
+        q = jnp.einsum("btd,dnh->btnh", xq, p["query"]["kernel"]) + p["query"]["bias"]
+        k = jnp.einsum("bsd,dkh->bskh", xq, p["key"]["kernel"]) + p["key"]["bias"]
+        v = jnp.einsum("bsd,dkh->bskh", xq, p["value"]["kernel"]) + p["value"]["bias"]
+        k, v = jnp.repeat(k, N // kv_heads, axis=2), jnp.repeat(v, N // kv_heads, axis=2)
+        mask = jnp.asarray(same)[:, None] & jnp.tril(jnp.ones((6, 6), bool))
+        ctx = jax.nn.dot_product_attention(q, k, v, mask=mask)
+        np.testing.assert_allclose(out, jnp.einsum("btnh,nho->bto", ctx, p["out"]["kernel"]) + p["out"]["bias"],
+                                   atol=ATOL, rtol=1e-5)
+        # A packed row equals its segments run one at a time.
+        alone = model.apply({"params": params}, xq[:1, 3:5], is_causal=True)
+        np.testing.assert_allclose(out[:1, 3:5], alone, atol=ATOL, rtol=1e-5)
+
+    def test_segment_ids_errors(self):
+        model = _module(2)
+        xq, _ = _inputs(1)
+        params = model.init(jax.random.PRNGKey(0), xq)["params"]
+        with pytest.raises(ValueError, match="segment"):
+            model.apply({"params": params}, xq, segment_ids=jnp.zeros((B, T + 1), jnp.int32))
+        with pytest.raises(ValueError, match="segment_ids are not supported with decode=True"):
+            _module(2, decode=True).init(jax.random.PRNGKey(0), xq, segment_ids=jnp.zeros((B, T), jnp.int32))
+
+    def test_causal_matches_numpy_and_key_lengths(self):
+        model = _module(2)
+        xq, _ = _inputs(3)
+        params = model.init(jax.random.PRNGKey(1), xq)["params"]
+        out = model.apply({"params": params}, xq, is_causal=True)
+        np.testing.assert_allclose(out, _np_multihead(params, xq, xq, causal=True), atol=ATOL, rtol=1e-5)
+        lengths = jnp.array([T, 2], jnp.int32)
+        out = model.apply({"params": params}, xq, key_lengths=lengths)
+        key_mask = (np.arange(T)[None, :] < np.asarray(lengths)[:, None])[:, None, None, :]
+        np.testing.assert_allclose(out, _np_multihead(params, xq, xq, key_mask), atol=ATOL, rtol=1e-5)
+
+
+class DecodeTest(parameterized.TestCase):
+    @parameterized.product(kv_heads=(4, 2), prefill=(3, 6, 1))
+    def test_incremental_equals_full_causal(self, kv_heads, prefill):
+        length = 6
+        x, _ = _inputs(20 + kv_heads, t=length)
+        params = _module(kv_heads).init(jax.random.PRNGKey(2), x)["params"]
+        full = _module(kv_heads).apply({"params": params}, x, is_causal=True)  # [B, 6, D]
+
+        decoder = _module(kv_heads, decode=True)
+        cache = decoder.init(jax.random.PRNGKey(2), jnp.zeros((B, length, D)))["cache"]  # S_max = 6
+        chex.assert_shape(cache["cached_key"], (B, length, kv_heads, D // N))
+        self.assertEqual(int(cache["cache_index"]), 0)
+        pieces = []
+        out, state = decoder.apply({"params": params, "cache": cache}, x[:, :prefill], mutable=["cache"])
+        pieces.append(out)
+        for t in range(prefill, length):
+            out, state = decoder.apply({"params": params, **state}, x[:, t : t + 1], mutable=["cache"])
+            pieces.append(out)
+        self.assertEqual(int(state["cache"]["cache_index"]), length)
+        np.testing.assert_allclose(jnp.concatenate(pieces, axis=1), full, atol=ATOL, rtol=1e-5)
+
+    def test_decode_step_with_mask_and_weights_never_sees_unwritten_slots(self):
+        x, _ = _inputs(5, t=6)
+        decoder = _module(2, decode=True)
+        variables = decoder.init(jax.random.PRNGKey(3), x)
+        (out, weights), state = decoder.apply(variables, x[:, :2], return_weights=True, mutable=["cache"])
+        chex.assert_shape(weights, (B, N, 2, 6))
+        np.testing.assert_array_equal(np.asarray(weights)[:, :, 0, 1:], 0.0)
+        np.testing.assert_array_equal(np.asarray(weights)[:, :, 1, 2:], 0.0)
+        # A user mask is combined with the cache mask: hide slot 0 for batch row 1.
+        user = np.ones((B, 1, 1, 6), bool)
+        user[1, 0, 0, 0] = False
+        (_, weights), _ = decoder.apply(
+            {"params": variables["params"], **state}, x[:, 2:3], mask=jnp.asarray(user), return_weights=True,
+            mutable=["cache"],
+        )
+        np.testing.assert_array_equal(np.asarray(weights)[1, :, 0, 0], 0.0)
+        np.testing.assert_array_equal(np.asarray(weights)[:, :, 0, 3:], 0.0)
+        np.testing.assert_allclose(np.asarray(weights).sum(-1), 1.0, atol=1e-6)
+
+    def test_jitted_decode_step_traces_once(self):
+        x, _ = _inputs(6, t=6)
+        decoder = _module(2, decode=True)
+        variables = decoder.init(jax.random.PRNGKey(4), x)
+        params = variables["params"]
+
+        @jax.jit
+        @chex.assert_max_traces(n=1)
+        def step(cache, token):
+            return decoder.apply({"params": params, "cache": cache}, token, mutable=["cache"])
+
+        cache = variables["cache"]
+        outs = []
+        for t in range(3):
+            out, state = step(cache, x[:, t : t + 1])
+            cache = state["cache"]
+            outs.append(out)
+        self.assertEqual(int(cache["cache_index"]), 3)
+        full = _module(2).apply({"params": params}, x[:, :3], is_causal=True)
+        np.testing.assert_allclose(jnp.concatenate(outs, axis=1), full, atol=ATOL, rtol=1e-5)
+
+
+class BehaviourTest(chex.TestCase):
+    def test_causality_by_gradient(self):
+        model = _module(2)
+        x, _ = _inputs(7)
+        params = model.init(jax.random.PRNGKey(5), x)["params"]
+        jac = jax.jacfwd(lambda inp: model.apply({"params": params}, inp, is_causal=True))(x)  # [B,T,D,B,T,D]
+        sens = np.abs(np.asarray(jac)[0, :, :, 0]).sum(axis=(1, 3))  # [T(out), T(in)]
+        np.testing.assert_array_equal(np.triu(sens, k=1), 0.0)
+        self.assertTrue(np.all(np.diag(sens) > 0) and np.all(sens[np.tril_indices(T, -1)] > 0))
+
+    def test_attention_fn_hook_and_implementation(self):
+        calls = []
+
+        def recording_attention(query, key, value, bias=None, mask=None, **kwargs):
+            calls.append((query.shape, key.shape, kwargs))
+            return dot_product_attention(query, key, value, bias, mask, **kwargs)
+
+        model = _module(2, attention_fn=recording_attention, implementation="xla")
+        xq, xkv = _inputs(8)
+        params = model.init(jax.random.PRNGKey(6), xq, xkv)["params"]
+        calls.clear()
+        out = model.apply({"params": params}, xq, xkv)
+        self.assertLen(calls, 1)
+        q_shape, k_shape, kwargs = calls[0]
+        self.assertEqual((q_shape, k_shape), ((B, T, N, D // N), (B, S, 2, D // N)))
+        self.assertEqual(kwargs["implementation"], "xla")
+        np.testing.assert_allclose(out, _module(2).apply({"params": params}, xq, xkv), atol=1e-6)
+        with _raises("unknown implementation", "nope"):
+            _module(2, implementation="nope").apply({"params": params}, xq, xkv)
+
+    def test_return_weights_rows_sum_to_one_or_zero(self):
+        model = _module(1)
+        xq, xkv = _inputs(9)
+        mask = _random_mask(9, T, S)
+        params = model.init(jax.random.PRNGKey(7), xq, xkv)["params"]
+        out, weights = model.apply({"params": params}, xq, xkv, mask=mask, return_weights=True)
+        chex.assert_shape(weights, (B, N, T, S))
+        sums = np.asarray(weights).sum(-1)
+        live = np.broadcast_to(np.asarray(mask).any(-1), sums.shape)
+        np.testing.assert_allclose(sums, np.where(live, 1.0, 0.0), atol=1e-6)
+        np.testing.assert_array_equal(np.asarray(weights)[np.broadcast_to(~np.asarray(mask), weights.shape)], 0.0)
+        np.testing.assert_allclose(out, model.apply({"params": params}, xq, xkv, mask=mask), atol=1e-6)
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_jit_equals_no_jit(self):
+        model = _module(2)
+        xq, xkv = _inputs(11)
+        mask = _random_mask(11, T, S)
+        params = model.init(jax.random.PRNGKey(8), xq, xkv)["params"]
+        apply = self.variant(lambda p, a, b, m: model.apply({"params": p}, a, b, mask=m))
+        np.testing.assert_allclose(apply(params, xq, xkv, mask), _np_multihead(params, xq, xkv, mask), atol=ATOL)
+
+    def test_dropout(self):
+        model = _module(2, dropout_rate=0.5)
+        xq, xkv = _inputs(12)
+        params = model.init(jax.random.PRNGKey(9), xq, xkv)["params"]
+        plain = model.apply({"params": params}, xq, xkv)
+        with_rng = model.apply({"params": params}, xq, xkv, rngs={"dropout": jax.random.PRNGKey(1)})
+        np.testing.assert_array_equal(plain, with_rng)  # deterministic=True ignores the rng
+        dropped = model.apply(
+            {"params": params}, xq, xkv, deterministic=False, rngs={"dropout": jax.random.PRNGKey(1)}
+        )
+        again = model.apply({"params": params}, xq, xkv, deterministic=False, rngs={"dropout": jax.random.PRNGKey(1)})
+        self.assertGreater(float(jnp.max(jnp.abs(dropped - plain))), 1e-3)
+        np.testing.assert_array_equal(dropped, again)
+        with pytest.raises(Exception, match="dropout"):
+            model.apply({"params": params}, xq, xkv, deterministic=False)
+
+    def test_param_dtype_and_compute_dtype(self):
+        model = _module(2, dtype=jnp.bfloat16)
+        xq, _ = _inputs(13)
+        variables = model.init(jax.random.PRNGKey(10), xq)
+        for leaf in jax.tree.leaves(variables):
+            self.assertEqual(leaf.dtype, jnp.float32)
+        out = model.apply(variables, xq)
+        self.assertEqual(out.dtype, jnp.bfloat16)
+        expected = _np_multihead(variables["params"], xq, xq)
+        np.testing.assert_allclose(np.asarray(out, np.float32), expected, atol=5e-2, rtol=5e-2)
+
+
+class BadInputTest(absltest.TestCase):
+    def test_heads_not_divisible(self):
+        with _raises("N=4", "K=3"):
+            MultiHeadAttention(num_heads=4, num_kv_heads=3)
+        with _raises("num_heads", "0"):
+            MultiHeadAttention(num_heads=0)
+        with _raises("dropout_rate", "1.5"):
+            MultiHeadAttention(num_heads=4, dropout_rate=1.5)
+
+    def test_decode_with_inputs_kv(self):
+        xq, xkv = _inputs(14)
+        with _raises("decode", str(xkv.shape)):
+            _module(2, decode=True).init(jax.random.PRNGKey(0), xq, xkv)
+
+    def test_decode_past_cache_length_and_batch(self):
+        x, _ = _inputs(15, t=3)
+        decoder = _module(2, decode=True)
+        variables = decoder.init(jax.random.PRNGKey(0), x)  # S_max = 3
+        with _raises("(2, 4, 8)", "(2, 3, 2, 2)"):
+            decoder.apply(variables, jnp.zeros((B, 4, D)), mutable=["cache"])
+        with _raises("(1, 1, 8)", "(2, 3, 2, 2)"):
+            decoder.apply(variables, jnp.zeros((1, 1, D)), mutable=["cache"])
+
+    def test_shape_mismatches(self):
+        xq, xkv = _inputs(16)
+        with _raises("Dq=6", "N=4"):
+            _module(2).init(jax.random.PRNGKey(0), jnp.zeros((B, T, 6)))
+        with _raises("batch", str((B, T, D)), str((1, S, D))):
+            _module(2).init(jax.random.PRNGKey(0), xq, xkv[:1])
+        with _raises("inputs_q", "rank 3", str((T, D))):
+            _module(2).init(jax.random.PRNGKey(0), xq[0])
+        with _raises("mask", f"T={T}", f"S={S}", str((B, 1, T, T))):
+            _module(2).init(jax.random.PRNGKey(0), xq, xkv, mask=jnp.ones((B, 1, T, T), bool))
+        with _raises("key_lengths", str((3,))):
+            _module(2).init(jax.random.PRNGKey(0), xq, xkv, key_lengths=jnp.ones((3,), jnp.int32))
+        with pytest.raises(TypeError, match="mask"):
+            _module(2).init(jax.random.PRNGKey(0), xq, xkv, mask=jnp.ones((B, 1, T, S)))
+
+
+if __name__ == "__main__":
+    absltest.main()
