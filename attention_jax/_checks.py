@@ -12,8 +12,22 @@ import jax.numpy as jnp
 import numpy as np
 
 
+_SCALARS = (bool, int, float, complex, np.generic)
+
+
+def array(name: str, x: Any) -> None:
+    """Raises TypeError unless `x` is an array (jax, numpy, a tracer: anything with shape and dtype) or a scalar.
+
+    A Python list or tuple is rejected here, with the argument's name, instead of failing deep inside jax.
+    """
+    if isinstance(x, _SCALARS) or (hasattr(x, "shape") and hasattr(x, "dtype")):
+        return
+    raise TypeError(f"{name} must be an array (jax.Array or numpy.ndarray), got {type(x).__name__}: {x!r:.80}")
+
+
 def rank(name: str, x: Any, expected: int | tuple[int, ...]) -> None:
-    """Raises ValueError unless `x` has one of the expected ranks."""
+    """Raises TypeError unless `x` is an array, ValueError unless it has one of the expected ranks."""
+    array(name, x)
     ranks = (expected,) if isinstance(expected, int) else expected
     if jnp.ndim(x) not in ranks:
         want = " or ".join(str(r) for r in ranks)
@@ -22,24 +36,29 @@ def rank(name: str, x: Any, expected: int | tuple[int, ...]) -> None:
 
 def floating(name: str, x: Any) -> None:
     """Raises TypeError unless `x` has a floating dtype."""
+    array(name, x)
     if not jnp.issubdtype(jnp.result_type(x), jnp.floating):
         raise TypeError(f"{name} must be floating point, got dtype {jnp.result_type(x)}")
 
 
 def boolean(name: str, x: Any) -> None:
     """Raises TypeError unless `x` is boolean (masks are never cast silently)."""
+    array(name, x)
     if jnp.result_type(x) != jnp.bool_:
         raise TypeError(f"{name} must be boolean (True = attend), got dtype {jnp.result_type(x)}")
 
 
 def integer(name: str, x: Any) -> None:
     """Raises TypeError unless `x` has an integer dtype."""
+    array(name, x)
     if not jnp.issubdtype(jnp.result_type(x), jnp.integer):
         raise TypeError(f"{name} must be integer, got dtype {jnp.result_type(x)}")
 
 
 def same_batch(**arrays: Any) -> None:
     """Raises ValueError unless all arrays share their leading (batch) dimension."""
+    for name, a in arrays.items():
+        array(name, a)
     sizes = {name: jnp.shape(a)[0] for name, a in arrays.items()}
     if len(set(sizes.values())) > 1:
         shapes = " ".join(f"{name}.shape={jnp.shape(a)}" for name, a in arrays.items())
@@ -47,7 +66,8 @@ def same_batch(**arrays: Any) -> None:
 
 
 def shape(name: str, x: Any, expected: tuple[int | None, ...]) -> None:
-    """Raises ValueError unless `x.shape` matches `expected` (None matches any size)."""
+    """Raises TypeError unless `x` is an array, ValueError unless `x.shape` matches `expected` (None = any)."""
+    array(name, x)
     got = jnp.shape(x)
     if len(got) != len(expected) or any(e is not None and e != g for e, g in zip(expected, got)):
         want = tuple("*" if e is None else e for e in expected)
@@ -108,6 +128,7 @@ def flag(name: str, value: Any) -> bool:
 
 def tokens(name: str, x: Any, ndim: int) -> None:
     """Raises ValueError unless `x` is an array of rank `ndim`, TypeError unless its dtype is integer."""
+    array(name, x)
     if not hasattr(x, "shape") or len(x.shape) != ndim:
         raise ValueError(f"{name} must have {ndim} dims, got shape {getattr(x, 'shape', None)}")
     if not jnp.issubdtype(x.dtype, jnp.integer):

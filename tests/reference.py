@@ -42,6 +42,7 @@ __all__ = [
     "random_params",
     "scaled_dot_score",
     "sigmoid",
+    "valid_span",
     "weighted_context",
     "window_mask",
 ]
@@ -194,11 +195,27 @@ def local_m_position(batch: int, num_queries: int, offset=0) -> np.ndarray:
     return np.broadcast_to(np.arange(num_queries, dtype=np.float64) + offset, (batch, num_queries)).copy()
 
 
-def local_p_position(query, w_p, v_p, key_lengths) -> np.ndarray:
-    """Luong eq. 9: p_t = S_b * sigmoid(v_p^T tanh(W_p h_t)). query [B,T,Dq], w_p [Dq,A], v_p [A], [B] ints."""
+def local_p_position(query, w_p, v_p, key_lengths, key_starts=0) -> np.ndarray:
+    """Luong eq. 9 on a span: p_t = start + S_b * sigmoid(v_p^T tanh(W_p h_t)).
+
+    query [B,T,Dq], w_p [Dq,A], v_p [A]; key_lengths (S_b) and key_starts [B] or [B,T] (or scalars).
+    """
     q, w, v = _f64(query), _f64(w_p), _f64(v_p)
-    lengths = _f64(key_lengths)
-    return lengths[:, None] * sigmoid(np.tanh(q @ w) @ v)
+    b, t, _ = q.shape
+    as_bt = lambda x: np.broadcast_to(_f64(x).reshape(np.shape(x) + (1,) * (2 - np.ndim(x))), (b, t))
+    return as_bt(key_starts) + as_bt(key_lengths) * sigmoid(np.tanh(q @ w) @ v)
+
+
+def valid_span(mask):
+    """[..., S] bool -> (first valid index, last - first + 1), both [...] int; (0, 0) for a row with none."""
+    mask = np.asarray(mask, dtype=bool)
+    first = np.zeros(mask.shape[:-1], np.int64)
+    extent = np.zeros(mask.shape[:-1], np.int64)
+    for index in np.ndindex(*mask.shape[:-1]):
+        where = np.flatnonzero(mask[index])
+        if where.size:
+            first[index], extent[index] = where[0], where[-1] - where[0] + 1
+    return first, extent
 
 
 def window_mask(position, num_keys: int, window: int) -> np.ndarray:
@@ -263,22 +280,22 @@ def attend(query, key, value=None, mask=None, *, score: str = "dot", params: Map
     b, t, _ = q.shape
     s = np.shape(key)[1]
     logits = compute_score(score, query, key, params)
+    allowed = _expand_mask(mask, logits.shape)
+    if key_lengths is not None:  # A real mask in every mode: keys s >= S_b are never attended.
+        allowed = allowed & padding_mask(key_lengths, s)[:, None, :]
     if mode == "global":
-        weights = masked_softmax(logits, _expand_mask(mask, logits.shape))
+        weights = masked_softmax(logits, allowed)
     elif mode == "local_m":
         if query_positions is None:
             position = local_m_position(b, t)
         else:
             position = _f64(query_positions)
-        weights = local_alignment(logits, position, window, mask, gaussian=False)
+        weights = local_alignment(logits, position, window, allowed, gaussian=False)
     elif mode == "local_p":
-        if key_lengths is None:
-            if mask is not None and np.ndim(mask) == 2:
-                key_lengths = np.asarray(mask, dtype=bool).sum(-1)
-            else:
-                key_lengths = np.full((b,), s)
-        position = local_p_position(query, params["w_p"], params["v_p"], key_lengths)
-        weights = local_alignment(logits, position, window, mask, gaussian=True)
+        # Eq. 9 on each query's span of valid keys (right padding: start 0, S_b valid keys).
+        first, extent = valid_span(allowed)
+        position = local_p_position(query, params["w_p"], params["v_p"], extent, first)
+        weights = local_alignment(logits, position, window, allowed, gaussian=True)
     else:
         raise ValueError(f"unknown mode {mode!r}")
     return weighted_context(weights, value), weights

@@ -7,6 +7,8 @@ Weights are float32 and rows whose keys are all masked are all zero, with zero g
 
 from __future__ import annotations
 
+import numbers
+
 import jax
 import jax.numpy as jnp
 
@@ -24,7 +26,8 @@ def masked_softmax_with_lse(logits: jax.Array, mask: jax.Array | None = None) ->
 
     Bahdanau et al. 2014, arXiv:1409.0473, eq. (6); Luong et al. 2015, arXiv:1508.04025, eq. (7);
     Vaswani et al. 2017, arXiv:1706.03762, eq. (1). A row with no valid key gets all-zero weights (so a zero
-    context) and zero gradients, never NaN, and lse = EMPTY_ROW_LSE. Runs in float32 whatever the dtype.
+    context) and zero gradients, never NaN, and lse = EMPTY_ROW_LSE; so does every row when S = 0 (the weights
+    are then empty). Runs in float32 whatever the dtype.
 
     Args:
       logits: [..., S] floating.
@@ -46,6 +49,8 @@ def masked_softmax_with_lse(logits: jax.Array, mask: jax.Array | None = None) ->
             raise ValueError(f"mask and logits shapes differ: {jnp.shape(mask)=} {logits.shape=}")
         # A finite floor, not -inf: a fully-masked row must not produce (-inf) - (-inf).
         logits = jnp.where(mask, logits, jnp.finfo(_F32).min)
+    if logits.shape[-1] == 0:  # S = 0: no key at all, the fully-masked row of every query.
+        return jnp.zeros(logits.shape, _F32), jnp.full(logits.shape[:-1], EMPTY_ROW_LSE, _F32)
     row_max = jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
     unnormalised = jnp.exp(logits - row_max)
     if mask is not None:
@@ -69,7 +74,7 @@ def masked_softmax(logits: jax.Array, mask: jax.Array | None = None) -> jax.Arra
       mask: None or bool of exactly the shape of `logits` (True = attend); it is never broadcast.
 
     Returns:
-      weights: [..., S] float32; each row sums to 1, or to 0 if fully masked.
+      weights: [..., S] float32; each row sums to 1, or to 0 if fully masked (or S = 0).
 
     Raises:
       ValueError: if the mask shape differs from the logits shape.
@@ -101,37 +106,89 @@ def local_m_position(batch: int, num_queries: int, offset: int | jax.Array = 0) 
     return jnp.broadcast_to(position[None, :], (batch, num_queries))
 
 
-def local_p_position(query: jax.Array, w_p: jax.Array, v_p: jax.Array, key_lengths: jax.Array) -> jax.Array:
-    """Predicted alignment centre of local-p attention, p_t = S * sigmoid(v_p^T tanh(W_p h_t)).
+def local_p_position(
+    query: jax.Array,
+    w_p: jax.Array,
+    v_p: jax.Array,
+    key_lengths: jax.Array,
+    key_starts: jax.Array | None = None,
+) -> jax.Array:
+    """Predicted alignment centre of local-p attention, p_t = start + S * sigmoid(v_p^T tanh(W_p h_t)).
 
-    Luong et al. 2015, arXiv:1508.04025, eq. (9). S is each sentence's true (unpadded) source length, so
-    p_t lies in [0, S_b] and never points into padding.
+    Luong et al. 2015, arXiv:1508.04025, eq. (9), where S is the source sentence length, so p_t lies in
+    [0, S]. Here the sentence is a span of the padded keys: `key_starts` is its first position and
+    `key_lengths` its length, so p_t lies in [start, start + S] and never points into padding, on either side.
+    With right padding (start 0, S = S_b) this is eq. (9) exactly. Both may be given per sentence [B] or per
+    query [B, T] (a [B, T, S] mask gives every query its own span; see `valid_span`).
 
     Args:
       query: [B, T, Dq] floating, the target hidden states h_t.
       w_p: [Dq, A] floating.
       v_p: [A] floating.
-      key_lengths: [B] integer, the source lengths S_b.
+      key_lengths: [B] or [B, T] integer, the span lengths S_b (>= 0).
+      key_starts: None (0) or integer of key_lengths' shape, the first position of each span.
 
     Returns:
       position: [B, T] float32.
 
     Raises:
       ValueError: if shapes disagree.
-      TypeError: if dtypes are wrong.
+      TypeError: if dtypes are wrong (or an input is not an array).
     """
     _checks.rank("query", query, 3)
     _checks.floating("query", query)
     _checks.rank("w_p", w_p, 2)
+    _checks.floating("w_p", w_p)
     _checks.rank("v_p", v_p, 1)
-    _checks.rank("key_lengths", key_lengths, 1)
+    _checks.floating("v_p", v_p)
+    _checks.rank("key_lengths", key_lengths, (1, 2))
     _checks.integer("key_lengths", key_lengths)
     if w_p.shape[0] != query.shape[-1] or v_p.shape[0] != w_p.shape[1]:
         raise ValueError(f"local-p weights do not fit: {query.shape=} {w_p.shape=} {v_p.shape=}")
-    _checks.same_batch(query=query, key_lengths=key_lengths)
+    span_shape = query.shape[:jnp.ndim(key_lengths)]  # (B,) or (B, T)
+    if jnp.shape(key_lengths) != span_shape:
+        raise ValueError(f"key_lengths must be [B]={query.shape[:1]} or [B, T]={query.shape[:2]}: "
+                         f"{jnp.shape(key_lengths)=} {query.shape=}")
+    if key_starts is not None:
+        _checks.integer("key_starts", key_starts)
+        _checks.shape("key_starts", key_starts, span_shape)
     hidden = jnp.tanh(jnp.einsum("BTQ,QA->BTA", query.astype(_F32), w_p.astype(_F32)))  # [B, T, A]
     fraction = jax.nn.sigmoid(jnp.einsum("BTA,A->BT", hidden, v_p.astype(_F32)))  # [B, T]
-    return key_lengths.astype(_F32)[:, None] * fraction
+    as_bt = lambda x: jnp.asarray(x, _F32).reshape(x.shape + (1,) * (2 - jnp.ndim(x)))  # [B, 1] or [B, T]
+    position = as_bt(key_lengths) * fraction
+    return position if key_starts is None else as_bt(key_starts) + position
+
+
+def valid_span(mask: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The span of each row's valid keys: its first valid position and its extent (last - first + 1).
+
+    Local-p (`local_p_position`) centres its window inside this span, so neither left nor right padding, nor
+    a per-query [B, T, S] mask, can draw p_t into keys the query may not see. For a contiguous row (any padding
+    mask) the extent is the number of valid keys; for a row with holes it spans from the first valid key to the
+    last. A row with no valid key gets (0, 0).
+
+    Args:
+      mask: [..., S] bool, True = valid key.
+
+    Returns:
+      start: [...] int32, the first valid position (0 for an empty row).
+      extent: [...] int32, last - first + 1 (0 for an empty row).
+
+    Raises:
+      TypeError: if the mask is not boolean (or not an array).
+      ValueError: if the mask is a scalar.
+    """
+    _checks.boolean("mask", mask)
+    if jnp.ndim(mask) < 1:
+        raise ValueError(f"mask must have shape [..., S], got {jnp.shape(mask)}")
+    num_keys = jnp.shape(mask)[-1]
+    if num_keys == 0:
+        zeros = jnp.zeros(jnp.shape(mask)[:-1], jnp.int32)
+        return zeros, zeros
+    has_key = jnp.any(mask, axis=-1)
+    first = jnp.argmax(mask, axis=-1).astype(jnp.int32)  # argmax returns the first True
+    last = (num_keys - 1 - jnp.argmax(mask[..., ::-1], axis=-1)).astype(jnp.int32)
+    return jnp.where(has_key, first, 0), jnp.where(has_key, last - first + 1, 0)
 
 
 def _check_position(position: jax.Array) -> None:
@@ -181,8 +238,8 @@ def gaussian_window(position: jax.Array, num_keys: int, sigma: float) -> jax.Arr
     """
     _check_position(position)
     num_keys = _checks.positive_int("num_keys", num_keys, allow_zero=True)
-    if not sigma > 0:
-        raise ValueError(f"sigma must be > 0, got {sigma}")
+    if isinstance(sigma, bool) or not isinstance(sigma, numbers.Real) or not sigma > 0:
+        raise ValueError(f"sigma must be a real number > 0, got {sigma!r}")
     keys = jnp.arange(num_keys, dtype=_F32)[None, None, :]  # [1, 1, S]
     return jnp.exp(-jnp.square(keys - position.astype(_F32)[:, :, None]) / (2.0 * sigma * sigma))
 
@@ -218,11 +275,13 @@ def local_alignment(
     from attention_jax.core import masks  # local import: masks is tiny and this keeps the module graph flat
 
     _checks.rank("logits", logits, 3)
+    _checks.floating("logits", logits)
     batch, num_queries, num_keys = logits.shape
     _check_position(position)
     if position.shape != (batch, num_queries):
         raise ValueError(f"position must be [B, T]={(batch, num_queries)}, got {position.shape}")
     window = _checks.positive_int("window", window, allow_zero=True)
+    gaussian = _checks.flag("gaussian", gaussian)
     if gaussian and window < 1:
         raise ValueError(f"local-p needs window >= 1 (sigma = window / 2 > 0), got window={window}")
     valid = window_mask(position, num_keys, window)

@@ -6,6 +6,8 @@ dtype. They are the first of the three steps score -> alignment -> context (see 
 
 from __future__ import annotations
 
+import dataclasses
+import types
 from typing import Callable, Mapping
 
 import jax
@@ -25,6 +27,8 @@ def _check_query_key(query: jax.Array, key: jax.Array, same_features: bool) -> N
         raise ValueError(f"query and key batch sizes differ: {query.shape=} {key.shape=}")
     if same_features and query.shape[-1] != key.shape[-1]:
         raise ValueError(f"query and key feature sizes differ: {query.shape=} {key.shape=}")
+    if query.shape[-1] == 0 or key.shape[-1] == 0:
+        raise ValueError(f"query and key need at least one feature: {query.shape=} {key.shape=}")
 
 
 def _check_matrix(name: str, w: jax.Array, rows: int, cols: int | None = None) -> None:
@@ -247,55 +251,137 @@ def cosine_score(query: jax.Array, key: jax.Array, eps: float = 1e-8) -> jax.Arr
     return jnp.einsum("BTD,BSD->BTS", unit(query), unit(key))
 
 
-# The parameters each score takes, by name, in call order after (query, key).
-SCORE_PARAMS: dict[str, tuple[str, ...]] = {
-    "dot": (),
-    "scaled_dot": (),
-    "general": ("w_a",),
-    "concat": ("w_a", "v_a"),
-    "additive": ("w_q", "w_k", "v"),
-    "location": ("w_a",),
-    "cosine": (),
-}
+def _location(query: jax.Array, key: jax.Array, w_a: jax.Array) -> jax.Array:
+    """`location_score` in the registry's (query, key, *params) form; only key's length S is used."""
+    return location_score(query, w_a, key.shape[1])
 
-_SCORE_FNS: dict[str, Callable[..., jax.Array]] = {
-    "dot": dot_score,
-    "scaled_dot": scaled_dot_score,
-    "general": general_score,
-    "concat": concat_score,
-    "additive": additive_score,
-    "location": lambda query, key, w_a: location_score(query, w_a, key.shape[1]),
-    "cosine": cosine_score,
-}
+
+ShapeFn = Callable[[int, int, int, int], tuple[tuple[int, ...], ...]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Score:
+    """One registered score: its function, its parameters and their shapes, and where it comes from.
+
+    Attributes:
+      fn: (query [B, T, Dq], key [B, S, Dk], *params) -> logits [B, T, S] float32.
+      params: the parameter names, in call order after (query, key); `compute_score` reads them from a mapping.
+      shapes: (Dq, Dk, A, S_max) -> one shape per parameter, in `params` order. A is the attention hidden size
+        and S_max the longest source the weights can serve.
+      same_features: True when the score needs Dq == Dk.
+      source: the paper, arXiv id and equation.
+      needs: which of "hidden_dim" (A) and "max_keys" (S_max) the shapes depend on.
+    """
+
+    fn: Callable[..., jax.Array]
+    params: tuple[str, ...]
+    shapes: ShapeFn
+    same_features: bool
+    source: str
+    needs: tuple[str, ...] = ()
+
+
+_LUONG = "Luong et al. 2015, arXiv:1508.04025, eq. (8)"
+
+SCORES: Mapping[str, Score] = types.MappingProxyType({
+    "dot": Score(dot_score, (), lambda dq, dk, a, s: (), True, f"{_LUONG}, 'dot'"),
+    "scaled_dot": Score(scaled_dot_score, (), lambda dq, dk, a, s: (), True,
+                        "Vaswani et al. 2017, arXiv:1706.03762, eq. (1)"),
+    "general": Score(general_score, ("w_a",), lambda dq, dk, a, s: ((dq, dk),), False, f"{_LUONG}, 'general'"),
+    "concat": Score(concat_score, ("w_a", "v_a"), lambda dq, dk, a, s: ((dq + dk, a), (a,)), False,
+                    f"{_LUONG}, 'concat'", ("hidden_dim",)),
+    "additive": Score(additive_score, ("w_q", "w_k", "v"), lambda dq, dk, a, s: ((dq, a), (dk, a), (a,)), False,
+                      "Bahdanau et al. 2014, arXiv:1409.0473, appendix A.1.2", ("hidden_dim",)),
+    "location": Score(_location, ("w_a",), lambda dq, dk, a, s: ((dq, s),), False, f"{_LUONG}, 'location'",
+                     ("max_keys",)),
+    "cosine": Score(cosine_score, (), lambda dq, dk, a, s: (), True, "Graves et al. 2014, arXiv:1410.5401, eq. (6)"),
+})
+"""The one registry of scores: name -> `Score` (function, parameter names and shapes, source)."""
+
+SCORE_PARAMS: Mapping[str, tuple[str, ...]] = types.MappingProxyType({n: s.params for n, s in SCORES.items()})
+"""The parameters each score takes, by name, in call order after (query, key); derived from `SCORES`."""
+
+LUONG_SCORES: tuple[str, ...] = tuple(n for n, s in SCORES.items() if s.source.startswith(_LUONG))
+"""The four scores of Luong et al. 2015, eq. (8): dot, general, concat, location."""
+
+
+def get_score(name: str) -> Score:
+    """Returns the registered `Score` called `name`.
+
+    Raises:
+      ValueError: if `name` is not a key of `SCORES` (the message lists them).
+    """
+    _checks.choice("score", name, tuple(SCORES))
+    return SCORES[name]
 
 
 def check_score_name(name: str) -> None:
-    """Raises ValueError unless `name` is a key of SCORE_PARAMS."""
-    if name not in SCORE_PARAMS:
-        raise ValueError(f"unknown score {name!r}; choose one of {sorted(SCORE_PARAMS)}")
+    """Raises ValueError unless `name` is a key of `SCORES`."""
+    get_score(name)
+
+
+def param_shapes(
+    name: str, query_dim: int, key_dim: int, *, hidden_dim: int | None = None, max_keys: int | None = None
+) -> dict[str, tuple[int, ...]]:
+    """The shape of every parameter of score `name`, for a module that creates them.
+
+    Args:
+      name: a key of `SCORES`.
+      query_dim: Dq >= 1.
+      key_dim: Dk >= 1.
+      hidden_dim: A >= 1, the attention hidden size; needed by concat and additive.
+      max_keys: S_max >= 1, the longest source the weights serve; needed by location.
+
+    Returns:
+      {parameter name: shape}, in the order of `SCORES[name].params`.
+
+    Raises:
+      ValueError: for an unknown name, sizes that are not ints >= 1, Dq != Dk for a score that needs them
+        equal, or a missing hidden_dim / max_keys that the score needs.
+    """
+    spec = get_score(name)
+    query_dim = _checks.int_at_least("query_dim", query_dim, 1)
+    key_dim = _checks.int_at_least("key_dim", key_dim, 1)
+    if spec.same_features and query_dim != key_dim:
+        raise ValueError(f"score {name!r} needs equal query and key sizes, got {query_dim=} {key_dim=}")
+    if "hidden_dim" in spec.needs:
+        if hidden_dim is None:
+            raise ValueError(f"score {name!r} needs hidden_dim (A), got None")
+        hidden_dim = _checks.int_at_least("hidden_dim", hidden_dim, 1)
+    if "max_keys" in spec.needs:
+        if max_keys is None:
+            raise ValueError(f"score {name!r} needs max_keys (S_max), got None")
+        max_keys = _checks.int_at_least("max_keys", max_keys, 1)
+    shapes = spec.shapes(query_dim, key_dim, hidden_dim or 1, max_keys or 1)
+    return dict(zip(spec.params, shapes))
 
 
 def compute_score(
     name: str, query: jax.Array, key: jax.Array, params: Mapping[str, jax.Array] | None = None
 ) -> jax.Array:
-    """Computes the named score, taking its weights from `params` by the names in SCORE_PARAMS.
+    """Computes the named score, taking its weights from `params` by the names in `SCORES[name].params`.
 
     Args:
-      name: one of SCORE_PARAMS: dot, scaled_dot, general, concat, additive, location, cosine.
-      query: [B, T, Dq] floating.
-      key: [B, S, Dk] floating.
-      params: a mapping holding at least SCORE_PARAMS[name]; extra entries are ignored.
+      name: a key of `SCORES`: dot, scaled_dot, general, concat, additive, location, cosine.
+      query: [B, T, Dq] floating, Dq >= 1.
+      key: [B, S, Dk] floating, Dk >= 1.
+      params: a mapping holding at least `SCORES[name].params`; extra entries are ignored.
 
     Returns:
       logits: [B, T, S] float32.
 
     Raises:
       ValueError: for an unknown name, a missing parameter, or shapes the score rejects.
+      TypeError: for non-array or non-floating inputs or parameters.
     """
-    check_score_name(name)
+    spec = get_score(name)
+    if params is not None and not isinstance(params, Mapping):
+        raise TypeError(f"params must be a mapping of name -> array, got {type(params).__name__}")
     params = params or {}
-    missing = [p for p in SCORE_PARAMS[name] if p not in params]
+    missing = [p for p in spec.params if p not in params]
     if missing:
-        raise ValueError(f"score {name!r} needs params {list(SCORE_PARAMS[name])}; missing {missing}")
-    _check_query_key(query, key, same_features=False)
-    return _SCORE_FNS[name](query, key, *(params[p] for p in SCORE_PARAMS[name]))
+        raise ValueError(f"score {name!r} needs params {list(spec.params)}; missing {missing}")
+    _check_query_key(query, key, same_features=spec.same_features)
+    for p in spec.params:
+        _checks.floating(p, params[p])
+    return spec.fn(query, key, *(params[p] for p in spec.params))

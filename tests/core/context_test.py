@@ -43,6 +43,16 @@ def _make_mask(kind, num_keys, rng):
     return mask
 
 
+def _reference_local_p(query, params, mask, num_keys, key_lengths=None):
+    """The reference p_t (Luong eq. 9) on each query's span of valid keys."""
+    allowed = np.ones((B, T, num_keys), bool) if mask is None else np.broadcast_to(
+        mask if np.ndim(mask) == 3 else mask[:, None, :], (B, T, num_keys))
+    if key_lengths is not None:
+        allowed = allowed & ref.padding_mask(key_lengths, num_keys)[:, None, :]
+    first, extent = ref.valid_span(allowed)
+    return ref.local_p_position(query, params["w_p"], params["v_p"], extent, first)
+
+
 def _case(score, *, seed=0, mode="global", mask_kind="bs", num_keys=S, margin=0.05):
     """Random query/key/value/mask/params (numpy float32).
 
@@ -59,8 +69,7 @@ def _case(score, *, seed=0, mode="global", mask_kind="bs", num_keys=S, margin=0.
         params = ref.random_params(rng, score, DQ, dk, hidden_dim=A, max_keys=S_MAX, local_p=(mode == "local_p"))
         if mode != "local_p":
             break
-        lengths = mask.sum(-1) if mask_kind == "bs" else np.full((B,), num_keys)
-        p = ref.local_p_position(query, params["w_p"], params["v_p"], lengths)
+        p = _reference_local_p(query, params, mask, num_keys)
         frac = p - np.floor(p)
         if np.all((frac > margin) & (frac < 1.0 - margin)):
             break
@@ -363,7 +372,7 @@ class AttendBehaviourTest(parameterized.TestCase):
         query, key, value, mask, params = _case("dot", seed=19, mode="local_p", mask_kind="bts")
         key_lengths = np.array([4, 3], np.int32)
         # Keep p_t well away from integers for these lengths too.
-        p = ref.local_p_position(query, params["w_p"], params["v_p"], key_lengths)
+        p = _reference_local_p(query, params, mask, S, key_lengths)
         frac = p - np.floor(p)
         self.assertTrue(np.all((frac > 1e-3) & (frac < 1 - 1e-3)), p)
         ctx, weights = context.attend(*map(_j, (query, key, value, mask)), score="dot", params=_j(params),
