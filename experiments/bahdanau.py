@@ -11,10 +11,10 @@ Rows, presets, wall times and numbers: `experiments/configs/bahdanau.py`. Flags:
 from __future__ import annotations
 
 from experiments import cli
-from experiments import train
+from experiments import training
 from experiments.configs import bahdanau as bahdanau_config
 
-EXPERIMENT = train.Experiment(
+EXPERIMENT = training.Experiment(
         name="bahdanau",
         title="Bahdanau et al. 2014 (arXiv:1409.0473): RNNencdec vs RNNsearch, English->Spanish (Bible)",
         get_config=bahdanau_config.get_config,

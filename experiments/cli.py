@@ -29,7 +29,7 @@ from ml_collections import config_flags
 
 from experiments import configs
 from experiments import data
-from experiments import train
+from experiments import training
 
 FLAGS = flags.FLAGS
 EXIT_USAGE = 2
@@ -47,7 +47,7 @@ def fail(message: str) -> NoReturn:
     sys.exit(EXIT_USAGE)
 
 
-def define_flags(exp: train.Experiment, argv: list[str] | None = None, *, data_path_help: str | None = None) -> None:
+def define_flags(exp: training.Experiment, argv: list[str] | None = None, *, data_path_help: str | None = None) -> None:
     """Defines --preset, --workdir, --rows, --data_path and --config.* for ``exp`` (once, before app.run).
 
     config_flags reads the ``--config.*`` overrides from the command line while defining the flag,
@@ -77,29 +77,29 @@ def define_flags(exp: train.Experiment, argv: list[str] | None = None, *, data_p
              f"field of experiments/configs/{exp.name}.py")
 
 
-def parse_rows(exp: train.Experiment, text: str, preset: str = "") -> list[str]:
+def parse_rows(exp: training.Experiment, text: str, preset: str = "") -> list[str]:
     """Splits ``--rows``; empty means the default rows.
 
     Raises:
-      train.ConfigError: unknown row name.
+      training.ConfigError: unknown row name.
     """
     default = exp.preset_rows.get(preset, exp.default_rows)
     names = [r.strip() for r in text.split(",") if r.strip()] if text else list(default)
     unknown = [r for r in names if r not in exp.row_names]
     if unknown or not names:
-        raise train.ConfigError(f"unknown row {unknown[0] if unknown else text!r} for the {exp.name} experiment; "
-                                f"fix: pass --rows as a comma-separated subset of {', '.join(exp.row_names)}")
+        raise training.ConfigError(f"unknown row {unknown[0] if unknown else text!r} for the {exp.name} experiment; "
+                                   f"fix: pass --rows as a comma-separated subset of {', '.join(exp.row_names)}")
     return list(dict.fromkeys(names))
 
 
-def build_config(exp: train.Experiment, preset: str, overrides: dict[str, Any]) -> ml_collections.ConfigDict:
+def build_config(exp: training.Experiment, preset: str, overrides: dict[str, Any]) -> ml_collections.ConfigDict:
     """Base config, then the preset, then the command-line overrides.
 
     Raises:
-      train.ConfigError: unknown preset.
+      training.ConfigError: unknown preset.
     """
     if preset not in exp.presets:
-        raise train.ConfigError(f"unknown preset {preset!r}; fix: pass --preset={' or --preset='.join(exp.presets)}")
+        raise training.ConfigError(f"unknown preset {preset!r}; fix: pass --preset={' or --preset='.join(exp.presets)}")
     config = exp.get_config()
     configs.apply_preset(config, exp.presets, preset)
     configs.apply_overrides(config, overrides)
@@ -108,36 +108,36 @@ def build_config(exp: train.Experiment, preset: str, overrides: dict[str, Any]) 
 
 def _choice(path: str, value: Any, choices: tuple[str, ...]) -> None:
     if value not in choices:
-        raise train.ConfigError(f"--config.{path}={value!r} is not valid; fix: use one of {', '.join(choices)}")
+        raise training.ConfigError(f"--config.{path}={value!r} is not valid; fix: use one of {', '.join(choices)}")
 
 
 def _at_least(path: str, value: Any, minimum: float, what: str = "a number") -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value < minimum:
-        raise train.ConfigError(f"--config.{path}={value!r} is not valid; fix: use {what} >= {minimum:g}")
+        raise training.ConfigError(f"--config.{path}={value!r} is not valid; fix: use {what} >= {minimum:g}")
 
 
 def _increasing(path: str, values: Any) -> None:
     values = tuple(values) if isinstance(values, (tuple, list)) else (values,)
     if (not values or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in values)
             or list(values) != sorted(set(values))):
-        raise train.ConfigError(f"--config.{path}={values!r} is not valid; fix: use a strictly increasing tuple of "
-                                f"positive ints, e.g. --config.{path}='(16,32,64)'")
+        raise training.ConfigError(f"--config.{path}={values!r} is not valid; fix: use a strictly increasing tuple of "
+                                   f"positive ints, e.g. --config.{path}='(16,32,64)'")
 
 
-def validate(exp: train.Experiment, config: ml_collections.ConfigDict, rows: list[str]) -> None:
+def validate(exp: training.Experiment, config: ml_collections.ConfigDict, rows: list[str]) -> None:
     """Checks every value the run will use, before any data or compute.
 
     Raises:
-      train.ConfigError: naming the bad value and the fix.
+      training.ConfigError: naming the bad value and the fix.
     """
     d, t, e = config.data, config.train, config.eval
     if d.data_path:
         parts = [p for p in d.data_path.split(",") if p]
         missing = [p for p in parts if not os.path.exists(os.path.expanduser(p))]
         if missing:
-            raise train.ConfigError(f"the data path file {missing[0]!r} does not exist; fix: point --data_path (or "
-                                    "--config.data.data_path) at a TSV file of 'source<TAB>target' lines or at two "
-                                    "line-aligned files 'SRC,TGT', or leave it empty to use the default corpus")
+            raise training.ConfigError(f"the data path file {missing[0]!r} does not exist; fix: point --data_path (or "
+                                       "--config.data.data_path) at a TSV file of 'source<TAB>target' lines or at two "
+                                       "line-aligned files 'SRC,TGT', or leave it empty to use the default corpus")
     _at_least("data.vocab_size", d.vocab_size, 8, "an int")
     _at_least("data.max_words", d.max_words, 1, "an int")
     _at_least("data.dev_size", d.dev_size, 1, "an int")
@@ -150,8 +150,8 @@ def validate(exp: train.Experiment, config: ml_collections.ConfigDict, rows: lis
     _at_least("train.num_steps", t.num_steps, 0, "an int (0 = no step limit)")
     _at_least("train.max_minutes", t.max_minutes, 0, "minutes (0 = no time limit)")
     if t.num_steps == 0 and t.max_minutes == 0:
-        raise train.ConfigError("train.num_steps and train.max_minutes are both 0, so training would never stop; "
-                                "fix: set --config.train.num_steps or --config.train.max_minutes")
+        raise training.ConfigError("train.num_steps and train.max_minutes are both 0, so training would never stop; "
+                                   "fix: set --config.train.num_steps or --config.train.max_minutes")
     for name in ("log_every", "eval_every", "checkpoint_every", "max_source_words"):
         _at_least(f"train.{name}", t[name], 0, "an int (0 = off)")
     _at_least("eval.batch_size", e.batch_size, 1, "an int")
@@ -161,7 +161,7 @@ def validate(exp: train.Experiment, config: ml_collections.ConfigDict, rows: lis
     _at_least("eval.num_heatmaps", e.num_heatmaps, 0, "an int")
     _increasing("eval.length_bins", e.length_bins)
     for row in rows:
-        cfg = train.row_config(exp, config, row)
+        cfg = training.row_config(exp, config, row)
         if exp.validate_model is not None:
             exp.validate_model(cfg)
         else:
@@ -169,8 +169,8 @@ def validate(exp: train.Experiment, config: ml_collections.ConfigDict, rows: lis
         try:
             exp.make_model(cfg.model, d.vocab_size, max(d.buckets))
         except (ValueError, TypeError) as err:
-            raise train.ConfigError(f"row {row!r} has an invalid model config ({err}); fix: change the --config.model "
-                                    "fields it names") from err
+            raise training.ConfigError(f"row {row!r} has an invalid model config ({err}); fix: change the "
+                                       "--config.model fields it names") from err
 
 
 def _validate_recurrent(cfg: ml_collections.ConfigDict) -> None:
@@ -181,17 +181,17 @@ def _validate_recurrent(cfg: ml_collections.ConfigDict) -> None:
     _choice("model.score", m.score, SCORES)
     _choice("model.mode", m.mode, MODES)
     if isinstance(m.window, bool) or not isinstance(m.window, int) or m.window < (1 if m.mode == "local_p" else 0):
-        raise train.ConfigError(f"--config.model.window={m.window!r} is not valid for mode {m.mode!r}; fix: use an "
-                                f"int >= {1 if m.mode == 'local_p' else 0} (Luong's D, e.g. 10)")
+        raise training.ConfigError(f"--config.model.window={m.window!r} is not valid for mode {m.mode!r}; fix: use an "
+                                   f"int >= {1 if m.mode == 'local_p' else 0} (Luong's D, e.g. 10)")
     if not 0.0 <= m.dropout_rate < 1.0:
-        raise train.ConfigError(f"--config.model.dropout_rate={m.dropout_rate!r} is not valid; fix: use a rate in "
-                                "[0, 1)")
+        raise training.ConfigError(f"--config.model.dropout_rate={m.dropout_rate!r} is not valid; fix: use a rate in "
+                                   "[0, 1)")
     if m.attention == "luong" and m.score == "location" and 0 < m.max_source_len < max(d.buckets):
-        raise train.ConfigError(f"--config.model.max_source_len={m.max_source_len} is shorter than the largest "
-                                f"bucket {max(d.buckets)}; fix: set it to 0 (= largest bucket) or raise it")
+        raise training.ConfigError(f"--config.model.max_source_len={m.max_source_len} is shorter than the largest "
+                                   f"bucket {max(d.buckets)}; fix: set it to 0 (= largest bucket) or raise it")
 
 
-def _warn_shadowed(exp: train.Experiment, overrides: dict[str, Any], rows: list[str]) -> None:
+def _warn_shadowed(exp: training.Experiment, overrides: dict[str, Any], rows: list[str]) -> None:
     """Warns about overrides that every requested row replaces (they only reach the custom row)."""
     for path in overrides:
         shadowed = [r for r in rows if path in exp.rows.get(r, {})]
@@ -200,12 +200,12 @@ def _warn_shadowed(exp: train.Experiment, overrides: dict[str, Any], rows: list[
                             "--rows=%s to run config.model as given", path, ", ".join(shadowed), exp.custom_row)
 
 
-def command_line(exp: train.Experiment, argv: list[str]) -> str:
+def command_line(exp: training.Experiment, argv: list[str]) -> str:
     """The exact command, as ``python -m experiments.<name> ARGS``."""
     return " ".join(["python", "-m", f"experiments.{exp.name}", *(shlex.quote(a) for a in argv[1:])])
 
 
-def main(exp: train.Experiment, argv: list[str]) -> None:
+def main(exp: training.Experiment, argv: list[str]) -> None:
     """Builds the config from the flags, validates it and runs the experiment."""
     if len(argv) > 1:
         fail(f"unexpected positional argument {argv[1]!r}; fix: pass options as --flag=value (see --helpfull)")
@@ -219,10 +219,10 @@ def main(exp: train.Experiment, argv: list[str]) -> None:
         config = build_config(exp, FLAGS.preset, overrides)
         _warn_shadowed(exp, overrides, rows)
         validate(exp, config, rows)
-        train.enable_compilation_cache()
-        train.run_experiment(exp, config, rows, FLAGS.workdir, preset=FLAGS.preset,
-                             command=command_line(exp, sys.argv))
-    except (train.ConfigError, data.DataError) as err:
+        training.enable_compilation_cache()
+        training.run_experiment(exp, config, rows, FLAGS.workdir, preset=FLAGS.preset,
+                                command=command_line(exp, sys.argv))
+    except (training.ConfigError, data.DataError) as err:
         fail(str(err))
     except KeyboardInterrupt:
         print(f"interrupted; rerun the same command to resume {FLAGS.workdir} from its last checkpoints",
@@ -230,7 +230,7 @@ def main(exp: train.Experiment, argv: list[str]) -> None:
         sys.exit(130)
 
 
-def _parse_flags(exp: train.Experiment, argv: list[str]) -> list[str]:
+def _parse_flags(exp: training.Experiment, argv: list[str]) -> list[str]:
     try:
         return FLAGS(argv)
     except flags.Error as err:
@@ -239,7 +239,7 @@ def _parse_flags(exp: train.Experiment, argv: list[str]) -> list[str]:
              f"--config.<section>.<field> must name a field of experiments/configs/{exp.name}.py with a value of its type)")
 
 
-def run(exp: train.Experiment) -> None:
+def run(exp: training.Experiment) -> None:
     """Defines the flags and runs ``main`` under absl (entry point of the experiment modules)."""
     define_flags(exp)
     app.run(functools.partial(main, exp), flags_parser=functools.partial(_parse_flags, exp))

@@ -16,7 +16,7 @@ import numpy as np
 
 from experiments import cli
 from experiments import plots
-from experiments import train
+from experiments import training
 from experiments import transformer
 from experiments.configs import head_pruning as pruning_config
 
@@ -65,14 +65,14 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     """The Transformer checks plus the pruning fields."""
     transformer.validate(cfg)
     if cfg.model.head_gates == "none":
-        raise train.ConfigError("--config.model.head_gates=none leaves nothing to prune; fix: use encoder or all")
+        raise training.ConfigError("--config.model.head_gates=none leaves nothing to prune; fix: use encoder or all")
     if isinstance(cfg.train.l0_penalty, bool) or not isinstance(cfg.train.l0_penalty, (int, float)) \
             or cfg.train.l0_penalty < 0:
-        raise train.ConfigError(f"--config.train.l0_penalty={cfg.train.l0_penalty!r} is not valid; fix: use a "
-                                "number >= 0")
+        raise training.ConfigError(f"--config.train.l0_penalty={cfg.train.l0_penalty!r} is not valid; fix: use a "
+                                   "number >= 0")
 
 
-EXPERIMENT = train.Experiment(
+EXPERIMENT = training.Experiment(
         name="head_pruning",
         title="Voita et al. 2019 (arXiv:1905.09418): pruning encoder heads with L0 gates, German->English (Ding)",
         get_config=pruning_config.get_config,

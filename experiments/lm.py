@@ -1,4 +1,4 @@
-"""Shared language-modelling loop: one token stream, TBPTT with carried memories, perplexity by memory length.
+"""Language modelling: one token stream, TBPTT with carried memories, perplexity by memory length.
 
 Used by ``python -m experiments.transformer_xl`` (Dai et al. 2019, arXiv:1901.02860); written for any model with
 the `attention_jax.TransformerXLLM` interface ``apply(params, tokens [B, T], memories, train=, mem_len=) ->
@@ -8,10 +8,12 @@ the `attention_jax.TransformerXLLM` interface ``apply(params, tokens [B, T], mem
   train / valid / test ranges, a SentencePiece BPE model (`experiments.data.load_or_train_tokenizer`) trained on
   train, and each split encoded as one int32 stream with EOS after every line.
 * Training (`train_lm`): the train stream cut into B contiguous streams; step k of an epoch reads segment k
-  (T tokens) of every stream and the next-token targets; the memories returned by one step feed the next and are
-  re-zeroed at every epoch start (and on resume: they are not checkpointed). Adam, linear warmup then cosine
-  decay (optax), global-norm clipping. Logging, checkpoints and resume reuse `experiments.train`'s helpers:
-  step / loss / tokens/s / ETA to the absl log and metrics.jsonl, orbax checkpoints of params + optimiser state.
+  (T tokens) of every stream and the next-token targets. It runs on the experiments' shared loop
+  (`experiments.training.loop.train_loop`) with the memories as its carried state: the memories returned by one
+  step feed the next and restart from zeros at every epoch start (and on resume: they are not checkpointed).
+  Adam, linear warmup then cosine decay (`experiments.training.optim.make_lm_optimizer`), global-norm clipping;
+  step / loss / tokens/s / ETA to the absl log and metrics.jsonl, the valid perplexity every
+  ``train.eval_every`` steps and at the end, orbax checkpoints of params + optimiser state.
 * Evaluation (`evaluate_stream`): perplexity of a split cut into B streams, segments of T, with an evaluation
   memory of any length M (zero memories at the start, like training); M = 0 scores each segment alone.
 
@@ -23,12 +25,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 import dataclasses
 import functools
-import json
 import math
 import os
 import pathlib
 import textwrap
-import time
 from typing import Any
 
 from absl import logging
@@ -37,11 +37,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 
 from experiments import data
 from experiments import results
-from experiments import train
+from experiments import training
 
 KJV_CACHE_NAME = "kjv_verses.v1.txt"
 
@@ -187,26 +186,8 @@ def as_streams(ids: np.ndarray, batch: int, max_tokens: int = 0) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------------------------
-# Optimiser, steps
+# Steps
 # ----------------------------------------------------------------------------------------------
-
-
-def learning_rate_schedule(tc: ml_collections.ConfigDict) -> optax.Schedule:
-    """Linear warmup to ``learning_rate``, then cosine decay to ``learning_rate * min_lr_ratio`` at ``num_steps``
-    (constant after warmup when num_steps is 0), as in the paper's released training scripts."""
-    peak = float(tc.learning_rate)
-    if tc.num_steps <= 0:
-        return optax.join_schedules([optax.linear_schedule(0.0, peak, max(tc.warmup_steps, 1)),
-                                     optax.constant_schedule(peak)], [max(tc.warmup_steps, 1)])
-    return optax.warmup_cosine_decay_schedule(0.0, peak, warmup_steps=int(tc.warmup_steps),
-                                              decay_steps=max(int(tc.num_steps), int(tc.warmup_steps) + 1),
-                                              end_value=peak * float(tc.min_lr_ratio))
-
-
-def make_optimizer(tc: ml_collections.ConfigDict) -> optax.GradientTransformation:
-    """Global-norm clipping then Adam with the warmup + cosine schedule."""
-    parts = [optax.clip_by_global_norm(tc.grad_clip_norm)] if tc.grad_clip_norm > 0 else []
-    return optax.chain(*parts, optax.adam(learning_rate_schedule(tc)))
 
 
 def _nll(logits: jax.Array, targets: jax.Array) -> jax.Array:
@@ -283,120 +264,51 @@ class LMTrainOutcome:
     last_valid_ppl: float | None
 
 
+
 def train_lm(model, cfg: ml_collections.ConfigDict, lm_data: LMData, run_dir: str) -> LMTrainOutcome:
     """Trains (or resumes) the model on the train stream until train.num_steps or train.max_minutes.
 
     Raises:
-      train.ConfigError: if the train stream is too short for one segment per stream.
+      experiments.training.ConfigError: if the train stream is too short for one segment per stream.
     """
     tc, ec = cfg.train, cfg.eval
     seg, batch = int(tc.segment_len), int(tc.batch_size)
     streams = as_streams(lm_data.train.ids, batch)  # [B, n]
     steps_per_epoch = (streams.shape[1] - 1) // seg
     if steps_per_epoch < 1:
-        raise train.ConfigError(f"the train split has {len(lm_data.train.ids)} tokens, too few for {batch} streams "
-                                f"of one {seg}-token segment; fix: lower --config.train.batch_size or "
-                                "--config.train.segment_len, or use a longer text")
-    optimizer = make_optimizer(tc)
+        raise training.ConfigError(f"the train split has {len(lm_data.train.ids)} tokens, too few for {batch} "
+                                   f"streams of one {seg}-token segment; fix: lower --config.train.batch_size or "
+                                   "--config.train.segment_len, or use a longer text")
+    optimizer = training.make_lm_optimizer(tc)
     init_rng, dropout_rng = jax.random.split(jax.random.PRNGKey(cfg.seed))
     params = jax.jit(model.init)(init_rng, jnp.zeros((batch, seg), jnp.int32),
                                  model.init_memories(batch, tc.mem_len))["params"]
-    opt_state = optimizer.init(params)
-    metrics_path = os.path.join(run_dir, "metrics.jsonl")
-    manager = train._checkpoint_manager(os.path.join(run_dir, "checkpoints"))  # pylint: disable=protected-access
-    meta = {"step": 0, "elapsed_s": 0.0}
-    latest = manager.latest_step()
-    if latest is not None:
-        state = {"params": params, "opt_state": opt_state}
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-        restored = manager.restore(latest, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
-                                                                    meta=ocp.args.JsonRestore()))
-        params, opt_state = restored.state["params"], restored.state["opt_state"]
-        meta.update(restored.meta)
-        logging.info("resumed from checkpoint step %d (%.1f min trained); memories restart from zeros",
-                     meta["step"], meta["elapsed_s"] / 60)
-    else:
-        num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
-        logging.info("new model with %s parameters; train stream %d tokens = %d streams x %d segments of %d",
-                     f"{num_params:,}", len(lm_data.train.ids), batch, steps_per_epoch, seg)
-    train._truncate_metrics(metrics_path, int(meta["step"]))  # pylint: disable=protected-access
-
-    step = int(meta["step"])
-    start_step, last_saved = step, (latest if latest is not None else -1)
+    logging.info("train stream %d tokens = %d streams x %d segments of %d", len(lm_data.train.ids), batch,
+                 steps_per_epoch, seg)
     train_step = make_train_step(model, optimizer)
-    memories = model.init_memories(batch, tc.mem_len)
-    t0, base_elapsed = time.monotonic(), float(meta["elapsed_s"])
-    last_valid: float | None = None
 
-    def elapsed() -> float:
-        return base_elapsed + time.monotonic() - t0
+    def step_fn(params, opt_state, memories, segment, rng):
+        inputs, targets = segment
+        params, opt_state, memories, loss = train_step(params, opt_state, memories, inputs, targets, rng)
+        return params, opt_state, memories, loss, 1.0
 
-    def save() -> None:
-        nonlocal last_saved
-        if step == last_saved:
-            return
-        manager.save(step, args=ocp.args.Composite(
-                state=ocp.args.StandardSave({"params": params, "opt_state": opt_state}),
-                meta=ocp.args.JsonSave({"step": step, "elapsed_s": elapsed()})))
-        last_saved = step
+    def epoch_batches(epoch: int):
+        del epoch  # every epoch reads the streams in the same order
+        for k in range(steps_per_epoch):
+            yield (streams[:, k * seg:(k + 1) * seg], streams[:, k * seg + 1:(k + 1) * seg + 1]), batch * seg
 
-    window = {"t": time.monotonic(), "step": step, "losses": [], "pause": 0.0}
-    reason = train._stop_reason(step, elapsed(), tc)  # pylint: disable=protected-access
-    with open(metrics_path, "a", encoding="utf-8") as metrics_file:
-        while reason is None:
-            k = step % steps_per_epoch
-            if k == 0:
-                memories = jax.tree.map(jnp.zeros_like, memories)  # TBPTT: a new epoch starts without context.
-            inputs = jnp.asarray(streams[:, k * seg:(k + 1) * seg])
-            targets = jnp.asarray(streams[:, k * seg + 1:(k + 1) * seg + 1])
-            params, opt_state, memories, loss = train_step(params, opt_state, memories, inputs, targets,
-                                                           jax.random.fold_in(dropout_rng, step))
-            window["losses"].append(loss)
-            step += 1
-            reason = train._stop_reason(step, elapsed(), tc)  # pylint: disable=protected-access
-            if (tc.log_every and step % tc.log_every == 0) or reason is not None:
-                losses = [float(x) for x in jax.device_get(window["losses"])]
-                now = time.monotonic()
-                busy = max(now - window["t"] - window["pause"], 1e-9)
-                steps_done = step - window["step"]
-                rate = steps_done * batch * seg / busy
-                remaining = []
-                if tc.num_steps > 0:
-                    remaining.append((tc.num_steps - step) * busy / max(steps_done, 1))
-                if tc.max_minutes > 0:
-                    remaining.append(60.0 * tc.max_minutes - elapsed())
-                eta = max(0.0, min(remaining)) if remaining else 0.0
-                record = {"step": step, "epoch": round(step / steps_per_epoch, 3),
-                          "loss": sum(losses) / max(len(losses), 1), "tokens_per_s": round(rate, 1),
-                          "elapsed_s": round(elapsed(), 1), "eta_s": round(eta, 1)}
-                clock = train._format_seconds  # pylint: disable=protected-access
-                logging.info("step %d (epoch %.2f): loss %.4f (ppl %.1f), %.0f tok/s, elapsed %s, ETA %s", step,
-                             record["epoch"], record["loss"], math.exp(min(record["loss"], 50)), rate,
-                             clock(elapsed()), clock(eta))
-                metrics_file.write(json.dumps(record) + "\n")
-                metrics_file.flush()
-                window = {"t": now, "step": step, "losses": [], "pause": 0.0}
-            if (tc.eval_every and step % tc.eval_every == 0) or reason is not None:
-                t_eval = time.monotonic()
-                valid = evaluate_stream(model, params, lm_data.valid.ids, batch=int(ec.batch_size), segment_len=seg,
-                                        mem_len=int(tc.mem_len), max_tokens=int(ec.valid_max_tokens))
-                last_valid = valid["ppl"]
-                logging.info("step %d: valid ppl %.2f (M=%d, %d tokens)", step, valid["ppl"], tc.mem_len,
-                             valid["tokens"])
-                metrics_file.write(json.dumps({"step": step, "dev_ppl": valid["ppl"]}) + "\n")
-                metrics_file.flush()
-                window["pause"] += time.monotonic() - t_eval
-            if tc.checkpoint_every and step % tc.checkpoint_every == 0:
-                t_save = time.monotonic()
-                save()
-                window["pause"] += time.monotonic() - t_save
-    save()
-    manager.wait_until_finished()
-    manager.close()
-    minutes = elapsed() / 60.0
-    logging.info("stopped at step %d after %.1f min: %s", step, minutes, reason)
-    return LMTrainOutcome(params=params, steps=step, steps_this_run=step - start_step, minutes=minutes,
-                          stop_reason=reason or "", epochs=round(step / steps_per_epoch, 3), last_valid_ppl=last_valid)
+    def valid_perplexity(params) -> dict[str, float]:
+        valid = evaluate_stream(model, params, lm_data.valid.ids, batch=int(ec.batch_size), segment_len=seg,
+                                mem_len=int(tc.mem_len), max_tokens=int(ec.valid_max_tokens))
+        return {"dev_ppl": valid["ppl"]}
+
+    outcome = training.train_loop(step_fn, params, optimizer.init(params), epoch_batches, train_config=tc,
+                                  run_dir=run_dir, rng=dropout_rng, carry=model.init_memories(batch, tc.mem_len),
+                                  evaluate=valid_perplexity, eval_at_end=True, steps_per_epoch=steps_per_epoch)
+    return LMTrainOutcome(params=outcome.params, steps=outcome.steps, steps_this_run=outcome.steps_this_run,
+                          minutes=outcome.minutes, stop_reason=outcome.stop_reason,
+                          epochs=round(outcome.steps / steps_per_epoch, 3),
+                          last_valid_ppl=outcome.last_eval["dev_ppl"] if outcome.last_eval else None)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -10,10 +10,10 @@ Rows, presets, wall times and numbers: `experiments/configs/luong.py`. Flags: `e
 from __future__ import annotations
 
 from experiments import cli
-from experiments import train
+from experiments import training
 from experiments.configs import luong as luong_config
 
-EXPERIMENT = train.Experiment(
+EXPERIMENT = training.Experiment(
         name="luong",
         title="Luong et al. 2015 (arXiv:1508.04025), Table 4: attentional models, German->English (Ding)",
         get_config=luong_config.get_config,

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from experiments import cli
-from experiments import train
+from experiments import training
 from experiments.configs import transformer as transformer_config
 
 COLUMNS = (
@@ -78,18 +78,18 @@ def _check_implementation(m: ml_collections.ConfigDict) -> None:
     head_dim = m.head_dim or m.d_model // m.num_heads
     query = jax.ShapeDtypeStruct((1, 8, m.num_heads, head_dim), jnp.dtype(m.get("dtype") or jnp.float32))
     kv = jax.ShapeDtypeStruct((1, 8, m.num_kv_heads or m.num_heads, head_dim), query.dtype)
-    ok, reason = dot_product.supports(m.implementation, query, kv, kv, key_lengths=jnp.ones((1,), jnp.int32),
-                                      is_causal=True)
+    ok, reason = dot_product.supports(m.implementation, query, kv, kv, is_causal=True,
+                                      key_value_seq_lengths=jnp.ones((1,), jnp.int32))
     if not ok:
-        raise train.ConfigError(f"--config.model.implementation={m.implementation} cannot run here ({reason}); "
-                                f"fix: use auto or xla")
+        raise training.ConfigError(f"--config.model.implementation={m.implementation} cannot run here ({reason}); "
+                                   f"fix: use auto or xla")
 
 
 def validate(cfg: ml_collections.ConfigDict) -> None:
     """Model and training checks of a row; `Transformer` itself checks the rest when it is built.
 
     Raises:
-      train.ConfigError: naming the field and the fix.
+      training.ConfigError: naming the field and the fix.
     """
     from attention_jax import transformer  # pylint: disable=import-outside-toplevel
 
@@ -98,21 +98,21 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
                                  ("model.positions", m.positions, transformer.POSITIONS),
                                  ("model.head_gates", m.head_gates, transformer.HEAD_GATES),
                                  ("model.implementation", m.implementation, IMPLEMENTATIONS),
-                                 ("train.schedule", t.schedule, train.SCHEDULES)):
+                                 ("train.schedule", t.schedule, training.SCHEDULES)):
         cli._choice(path, value, choices)  # pylint: disable=protected-access
     for path, value in (("model.dropout_rate", m.dropout_rate), ("train.label_smoothing", t.label_smoothing)):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
-            raise train.ConfigError(f"--config.{path}={value!r} is not valid; fix: use a value in [0, 1)")
+            raise training.ConfigError(f"--config.{path}={value!r} is not valid; fix: use a value in [0, 1)")
     if isinstance(t.warmup_steps, bool) or not isinstance(t.warmup_steps, int) or t.warmup_steps < 1:
-        raise train.ConfigError(f"--config.train.warmup_steps={t.warmup_steps!r} is not valid; fix: use an int >= 1")
+        raise training.ConfigError(f"--config.train.warmup_steps={t.warmup_steps!r} is not valid; fix: use an int >= 1")
     if m.implementation != "auto":
         _check_implementation(m)
     if m.max_len < cfg.eval.max_decode_len:
-        raise train.ConfigError(f"--config.model.max_len={m.max_len} is shorter than --config.eval.max_decode_len="
-                                f"{cfg.eval.max_decode_len}; fix: raise model.max_len or lower eval.max_decode_len")
+        raise training.ConfigError(f"--config.model.max_len={m.max_len} is shorter than --config.eval.max_decode_len="
+                                   f"{cfg.eval.max_decode_len}; fix: raise model.max_len or lower eval.max_decode_len")
 
 
-EXPERIMENT = train.Experiment(
+EXPERIMENT = training.Experiment(
         name="transformer",
         title="Vaswani et al. 2017 (arXiv:1706.03762), Table 3: Transformer variations, German->English (Ding)",
         get_config=transformer_config.get_config,

@@ -6,7 +6,7 @@
 
 Presets, wall times and numbers: `experiments/configs/transformer_xl.py`. Flags: `experiments/cli.py` (the same
 --preset / --workdir / --data_path / --config.* conventions; --rows only accepts the one row, transformer_xl).
-The loop: `experiments/lm.py`.
+The language-model code: `experiments/lm.py` (its training runs on `experiments/training/loop.py`).
 """
 
 from __future__ import annotations
@@ -29,12 +29,12 @@ from experiments import cli
 from experiments import configs
 from experiments import data
 from experiments import lm
-from experiments import train
+from experiments import training
 from experiments.configs import transformer_xl as txl_config
 
 FLAGS = flags.FLAGS
 
-EXPERIMENT = train.Experiment(
+EXPERIMENT = training.Experiment(
         name="transformer_xl",
         title="Dai et al. 2019 (arXiv:1901.02860): Transformer-XL LM, test perplexity by evaluation memory length",
         get_config=txl_config.get_config,
@@ -59,51 +59,53 @@ def build_model(cfg: ml_collections.ConfigDict, vocab_size: int) -> TransformerX
 
 def _int_at_least(path: str, value: Any, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise train.ConfigError(f"--config.{path}={value!r} is not valid; fix: use an int >= {minimum}")
+        raise training.ConfigError(f"--config.{path}={value!r} is not valid; fix: use an int >= {minimum}")
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
     """Checks every value the run will use, before any data or compute.
 
     Raises:
-      train.ConfigError: naming the bad value and the fix.
+      training.ConfigError: naming the bad value and the fix.
     """
     d, m, t, e = config.data, config.model, config.train, config.eval
     if d.data_path and not os.path.isfile(os.path.expanduser(d.data_path)):
-        raise train.ConfigError(f"the data path file {d.data_path!r} does not exist; fix: point --data_path at a "
-                                "plain UTF-8 text file, or leave it empty to use the KJV Bible")
+        raise training.ConfigError(f"the data path file {d.data_path!r} does not exist; fix: point --data_path at a "
+                                   "plain UTF-8 text file, or leave it empty to use the KJV Bible")
     if not d.data_path and d.corpus != "kjv":
-        raise train.ConfigError(f"--config.data.corpus={d.corpus!r} is not valid; fix: use kjv or pass --data_path")
+        raise training.ConfigError(f"--config.data.corpus={d.corpus!r} is not valid; fix: use kjv or pass --data_path")
     _int_at_least("data.vocab_size", d.vocab_size, 8)
     for name in ("valid_fraction", "test_fraction"):
         if not 0.0 < d[name] < 0.5:
-            raise train.ConfigError(f"--config.data.{name}={d[name]!r} is not valid; fix: use a fraction in (0, 0.5)")
+            raise training.ConfigError(f"--config.data.{name}={d[name]!r} is not valid; fix: use a fraction in "
+                                       "(0, 0.5)")
     for name in ("num_layers", "num_heads", "head_dim", "d_model", "d_inner"):
         _int_at_least(f"model.{name}", m[name], 1)
     if not 0.0 <= m.dropout_rate < 1.0:
-        raise train.ConfigError(f"--config.model.dropout_rate={m.dropout_rate!r} is not valid; fix: use a rate in "
-                                "[0, 1)")
+        raise training.ConfigError(f"--config.model.dropout_rate={m.dropout_rate!r} is not valid; fix: use a rate in "
+                                   "[0, 1)")
     for name in ("batch_size", "segment_len"):
         _int_at_least(f"train.{name}", t[name], 1)
     for name in ("mem_len", "warmup_steps", "num_steps", "log_every", "eval_every", "checkpoint_every"):
         _int_at_least(f"train.{name}", t[name], 0)
     if not t.learning_rate > 0:
-        raise train.ConfigError(f"--config.train.learning_rate={t.learning_rate!r} is not valid; fix: use a number "
-                                "> 0, e.g. 1e-3")
+        raise training.ConfigError(f"--config.train.learning_rate={t.learning_rate!r} is not valid; fix: use a number "
+                                   "> 0, e.g. 1e-3")
     if t.grad_clip_norm < 0 or t.max_minutes < 0 or not 0 <= t.min_lr_ratio <= 1:
-        raise train.ConfigError("--config.train.grad_clip_norm and max_minutes must be >= 0 and min_lr_ratio in "
-                                f"[0, 1] (got {t.grad_clip_norm}, {t.max_minutes}, {t.min_lr_ratio}); fix: change them")
+        raise training.ConfigError("--config.train.grad_clip_norm and max_minutes must be >= 0 and min_lr_ratio in "
+                                   f"[0, 1] (got {t.grad_clip_norm}, {t.max_minutes}, {t.min_lr_ratio}); fix: change "
+                                   "them")
     if t.num_steps == 0 and t.max_minutes == 0:
-        raise train.ConfigError("train.num_steps and train.max_minutes are both 0, so training would never stop; "
-                                "fix: set --config.train.num_steps or --config.train.max_minutes")
+        raise training.ConfigError("train.num_steps and train.max_minutes are both 0, so training would never stop; "
+                                   "fix: set --config.train.num_steps or --config.train.max_minutes")
     _int_at_least("eval.batch_size", e.batch_size, 1)
     _int_at_least("eval.max_tokens", e.max_tokens, 0)
     _int_at_least("eval.valid_max_tokens", e.valid_max_tokens, 0)
     mems = tuple(e.mem_lens) if isinstance(e.mem_lens, (tuple, list)) else (e.mem_lens,)
     if (not mems or any(isinstance(x, bool) or not isinstance(x, int) or x < 0 for x in mems)
             or list(mems) != sorted(set(mems))):
-        raise train.ConfigError(f"--config.eval.mem_lens={e.mem_lens!r} is not valid; fix: use a strictly increasing "
-                                "tuple of ints >= 0, e.g. --config.eval.mem_lens='(0,64,128,256)'")
+        raise training.ConfigError(f"--config.eval.mem_lens={e.mem_lens!r} is not valid; fix: use a strictly "
+                                   "increasing tuple of ints >= 0, e.g. --config.eval.mem_lens='(0,64,128,256)'")
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, *, preset: str = "", command: str = "") -> list[dict]:
@@ -112,10 +114,10 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, preset: str = "", co
     A workdir whose done.json holds this config's fingerprint is not retrained, only re-reported.
 
     Raises:
-      train.ConfigError: a checkpoint from another config, or a corpus too short for the sizes.
+      training.ConfigError: a checkpoint from another config, or a corpus too short for the sizes.
       experiments.data.DataError: the corpus cannot be obtained or read.
     """
-    train.quiet_orbax_logging()
+    training.quiet_orbax_logging()
     started = time.monotonic()
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
@@ -125,13 +127,13 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, preset: str = "", co
         with open(os.path.join(workdir, "command.txt"), "w", encoding="utf-8") as f:
             f.write(command + "\n")
     flat = configs.flatten(config)
-    fp = train.fingerprint(flat)
-    done = train._done_record(workdir, fp)  # pylint: disable=protected-access
+    fp = training.fingerprint(flat)
+    done = training.done_record(workdir, fp)
     if done is not None:
         logging.info("already finished with this config (%s); re-reporting it", os.path.join(workdir, "done.json"))
         records, notes, wall_min = done["records"], done["notes"], done.get("wall_min")
     else:
-        train.check_resumable(EXPERIMENT, txl_config.ROW, flat, workdir)
+        training.check_resumable(EXPERIMENT, txl_config.ROW, flat, workdir)
         t0 = time.monotonic()
         lm_data = lm.prepare_stream(config.data)
         logging.info("data %s: %d / %d / %d tokens (train / valid / test), vocabulary %d (%.1f s)", lm_data.source,
@@ -148,9 +150,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, preset: str = "", co
             scores = lm.evaluate_stream(model, outcome.params, lm_data.test.ids, batch=int(config.eval.batch_size),
                                         segment_len=seg, mem_len=int(mem_len), max_tokens=int(config.eval.max_tokens))
             if not scores["tokens"]:
-                raise train.ConfigError(f"the test split ({len(lm_data.test.ids)} tokens) is too short for "
-                                        f"{config.eval.batch_size} streams of one {seg}-token segment; fix: lower "
-                                        "--config.eval.batch_size or raise --config.data.test_fraction")
+                raise training.ConfigError(f"the test split ({len(lm_data.test.ids)} tokens) is too short for "
+                                           f"{config.eval.batch_size} streams of one {seg}-token segment; fix: lower "
+                                           "--config.eval.batch_size or raise --config.data.test_fraction")
             bits = scores["nll"] / 0.6931471805599453
             records.append({"row": f"mem_{mem_len}", "attention": "transformer_xl", "score": "relative",
                             "mode": f"M={mem_len}", "mem_len": int(mem_len), "segment_len": seg,
@@ -160,7 +162,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, preset: str = "", co
                             "steps": outcome.steps, "train_minutes": round(outcome.minutes, 2),
                             "epochs": outcome.epochs, "stop_reason": outcome.stop_reason,
                             "final_valid_ppl": outcome.last_valid_ppl, "seed": config.seed,
-                            "machine": train.machine_description(), "fingerprint": fp})
+                            "machine": training.machine_description(), "fingerprint": fp})
             logging.info("test M=%d: ppl %.2f, %.4f bpc over %d tokens (%.1f s)", mem_len, scores["ppl"],
                          records[-1]["test_bpc"], scores["tokens"], time.monotonic() - t_eval)
         tok = lm_data.tokenizer.vocab_size
@@ -177,7 +179,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, preset: str = "", co
                  f"evaluation: the first {records[0]['test_tokens']} test tokens as {config.eval.batch_size} "
                  "contiguous streams, segments of T, memories from zeros; bpc = bits per token / "
                  f"{lm_data.test.chars_per_token:.3f} characters per token; 'dev ppl' is not computed per M",
-                 f"seed: {config.seed}; machine: {train.machine_description()}"]
+                 f"seed: {config.seed}; machine: {training.machine_description()}"]
         wall_min = round((time.monotonic() - started) / 60, 2)
         with open(os.path.join(workdir, "done.json"), "w", encoding="utf-8") as f:
             json.dump({"fingerprint": fp, "record": {"records": records, "notes": notes, "wall_min": wall_min}}, f,
@@ -204,9 +206,9 @@ def main(argv: list[str]) -> None:
             overrides["data.data_path"] = FLAGS.data_path
         config = cli.build_config(EXPERIMENT, FLAGS.preset, overrides)
         validate(config)
-        train.enable_compilation_cache()
+        training.enable_compilation_cache()
         run(config, FLAGS.workdir, preset=FLAGS.preset, command=cli.command_line(EXPERIMENT, sys.argv))
-    except (train.ConfigError, data.DataError) as err:
+    except (training.ConfigError, data.DataError) as err:
         cli.fail(str(err))
     except KeyboardInterrupt:
         print(f"interrupted; rerun the same command to resume {FLAGS.workdir} from its last checkpoint",

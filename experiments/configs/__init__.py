@@ -1,7 +1,7 @@
 """Shared config schema for the translation experiments.
 
 Every experiment config has the same four sections, so the shared training loop
-(`experiments/train.py`) reads them the same way:
+(`experiments/training/`) reads them the same way:
 
 * ``data``: the fields `experiments.data.prepare` reads (corpus, vocabulary, splits, buckets).
 * ``model``: the keyword arguments of `attention_jax.seq2seq.Seq2Seq` (minus ``vocab_size``,

@@ -2,7 +2,8 @@
 harness pieces they added: label smoothing and the warm-up schedule in the train step, warm starts
 (train.init_from), per-row record extras and figures, per-preset default rows, and CLI errors.
 
-Runs on the tiny word-level copy-and-reverse dataset of tests/experiments_test.py (no corpus, no network).
+Runs on the tiny word-level copy-and-reverse dataset of tests/experiments/training/translation_test.py (no
+corpus, no network).
 """
 
 from __future__ import annotations
@@ -20,10 +21,10 @@ import pytest
 
 from experiments import cli
 from experiments import evaluation
-from experiments import train
+from experiments import training
 from experiments.head_pruning import EXPERIMENT as PRUNING
 from experiments.transformer import EXPERIMENT as TRANSFORMER
-from tests.experiments_test import REPO, tiny_dataset
+from tests.experiments.training.translation_test import REPO, tiny_dataset
 
 TINY_MODEL = {
     "model.d_model": 16, "model.num_heads": 4, "model.d_ff": 32, "model.num_encoder_layers": 1,
@@ -49,8 +50,8 @@ def dataset():
 def transformer_run(tmp_path_factory, dataset):
     workdir = str(tmp_path_factory.mktemp("transformer"))
     rows = ["base", "rope"]
-    records = train.run_experiment(TRANSFORMER, tiny_config(TRANSFORMER), rows, workdir, preset="smoke",
-                                   command="test", dataset=dataset)
+    records = training.run_experiment(TRANSFORMER, tiny_config(TRANSFORMER), rows, workdir, preset="smoke",
+                                      command="test", dataset=dataset)
     return workdir, records
 
 
@@ -70,16 +71,16 @@ def test_transformer_rows_report_table3_columns(transformer_run):
 
 
 def test_train_step_smooths_loss_but_reports_nll(dataset):
-    cfg = train.row_config(TRANSFORMER, tiny_config(TRANSFORMER, **{"model.dropout_rate": 0.0,
-                                                                    "train.label_smoothing": 0.2}), "base")
+    cfg = training.row_config(TRANSFORMER, tiny_config(TRANSFORMER, **{"model.dropout_rate": 0.0,
+                                                                       "train.label_smoothing": 0.2}), "base")
     model = TRANSFORMER.make_model(cfg.model, dataset.tokenizer.vocab_size, 16)
-    params = train.init_params(model, jax.random.PRNGKey(0), (16,))
+    params = training.init_params(model, jax.random.PRNGKey(0), (16,))
     batch = next(iter(evaluation.data.batches(dataset.train, 8, (16,), shuffle=False, seed=0, epoch=0)))
     batch = evaluation.model_batch(batch)
     nll, tokens, _ = evaluation.make_forward(model)(params, batch)
     copy = jax.tree.map(jnp.array, params)
-    optimizer = train.make_optimizer(cfg.train, cfg.model)
-    step = train.make_train_step(model, optimizer, cfg.train)
+    optimizer = training.make_optimizer(cfg.train, cfg.model)
+    step = training.make_train_step(model, optimizer, cfg.train)
     _, _, total, count = step(copy, optimizer.init(copy), batch, jax.random.PRNGKey(1))
     np.testing.assert_allclose(float(total), float(np.sum(nll)), rtol=1e-5)  # unsmoothed NLL is what is logged
     assert float(count) == float(np.sum(tokens))
@@ -88,19 +89,19 @@ def test_train_step_smooths_loss_but_reports_nll(dataset):
 def test_rsqrt_warmup_learning_rate_follows_eq3():
     tc = ml_collections.ConfigDict({"learning_rate": 2.0, "schedule": "rsqrt_warmup", "warmup_steps": 10})
     mc = ml_collections.ConfigDict({"d_model": 64})
-    lr = train.learning_rate(tc, mc)
+    lr = training.learning_rate(tc, mc)
     for step in (0, 4, 9, 10, 100):
         n = step + 1
         assert float(lr(step)) == pytest.approx(2.0 * 64 ** -0.5 * min(n ** -0.5, n * 10 ** -1.5), rel=1e-6)
-    with pytest.raises(train.ConfigError, match="schedule"):
-        train.learning_rate(ml_collections.ConfigDict({"learning_rate": 1.0, "schedule": "cosine"}))
+    with pytest.raises(training.ConfigError, match="schedule"):
+        training.learning_rate(ml_collections.ConfigDict({"learning_rate": 1.0, "schedule": "cosine"}))
 
 
 def test_gate_learning_rate_only_moves_gates_faster():
     tc = ml_collections.ConfigDict({"learning_rate": 1e-4, "grad_clip_norm": 0.0, "gate_learning_rate": 0.1})
     params = {"layer": {"log_alpha": jnp.zeros(3), "kernel": jnp.zeros(3)}}
     grads = jax.tree.map(jnp.ones_like, params)
-    optimizer = train.make_optimizer(tc)
+    optimizer = training.make_optimizer(tc)
     updates, _ = optimizer.update(grads, optimizer.init(params), params)
     np.testing.assert_allclose(updates["layer"]["log_alpha"], -0.1, rtol=1e-4)
     np.testing.assert_allclose(updates["layer"]["kernel"], -1e-4, rtol=1e-4)
@@ -110,8 +111,8 @@ def test_gate_learning_rate_only_moves_gates_faster():
 def pruning_run(tmp_path_factory, dataset):
     workdir = str(tmp_path_factory.mktemp("pruning"))
     config = tiny_config(PRUNING, **{"train.finetune_steps": 6, "train.gate_learning_rate": 0.5})
-    records = train.run_experiment(PRUNING, config, ["dense", "l0_0.05"], workdir, preset="smoke", command="test",
-                                   dataset=dataset)
+    records = training.run_experiment(PRUNING, config, ["dense", "l0_0.05"], workdir, preset="smoke", command="test",
+                                      dataset=dataset)
     return workdir, records
 
 
@@ -132,8 +133,8 @@ def test_strong_penalty_closes_heads(pruning_run, dataset, tmp_path):
     workdir, _ = pruning_run
     config = tiny_config(PRUNING, **{"train.finetune_steps": 40, "train.gate_learning_rate": 0.5,
                                      "train.l0_penalty": 0.05, "train.init_from": os.path.join(workdir, "dense")})
-    records = train.run_experiment(PRUNING, config, ["custom"], str(tmp_path), preset="smoke", command="test",
-                                   dataset=dataset)
+    records = training.run_experiment(PRUNING, config, ["custom"], str(tmp_path), preset="smoke", command="test",
+                                      dataset=dataset)
     assert records[0]["steps"] == 40
     assert records[0]["heads_kept"] < 4  # 40 steps at gate lr 0.5 move log_alpha from 3 well below -2.4
 
@@ -141,11 +142,11 @@ def test_strong_penalty_closes_heads(pruning_run, dataset, tmp_path):
 def test_warm_start_copies_matching_arrays_and_rejects_missing(pruning_run, tmp_path):
     workdir, _ = pruning_run
     fresh = {"encoder_layers_0": {"log_alpha": jnp.full((4,), -7.0)}, "unrelated": {"w": jnp.zeros((2,))}}
-    params, copied = train.warm_start(fresh, os.path.join(workdir, "dense"))
+    params, copied = training.warm_start(fresh, os.path.join(workdir, "dense"))
     assert copied == 1 and float(params["encoder_layers_0"]["log_alpha"][0]) != -7.0
     np.testing.assert_array_equal(params["unrelated"]["w"], 0.0)
-    with pytest.raises(train.ConfigError, match="holds no checkpoint"):
-        train.warm_start(fresh, str(tmp_path))
+    with pytest.raises(training.ConfigError, match="holds no checkpoint"):
+        training.warm_start(fresh, str(tmp_path))
 
 
 def test_preset_rows():

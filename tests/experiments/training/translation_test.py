@@ -1,4 +1,4 @@
-"""End-to-end tests of the experiment harness (experiments/train.py, cli.py, evaluation.py, ...).
+"""End-to-end tests of the translation experiments (experiments/training/, cli.py, evaluation.py, ...).
 
 A tiny word-level dataset is built in the test (no corpus, no network): one row trains ~10-20 steps.
 Checks: the output files, resuming from the orbax checkpoint without redoing finished steps (and
@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pathlib
 import random
 import shutil
 import subprocess
@@ -22,11 +23,12 @@ import pytest
 from experiments import cli
 from experiments import data
 from experiments import evaluation
-from experiments import train
+from experiments import training
 from experiments.bahdanau import EXPERIMENT as BAHDANAU
 from experiments.luong import EXPERIMENT as LUONG
+from experiments.training import translation
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = str(pathlib.Path(__file__).resolve().parents[3])
 ROW = "global_general"
 
 
@@ -74,9 +76,9 @@ def tiny_config(exp=LUONG, **overrides):
 
 @contextlib.contextmanager
 def count_train_steps():
-    """Counts calls of the jitted train step made inside the block."""
+    """Counts calls of the jitted train step made inside the block (train_row looks it up in its own module)."""
     calls = []
-    original = train.make_train_step
+    original = translation.make_train_step
 
     def counting(*args, **kwargs):
         step = original(*args, **kwargs)
@@ -87,11 +89,11 @@ def count_train_steps():
 
         return wrapped
 
-    train.make_train_step = counting
+    translation.make_train_step = counting
     try:
         yield calls
     finally:
-        train.make_train_step = original
+        translation.make_train_step = original
 
 
 def train_losses(workdir, row=ROW):
@@ -109,8 +111,8 @@ def dataset():
 def first_run(tmp_path_factory, dataset):
     workdir = str(tmp_path_factory.mktemp("luong"))
     with count_train_steps() as calls:
-        records = train.run_experiment(LUONG, tiny_config(), [ROW], workdir, preset="smoke", command="test",
-                                       dataset=dataset)
+        records = training.run_experiment(LUONG, tiny_config(), [ROW], workdir, preset="smoke", command="test",
+                                          dataset=dataset)
     return workdir, records, len(calls)
 
 
@@ -144,12 +146,12 @@ def test_finished_row_is_skipped_and_rereported(first_run, dataset, tmp_path):
     shutil.copytree(first_run[0], workdir)
     os.remove(os.path.join(workdir, "results.md"))
     with count_train_steps() as calls:
-        records = train.run_experiment(LUONG, tiny_config(), [ROW], workdir, command="test", dataset=dataset)
+        records = training.run_experiment(LUONG, tiny_config(), [ROW], workdir, command="test", dataset=dataset)
     assert not calls
     assert records[0]["test_bleu"] == first_run[1][0]["test_bleu"]
     assert os.path.exists(os.path.join(workdir, "results.md"))
     # A finished row needs no data at all: dataset=None must not try to load the corpus.
-    assert train.run_experiment(LUONG, tiny_config(), [ROW], workdir, command="test")[0]["row"] == ROW
+    assert training.run_experiment(LUONG, tiny_config(), [ROW], workdir, command="test")[0]["row"] == ROW
 
 
 def test_killed_run_resumes_from_checkpoint(first_run, dataset, tmp_path):
@@ -159,7 +161,7 @@ def test_killed_run_resumes_from_checkpoint(first_run, dataset, tmp_path):
     os.remove(os.path.join(workdir, ROW, "done.json"))
     shutil.rmtree(os.path.join(workdir, ROW, "checkpoints", "10"))
     with count_train_steps() as calls:
-        records = train.run_experiment(LUONG, tiny_config(), [ROW], workdir, command="test", dataset=dataset)
+        records = training.run_experiment(LUONG, tiny_config(), [ROW], workdir, command="test", dataset=dataset)
     assert len(calls) == 5  # Steps 6..10 only.
     assert records[0]["steps"] == 10
     resumed, original = train_losses(workdir), train_losses(first_run[0])
@@ -169,21 +171,21 @@ def test_killed_run_resumes_from_checkpoint(first_run, dataset, tmp_path):
 
     # A larger step budget continues from the final checkpoint instead of starting over.
     with count_train_steps() as calls:
-        records = train.run_experiment(LUONG, tiny_config(**{"train.num_steps": 14}), [ROW], workdir,
-                                       command="test", dataset=dataset)
+        records = training.run_experiment(LUONG, tiny_config(**{"train.num_steps": 14}), [ROW], workdir,
+                                          command="test", dataset=dataset)
     assert len(calls) == 4 and records[0]["steps"] == 14
 
 
 def test_changed_model_refuses_to_resume(first_run, dataset, tmp_path):
     workdir = str(tmp_path / "w")
     shutil.copytree(first_run[0], workdir)
-    with pytest.raises(train.ConfigError, match="hidden_size"):
-        train.run_experiment(LUONG, tiny_config(**{"model.hidden_size": 8}), [ROW], workdir, dataset=dataset)
+    with pytest.raises(training.ConfigError, match="hidden_size"):
+        training.run_experiment(LUONG, tiny_config(**{"model.hidden_size": 8}), [ROW], workdir, dataset=dataset)
 
 
 def test_bahdanau_bleu_by_length(tmp_path, dataset):
     config = tiny_config(BAHDANAU, **{"train.num_steps": 4, "train.log_every": 2, "train.eval_every": 0})
-    records = train.run_experiment(BAHDANAU, config, ["RNNsearch-30"], str(tmp_path), dataset=dataset)
+    records = training.run_experiment(BAHDANAU, config, ["RNNsearch-30"], str(tmp_path), dataset=dataset)
     assert [b["bucket"] for b in records[0]["bleu_by_length"]] == ["1-3", "4-6", "7+"]
     assert sum(b["n"] for b in records[0]["bleu_by_length"]) == len(dataset.test)
     assert os.path.getsize(tmp_path / "bleu_by_length.png") > 0
@@ -195,7 +197,7 @@ def test_preset_then_overrides():
     assert config.train.num_steps == 7 and config.model.score == "dot"
     assert config.model.hidden_size == LUONG.presets["smoke"]["model.hidden_size"]
     assert cli.parse_rows(LUONG, "") == list(LUONG.default_rows)
-    with pytest.raises(train.ConfigError, match="unknown row"):
+    with pytest.raises(training.ConfigError, match="unknown row"):
         cli.parse_rows(LUONG, "global_dot,bogus")
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
 import random
 import subprocess
 import sys
@@ -17,10 +18,10 @@ import pytest
 
 from experiments import cli
 from experiments import lm
-from experiments import train
+from experiments import training
 from experiments import transformer_xl
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = str(pathlib.Path(__file__).resolve().parents[2])
 TINY = ["--preset=smoke", "--config.train.num_steps=20", "--config.train.log_every=5",
         "--config.train.eval_every=10", "--config.train.checkpoint_every=10", "--config.data.vocab_size=64",
         "--config.data.test_fraction=0.1", "--config.data.valid_fraction=0.1", "--config.eval.max_tokens=0",
@@ -121,7 +122,7 @@ def test_bad_flag_exits_2_with_one_line(flag, words, tmp_path):
 ])
 def test_bad_values_are_config_errors(path, value, words):
     config = cli.build_config(transformer_xl.EXPERIMENT, "smoke", {path: value})
-    with pytest.raises(train.ConfigError, match=words) as err:
+    with pytest.raises(training.ConfigError, match=words) as err:
         transformer_xl.validate(config)
     assert "fix:" in str(err.value)
 

@@ -1,0 +1,345 @@
+"""The translation experiments (Luong 2015, Bahdanau 2014, Vaswani 2017, Voita 2019): train, evaluate, report.
+
+`run_experiment` trains every requested row of an `Experiment` in its own directory ``workdir/<row>/`` and
+reports them together:
+
+* Training (`train_row`): Adam with global-norm gradient clipping (`experiments.training.optim`) on the
+  label-masked cross-entropy; one jitted step (params and optimiser state donated) per bucket shape, so only a
+  few compiles happen. The shared loop (`experiments.training.loop.train_loop`) logs step, loss, target
+  tokens/s, elapsed and ETA every ``train.log_every`` steps and the dev perplexity every ``train.eval_every``
+  steps, checkpoints with orbax every ``train.checkpoint_every`` steps and resumes from the latest checkpoint
+  with the same data order; a row stops at ``train.num_steps`` or after ``train.max_minutes``. A row whose
+  ``done.json`` holds the same config fingerprint is not retrained, only re-reported.
+* Evaluation (`evaluate_row`, after training): dev and test perplexity, beam-search translations detokenised by
+  the SentencePiece tokenizer, sacrebleu BLEU, BLEU by source length, alignment heatmaps.
+* Outputs (`experiments.training.report`): results.md / results.jsonl, loss_curves.png, heatmaps/*.png and,
+  when the experiment asks for it, bleu_by_length.png.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+import dataclasses
+import functools
+import json
+import os
+import time
+from typing import Any
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from experiments import configs
+from experiments import data
+from experiments import evaluation
+from experiments import plots
+from experiments.training import loop
+from experiments.training import optim
+from experiments.training import report
+from experiments.training import spec
+
+
+def make_train_step(model, optimizer: optax.GradientTransformation,
+                    train_config: ml_collections.ConfigDict | None = None) -> Callable:
+    """A jitted ``step(params, opt_state, batch, rng) -> (params, opt_state, nll_sum, tokens)``.
+
+    The loss is the mean label-masked cross-entropy per target token, against label-smoothed targets
+    when ``train.label_smoothing`` > 0 (arXiv:1706.03762 §5.4), plus ``train.l0_penalty`` times the
+    summed expected L0 of the model's head gates when that is > 0 (Voita et al. 2019,
+    arXiv:1905.09418, eq. 6; the model sows them as intermediates "l0" and draws gates from the
+    "gates" rng). ``nll_sum`` is the unsmoothed NLL, so the logged loss stays a log-perplexity.
+    Params and optimiser state are donated, so the update happens in place.
+    """
+    from attention_jax.transformer import label_smoothed_cross_entropy  # pylint: disable=import-outside-toplevel
+
+    tc = train_config if train_config is not None else ml_collections.ConfigDict()
+    smoothing = float(tc.get("label_smoothing", 0.0))
+    l0_weight = float(tc.get("l0_penalty", 0.0))
+
+    def loss_fn(params, batch, rng):
+        dropout_rng, gates_rng = jax.random.split(rng)
+        rngs = {"dropout": dropout_rng, "gates": gates_rng}
+        if l0_weight > 0:
+            (logits, _), inter = model.apply({"params": params}, batch["src"], batch["src_lengths"], batch["tgt_in"],
+                                             train=True, rngs=rngs, mutable=["intermediates"])
+            l0 = sum(jnp.sum(x) for x in jax.tree.leaves(inter))
+        else:
+            logits, _ = model.apply({"params": params}, batch["src"], batch["src_lengths"], batch["tgt_in"],
+                                    train=True, rngs=rngs)
+            l0 = 0.0
+        mask = batch["tgt_mask"].astype(jnp.float32)
+        total, count = label_smoothed_cross_entropy(logits, batch["tgt_out"], mask, smoothing=0.0)
+        if smoothing > 0:
+            smoothed, _ = label_smoothed_cross_entropy(logits, batch["tgt_out"], mask, smoothing=smoothing)
+        else:
+            smoothed = total
+        loss = smoothed / jnp.maximum(count, 1.0) + l0_weight * l0
+        return loss, (total, count)
+
+    def step(params, opt_state, batch, rng):
+        grads, (total, count) = jax.grad(loss_fn, has_aux=True)(params, batch, rng)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        return params, opt_state, total, count
+
+    return jax.jit(step, donate_argnums=(0, 1))
+
+
+def longest_source(dataset, buckets: Sequence[int]) -> int:
+    """The longest padded source length of any split (dev/test may exceed the last bucket)."""
+    longest = max((len(ex.src_ids) for split in (dataset.train, dataset.dev, dataset.test) for ex in split),
+                  default=1)
+    return max(int(max(buckets)), data.padded_length(longest, tuple(buckets)))
+
+
+def init_params(model, rng: jax.Array, buckets: Sequence[int]):
+    """Initialises the model parameters on a dummy batch of the smallest bucket shape."""
+    length = int(min(buckets))
+    src = jnp.full((2, length), evaluation.EOS_ID, jnp.int32)
+    lengths = jnp.full((2,), length, jnp.int32)
+    variables = jax.jit(functools.partial(model.init, train=False))({"params": rng, "dropout": rng}, src, lengths,
+                                                                    src)
+    return variables["params"]
+
+
+@dataclasses.dataclass
+class TrainOutcome:
+    """What `train_row` did: the final params and how the budget was spent."""
+
+    params: Any
+    forward: Callable
+    steps: int
+    steps_this_run: int
+    minutes: float
+    stop_reason: str
+    epoch: int
+
+
+def filter_train(examples: Sequence[Any], max_source_words: int) -> list[Any]:
+    """Training pairs whose source has at most ``max_source_words`` words (0 keeps all)."""
+    if max_source_words <= 0:
+        return list(examples)
+    return [ex for ex in examples if len(ex.src_text.split()) <= max_source_words]
+
+
+def train_row(model, cfg: ml_collections.ConfigDict, train_examples: Sequence[Any], dev_examples: Sequence[Any],
+              row_dir: str, *, row: str) -> TrainOutcome:
+    """Trains (or resumes) one row until its step or time budget is spent.
+
+    Args:
+      model: the row's `Seq2Seq`.
+      cfg: the row's config.
+      train_examples: training `experiments.data.Example` list (already filtered for the row).
+      dev_examples: dev examples for the periodic perplexity.
+      row_dir: ``workdir/<row>``; holds checkpoints/ and metrics.jsonl.
+      row: row name, for the log.
+
+    Returns:
+      A `TrainOutcome`.
+
+    Raises:
+      ConfigError: if no training batch can be formed.
+    """
+    tc = cfg.train
+    buckets = tuple(int(b) for b in cfg.data.buckets)
+    optimizer = optim.make_optimizer(tc, cfg.model)
+    init_rng, dropout_rng = jax.random.split(jax.random.PRNGKey(cfg.seed))
+    params = init_params(model, init_rng, buckets)
+    train_step = make_train_step(model, optimizer, tc)
+    forward = evaluation.make_forward(model)
+    logging.info("[%s] %d training pairs", row, len(train_examples))
+
+    def step_fn(params, opt_state, carry, batch, rng):
+        params, opt_state, total, count = train_step(params, opt_state, evaluation.model_batch(batch), rng)
+        return params, opt_state, carry, total, count
+
+    def epoch_batches(epoch: int):
+        if not train_examples:
+            raise spec.ConfigError(f"row {row!r} has no training batch ({len(train_examples)} training pairs); fix: "
+                                   "raise --config.data.max_words / --config.data.max_train or the largest of "
+                                   "--config.data.buckets")
+        for batch in data.batches(train_examples, tc.batch_size, buckets, shuffle=True, seed=cfg.seed, epoch=epoch):
+            yield batch, float(np.sum(batch["tgt_mask"]))
+
+    def dev_perplexity(params) -> dict[str, float]:
+        dev = evaluation.perplexity(forward, params, dev_examples, batch_size=cfg.eval.batch_size, buckets=buckets)
+        return {"dev_loss": dev["nll"], "dev_ppl": dev["ppl"]}
+
+    def warm_start(params, opt_state):
+        init_from = tc.get("init_from", "")
+        if not init_from:
+            return params, opt_state
+        params, copied = loop.warm_start(params, spec.resolve_init_from(init_from, os.path.dirname(row_dir)))
+        logging.info("[%s] initialised %d of %d parameter arrays from %s", row, copied, len(jax.tree.leaves(params)),
+                     init_from)
+        return params, optimizer.init(params)
+
+    outcome = loop.train_loop(step_fn, params, optimizer.init(params), epoch_batches, train_config=tc,
+                              run_dir=row_dir, rng=dropout_rng, evaluate=dev_perplexity if dev_examples else None,
+                              on_fresh_start=warm_start, label=row)
+    return TrainOutcome(params=outcome.params, forward=forward, steps=outcome.steps,
+                        steps_this_run=outcome.steps_this_run, minutes=outcome.minutes,
+                        stop_reason=outcome.stop_reason, epoch=outcome.epoch)
+
+
+def _write_lines(path: str, lines: Sequence[str]) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        for line in lines:
+            f.write(line.replace("\n", " ") + "\n")
+
+
+def evaluate_row(model, params, cfg: ml_collections.ConfigDict, dataset, row_dir: str, heatmap_dir: str, *,
+                 row: str, forward: Callable | None = None) -> dict[str, Any]:
+    """Dev/test perplexity, BLEU (overall and by source length) and alignment heatmaps of one row.
+
+    ``forward`` (from `evaluation.make_forward`) may be passed to reuse its compiled shapes.
+
+    Returns:
+      A dict with dev_ppl, test_ppl, dev_bleu (None when eval.dev_bleu is off), test_bleu,
+      bleu_by_length and heatmaps (PNG paths).
+    """
+    ec = cfg.eval
+    buckets = tuple(int(b) for b in cfg.data.buckets)
+    tokenizer = dataset.tokenizer
+    forward = forward or evaluation.make_forward(model)
+    t0 = time.monotonic()
+    out: dict[str, Any] = {}
+    for split in ("dev", "test"):
+        examples = getattr(dataset, split)
+        out[f"{split}_ppl"] = evaluation.perplexity(forward, params, examples, batch_size=ec.batch_size,
+                                                    buckets=buckets)["ppl"] if examples else None
+    decoder = evaluation.make_decoder(model, beam_size=ec.beam_size, length_penalty=ec.length_penalty)
+    max_len_fn = functools.partial(evaluation.decode_len, ratio=ec.decode_len_ratio, extra=ec.decode_len_extra,
+                                   max_len=ec.max_decode_len)
+    test_ids: list[list[int]] = []
+    for split in ("dev", "test"):
+        examples = getattr(dataset, split)
+        if not examples or (split == "dev" and not ec.dev_bleu):
+            out[f"{split}_bleu"] = None
+            continue
+        ids = evaluation.translate(decoder, params, examples, batch_size=ec.batch_size, buckets=buckets,
+                                   max_len_fn=max_len_fn)
+        hyps = [tokenizer.decode(x) for x in ids]
+        refs = [ex.tgt_text for ex in examples]
+        out[f"{split}_bleu"] = evaluation.corpus_bleu(hyps, refs)
+        _write_lines(os.path.join(row_dir, f"{split}_translations.txt"), hyps)
+        if split == "test":
+            test_ids = ids
+            words = [len(ex.src_text.split()) for ex in examples]
+            out["bleu_by_length"] = evaluation.bleu_by_length(hyps, refs, words, tuple(ec.length_bins))
+    out["heatmaps"] = []
+    if cfg.model.get("attention", "") != "none" and test_ids and ec.num_heatmaps > 0:
+        indices = evaluation.pick_heatmap_examples(dataset.test, ec.num_heatmaps, ec.heatmap_max_tokens)
+        aligned = evaluation.alignments(forward, params, dataset.test, test_ids, tokenizer, indices=indices,
+                                        batch_size=ec.batch_size, buckets=buckets)
+        for al in aligned:
+            src_text = dataset.test[al.index].src_text
+            title = f"{row}: test sentence {al.index}\n{src_text[:90]}{'...' if len(src_text) > 90 else ''}"
+            path = os.path.join(heatmap_dir, f"{spec.row_dir_name(row)}_test{al.index}.png")
+            plots.attention_heatmap(al.weights, al.source, al.target, path, title=title)
+            out["heatmaps"].append(path)
+    logging.info("[%s] evaluated in %.1f s: dev ppl %s, test ppl %s, dev BLEU %s, test BLEU %s", row,
+                 time.monotonic() - t0, _fmt(out["dev_ppl"]), _fmt(out["test_ppl"]), _fmt(out["dev_bleu"]),
+                 _fmt(out["test_bleu"]))
+    return out
+
+
+def _fmt(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}"
+
+
+def run_experiment(exp: spec.Experiment, config: ml_collections.ConfigDict, rows: Sequence[str], workdir: str, *,
+                   preset: str = "", command: str = "", dataset=None,
+                   cache_dir: str | None = None) -> list[dict[str, Any]]:
+    """Trains, evaluates and reports every requested row; returns the records of the table.
+
+    Args:
+      exp: the experiment.
+      config: the config after preset and overrides (rows add their own fields).
+      rows: row names to run, in any order (the table follows ``exp.row_names``).
+      workdir: output directory (created).
+      preset: preset name, for config.json and results.md.
+      command: the command line, for command.txt and results.md.
+      dataset: an `experiments.data.Dataset` to use instead of ``data.prepare(config.data)``
+        (tests pass a tiny one).
+      cache_dir: where `experiments.data.prepare` caches tokenizers (None: its default,
+        ``<data.data_dir>/tokenizers``).
+
+    Returns:
+      The result records in table order (rows finished earlier in this workdir with the same
+      config are included).
+
+    Raises:
+      ConfigError: unknown rows, a checkpoint from another config, no training data.
+      experiments.data.DataError: the corpus cannot be obtained or read.
+    """
+    loop.quiet_orbax_logging()
+    started = time.monotonic()
+    os.makedirs(workdir, exist_ok=True)
+    row_cfgs = {row: spec.row_config(exp, config, row) for row in rows}
+    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+        json.dump({"experiment": exp.name, "preset": preset, "rows": list(rows), "config": config.to_dict(),
+                   "row_configs": {r: c.to_dict() for r, c in row_cfgs.items()}}, f, indent=2, sort_keys=True,
+                  default=list)
+    if command:
+        with open(os.path.join(workdir, "command.txt"), "w", encoding="utf-8") as f:
+            f.write(command + "\n")
+    heatmap_dir = os.path.join(workdir, "heatmaps")
+
+    flats = {row: configs.flatten(cfg) for row, cfg in row_cfgs.items()}
+    fps = {row: spec.fingerprint(flat) for row, flat in flats.items()}
+    todo = []
+    for row in rows:
+        row_dir = os.path.join(workdir, spec.row_dir_name(row))
+        if spec.done_record(row_dir, fps[row]) is None:
+            spec.check_resumable(exp, row, flats[row], row_dir)
+            todo.append(row)
+    if todo and dataset is None:
+        t0 = time.monotonic()
+        dataset = data.prepare(config.data, cache_dir)
+        logging.info("data %s: %d train / %d dev / %d test pairs, vocabulary %d (%.1f s)",
+                     report.corpus_label(config.data), len(dataset.train), len(dataset.dev), len(dataset.test),
+                     dataset.tokenizer.vocab_size, time.monotonic() - t0)
+
+    records: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        row_dir = os.path.join(workdir, spec.row_dir_name(row))
+        cfg, fp = row_cfgs[row], fps[row]
+        done = spec.done_record(row_dir, fp)
+        if done is not None:
+            logging.info("[%s] already finished with this config (%s); re-reporting it", row,
+                         os.path.join(row_dir, "done.json"))
+            records[row] = done
+            continue
+        os.makedirs(row_dir, exist_ok=True)
+        with open(os.path.join(row_dir, "row_config.json"), "w", encoding="utf-8") as f:
+            json.dump(flats[row], f, indent=2, sort_keys=True)
+        train_examples = filter_train(dataset.train, cfg.train.max_source_words)
+        model = exp.make_model(cfg.model, dataset.tokenizer.vocab_size, longest_source(dataset, cfg.data.buckets))
+        logging.info("[%s] training: %s", row, ", ".join(f"{k}={v}" for k, v in exp.rows.get(row, {}).items()))
+        outcome = train_row(model, cfg, train_examples, dataset.dev, row_dir, row=row)
+        scores = evaluate_row(model, outcome.params, cfg, dataset, row_dir, heatmap_dir, row=row,
+                              forward=outcome.forward)
+        record = {"row": row, **exp.describe(cfg),
+                  "params": sum(int(np.prod(x.shape)) for x in jax.tree.leaves(outcome.params)),
+                  "dev_ppl": scores["dev_ppl"],
+                  "test_ppl": scores["test_ppl"], "dev_bleu": scores["dev_bleu"], "test_bleu": scores["test_bleu"],
+                  "steps": outcome.steps, "train_minutes": round(outcome.minutes, 2),
+                  "stop_reason": outcome.stop_reason, "epochs": outcome.epoch,
+                  "train_pairs": len(train_examples), "max_source_words": cfg.train.max_source_words,
+                  "bleu_by_length": scores.get("bleu_by_length"),
+                  "heatmaps": [os.path.relpath(p, workdir) for p in scores["heatmaps"]],
+                  "seed": cfg.seed, "machine": report.machine_description(), "fingerprint": fp}
+        if exp.record_extras is not None:
+            record.update(exp.record_extras(model, outcome.params, cfg))
+        with open(os.path.join(row_dir, "done.json"), "w", encoding="utf-8") as f:
+            json.dump({"fingerprint": fp, "record": record}, f, indent=2, sort_keys=True)
+        records[row] = record
+        report.write_report(exp, config, workdir, rows, records, preset=preset, command=command,
+                            started=started)
+    return report.write_report(exp, config, workdir, rows, records, preset=preset, command=command, final=True,
+                               started=started)
