@@ -1,8 +1,8 @@
-"""Attention kernel benchmark: `python -m attention_jax.kernels.benchmark` (GPU and CPU modes).
+"""Attention kernel benchmark: `python -m experiments.benchmarks.kernels` (GPU and CPU modes).
 
 GPU (one command, from the repository root, on e.g. an H100 with jax 0.11 + CUDA):
 
-    python -m attention_jax.kernels.benchmark --mode=gpu
+    python -m experiments.benchmarks.kernels --mode=gpu
 
   (`--mode` defaults to `gpu` when `jax.default_backend() == "gpu"`, else `cpu`.) Subsets: `--head_dims=128
   --seq_lens=4096,8192 --causal=true --impls=flash,cudnn`; a quick check: `--preset=smoke`. Without a GPU,
@@ -57,7 +57,8 @@ CPU (`--mode=cpu`): `attention_jax.blockwise.blockwise_attention(block_k=--block
   `--preset=smoke`: S in {256, 512}, N = 2, 2 iterations (well under a minute on 2 cores).
 
 Output (both modes): the device, jax version and command, then a Markdown table on stdout and in `--out`
-(default `benchmarks/results/kernels_<mode>.md`), and one JSON object per measurement in the `.jsonl` next to it.
+(default `experiments/benchmarks/results/kernels_<mode>.md`, beside this file), and one JSON object per
+measurement in the `.jsonl` next to it.
 """
 
 from __future__ import annotations
@@ -81,37 +82,6 @@ from absl import app, flags
 
 FLAGS = flags.FLAGS
 
-flags.DEFINE_enum("mode", None, ["gpu", "cpu", "cpu_child"],
-                  "gpu or cpu; default gpu when jax.default_backend() == 'gpu', else cpu. cpu_child is internal.")
-flags.DEFINE_enum("preset", "full", ["full", "smoke"], "smoke: tiny sizes for a quick check.")
-flags.DEFINE_string("out", None, "Markdown output; default benchmarks/results/kernels_<mode>.md. The .jsonl "
-                    "goes next to it.")
-flags.DEFINE_list("seq_lens", None, "S = T values; default 512..16384 (gpu), 1024..32768 (cpu).")
-# GPU mode.
-flags.DEFINE_list("head_dims", ["64", "128"], "gpu: head dims H.")
-flags.DEFINE_list("causal", ["false", "true"], "gpu: causal values.")
-flags.DEFINE_list("impls", None, "gpu: implementations (default all): flash, flash_mgpu, xla, cudnn, "
-                  "pallas_triton, pallas_mgpu. cpu: blockwise, xla.")
-flags.DEFINE_list("passes", ["fwd", "fwd+bwd"], "gpu: passes to time (bwd is derived when both run).")
-flags.DEFINE_integer("tokens", 16384, "gpu: B * S; B = max(1, tokens // S).")
-flags.DEFINE_integer("num_heads", None, "N; default gpu: 2048 // H (16 for H=128, 32 for H=64); cpu: 8 "
-                     "(smoke: 2).")
-flags.DEFINE_integer("iters", 10, "gpu: timed iterations per cell (median reported).")
-flags.DEFINE_integer("warmup", 2, "gpu: untimed runs after compiling.")
-flags.DEFINE_enum("timer", "cupti", ["cupti", "wall"], "gpu: CUPTI kernel timestamps (fallback wall) or wall.")
-# CPU mode.
-flags.DEFINE_integer("block_k", 512, "cpu: blockwise_attention key chunk.")
-flags.DEFINE_integer("batch", 1, "cpu: B.")
-flags.DEFINE_integer("head_dim", 64, "cpu: H.")
-flags.DEFINE_integer("cpu_iters", None, "cpu: timed iterations after one warm-up; default 5 (S <= 4k), "
-                     "3 (S <= 16k), 2 (larger); smoke: 2.")
-flags.DEFINE_float("memory_limit_gib", 20.0, "cpu: skip a config whose estimated memory exceeds this (or "
-                   "MemAvailable, if smaller).")
-flags.DEFINE_float("child_timeout_s", 3600.0, "cpu: wall-clock limit per child process.")
-# cpu_child (internal).
-flags.DEFINE_string("child_impl", None, "cpu_child: blockwise or xla.")
-flags.DEFINE_integer("child_seq_len", None, "cpu_child: S.")
-
 GPU_IMPLS = ("flash", "flash_mgpu", "xla", "cudnn", "pallas_triton", "pallas_mgpu")
 CPU_IMPLS = ("blockwise", "xla")
 GPU_SEQ_LENS = (512, 1024, 2048, 4096, 8192, 16384)
@@ -120,6 +90,44 @@ CHILD_MARKER = "KERNEL_BENCHMARK_RESULT "
 GIB = 2.0 ** 30
 RSS_SAFETY = 2.0  # cpu memory guard: estimate = RSS_SAFETY * (temp + arguments + outputs) ...
 XLA_SCORE_COPIES = 10  # ... and, for xla, at least this many float32 [B, N, T, S] arrays
+RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+# The repository root, put on the children's PYTHONPATH so that `-m experiments.benchmarks.kernels` resolves
+# from any working directory.
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def define_flags() -> None:
+    """Defines this script's flags (only when it runs as a script, so that importing it defines none)."""
+    flags.DEFINE_enum("mode", None, ["gpu", "cpu", "cpu_child"],
+                      "gpu or cpu; default gpu when jax.default_backend() == 'gpu', else cpu. cpu_child is internal.")
+    flags.DEFINE_enum("preset", "full", ["full", "smoke"], "smoke: tiny sizes for a quick check.")
+    flags.DEFINE_string("out", None, "Markdown output; default experiments/benchmarks/results/kernels_<mode>.md. "
+                        "The .jsonl goes next to it.")
+    flags.DEFINE_list("seq_lens", None, "S = T values; default 512..16384 (gpu), 1024..32768 (cpu).")
+    # GPU mode.
+    flags.DEFINE_list("head_dims", ["64", "128"], "gpu: head dims H.")
+    flags.DEFINE_list("causal", ["false", "true"], "gpu: causal values.")
+    flags.DEFINE_list("impls", None, "gpu: implementations (default all): flash, flash_mgpu, xla, cudnn, "
+                      "pallas_triton, pallas_mgpu. cpu: blockwise, xla.")
+    flags.DEFINE_list("passes", ["fwd", "fwd+bwd"], "gpu: passes to time (bwd is derived when both run).")
+    flags.DEFINE_integer("tokens", 16384, "gpu: B * S; B = max(1, tokens // S).")
+    flags.DEFINE_integer("num_heads", None, "N; default gpu: 2048 // H (16 for H=128, 32 for H=64); cpu: 8 "
+                         "(smoke: 2).")
+    flags.DEFINE_integer("iters", 10, "gpu: timed iterations per cell (median reported).")
+    flags.DEFINE_integer("warmup", 2, "gpu: untimed runs after compiling.")
+    flags.DEFINE_enum("timer", "cupti", ["cupti", "wall"], "gpu: CUPTI kernel timestamps (fallback wall) or wall.")
+    # CPU mode.
+    flags.DEFINE_integer("block_k", 512, "cpu: blockwise_attention key chunk.")
+    flags.DEFINE_integer("batch", 1, "cpu: B.")
+    flags.DEFINE_integer("head_dim", 64, "cpu: H.")
+    flags.DEFINE_integer("cpu_iters", None, "cpu: timed iterations after one warm-up; default 5 (S <= 4k), "
+                         "3 (S <= 16k), 2 (larger); smoke: 2.")
+    flags.DEFINE_float("memory_limit_gib", 20.0, "cpu: skip a config whose estimated memory exceeds this (or "
+                       "MemAvailable, if smaller).")
+    flags.DEFINE_float("child_timeout_s", 3600.0, "cpu: wall-clock limit per child process.")
+    # cpu_child (internal).
+    flags.DEFINE_string("child_impl", None, "cpu_child: blockwise or xla.")
+    flags.DEFINE_integer("child_seq_len", None, "cpu_child: S.")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -150,11 +158,11 @@ def _short(exc: BaseException, limit: int = 140) -> str:
 
 def _command() -> str:
     return " ".join(shlex.quote(a) for a in [os.path.basename(sys.executable), "-m",
-                                            "attention_jax.kernels.benchmark", *sys.argv[1:]])
+                                            "experiments.benchmarks.kernels", *sys.argv[1:]])
 
 
 def _out_paths(mode: str) -> tuple[str, str]:
-    md = FLAGS.out or os.path.join("benchmarks", "results", f"kernels_{mode}.md")
+    md = FLAGS.out or os.path.join(RESULTS_DIR, f"kernels_{mode}.md")
     return md, os.path.splitext(md)[0] + ".jsonl"
 
 
@@ -198,8 +206,9 @@ def _gpu_builders() -> dict[str, Callable[[int, bool], Callable]]:
 
     def flash(kernel):
         def build(head_dim, causal):
+            from attention_jax.core.masks import AttentionMask
             from attention_jax.kernels.flash import flash_attention
-            return functools.partial(flash_attention, is_causal=causal, kernel=kernel)
+            return functools.partial(flash_attention, mask=AttentionMask(is_causal=causal), kernel=kernel)
         return build
 
     def nn(implementation):
@@ -339,7 +348,7 @@ def run_gpu() -> int:
     import jax.numpy as jnp
 
     if jax.default_backend() != "gpu":
-        print(f"kernels.benchmark --mode=gpu needs a GPU, but jax's default backend is "
+        print(f"experiments.benchmarks.kernels --mode=gpu needs a GPU, but jax's default backend is "
               f"'{jax.default_backend()}' (devices: {jax.devices()}). Use --mode=cpu here.", file=sys.stderr)
         return 2
     smoke = FLAGS.preset == "smoke"
@@ -543,15 +552,16 @@ def run_cpu_child() -> int:
 
 
 def _run_child(impl: str, seq_len: int, settings: dict) -> dict:
-    cmd = [sys.executable, "-m", "attention_jax.kernels.benchmark", "--mode=cpu_child", f"--child_impl={impl}",
+    cmd = [sys.executable, "-m", "experiments.benchmarks.kernels", "--mode=cpu_child", f"--child_impl={impl}",
            f"--child_seq_len={seq_len}", f"--batch={FLAGS.batch}", f"--num_heads={settings['num_heads']}",
            f"--head_dim={FLAGS.head_dim}", f"--block_k={settings['block_k']}",
            f"--cpu_iters={_cpu_iters(seq_len)}", f"--memory_limit_gib={FLAGS.memory_limit_gib}"]
     base = {"impl": impl, "seq_len": seq_len, "batch": FLAGS.batch, "num_heads": settings["num_heads"],
             "head_dim": FLAGS.head_dim}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (REPO_ROOT, os.environ.get("PYTHONPATH")) if p)}
     start = time.perf_counter()
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=FLAGS.child_timeout_s)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=FLAGS.child_timeout_s, env=env)
     except subprocess.TimeoutExpired:
         return {**base, "status": f"timeout after {FLAGS.child_timeout_s:g} s (child killed)"}
     wall = time.perf_counter() - start
@@ -634,4 +644,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

@@ -1,25 +1,26 @@
-"""Tests of attention_jax.kernels.benchmark: FLOP formulas, the CPU smoke preset end to end (subprocesses), the
+"""Tests of experiments/benchmarks/kernels.py: FLOP formulas, the CPU smoke preset end to end (subprocesses), the
 memory guard, and `--mode=gpu` without a GPU (one clear message, no traceback)."""
 
 from __future__ import annotations
 
 import json
 import os
+import pathlib
 import subprocess
 import sys
 
 import jax
 import pytest
 
-from attention_jax.kernels import benchmark
+from experiments.benchmarks import kernels as benchmark
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = str(pathlib.Path(__file__).resolve().parents[3])
 
 
 def _run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     env = dict(os.environ)
     env["PYTHONPATH"] = REPO + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    return subprocess.run([sys.executable, "-m", "attention_jax.kernels.benchmark", *args], cwd=REPO, env=env,
+    return subprocess.run([sys.executable, "-m", "experiments.benchmarks.kernels", *args], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
+import pathlib
 import subprocess
 import sys
 
@@ -16,7 +16,7 @@ import pytest
 
 from experiments.benchmarks import transformer_step
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = str(pathlib.Path(__file__).resolve().parents[3])
 HAS_TORCH = importlib.util.find_spec("torch") is not None
 
 

@@ -1,0 +1,1 @@
+"""Tests of experiments/benchmarks/: each script end to end on a tiny preset."""
