@@ -15,7 +15,7 @@ from absl.testing import absltest, parameterized
 from jax import test_util as jtu
 
 import attention_jax as aj
-from attention_jax.core import context
+from attention_jax.core import alignment, context, scores
 from tests import reference as ref
 
 B, T, S = 2, 4, 6
@@ -23,7 +23,8 @@ DQ, DK, DV = 4, 5, 3
 A = 5
 S_MAX = 8
 LENGTHS = (S, 3)  # Batch element 1 is padded after 3 keys.
-ALL_SCORES = ("dot", "scaled_dot", "general", "concat", "additive", "location", "cosine")
+ALL_SCORES = tuple(scores.SCORES)  # the registry (tests/core/scores_test.py pins its names)
+MODES = context.MODES
 _BAD = (ValueError, TypeError)
 
 
@@ -59,7 +60,7 @@ def _case(score, *, seed=0, mode="global", mask_kind="bs", num_keys=S, margin=0.
     For local-p the draw is repeated until every reference p_t is at least `margin` away from an integer, so
     floor(p_t) (the window) is the same in float32 and float64 and under finite-difference perturbations.
     """
-    dk = DQ if score in ("dot", "scaled_dot", "cosine") else DK
+    dk = DQ if scores.SCORES[score].same_features else DK
     for attempt in range(200):
         rng = np.random.default_rng(1000 * seed + attempt)
         query = rng.standard_normal((B, T, DQ)).astype(np.float32)
@@ -521,9 +522,6 @@ class AttendErrorsTest(parameterized.TestCase):
             self._attend(mode="local_p", window=1, key_lengths=lengths)
 
 
-if __name__ == "__main__":
-    absltest.main()
-
 
 class AttendFromLogitsTest(parameterized.TestCase):
     """attend_from_logits: the global path of attend for callers that computed the logits themselves."""
@@ -555,3 +553,332 @@ class AttendFromLogitsTest(parameterized.TestCase):
     def test_rejects_value_that_does_not_fit(self):
         with _raises(ValueError, (B, T, S), (B, S + 1, DV)):
             context.attend_from_logits(jnp.zeros((B, T, S)), jnp.zeros((B, S + 1, DV)))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Reliability (issue 9): NaN padding and gradients, key_lengths, local-p spans, empty sequences, bad input.
+
+
+def _poisoned_case(score, mode, seed):
+    """A [B, T, S] mask with a dead key column, a fully masked query row and padding; inputs with NaN/inf there.
+
+    Returns (clean, poisoned, mask, params): clean/poisoned are (query, key, value) numpy float32 tuples that
+    differ only in rows no valid pair uses (keys/values nobody attends, the query that attends nothing).
+    """
+    query, key, value, _, params = _case(score, seed=seed, mode=mode, mask_kind="none")
+    rng = np.random.default_rng(seed)
+    mask = ref.padding_mask([S, 4], S)[:, None, :] & (rng.random((B, T, S)) < 0.8)
+    mask[:, :, 0] = True
+    mask[0, :, 2] = False  # key 2 of row 0: attended by nobody
+    mask[1, 1] = False  # query 1 of row 1: attends nothing
+    dead_key = ~mask.any(axis=1)  # [B, S]
+    dead_query = ~mask.any(axis=2)  # [B, T]
+    p_query, p_key, p_value = query.copy(), key.copy(), value.copy()
+    p_key[dead_key] = np.nan
+    p_value[dead_key] = np.inf
+    p_query[dead_query] = np.nan
+    return (query, key, value), (p_query, p_key, p_value), mask, params
+
+
+def _value_and_grads(score, mode, inputs, mask, params, **kw):
+    cot = jnp.asarray(np.random.default_rng(99).standard_normal((B, T, DV)), jnp.float32)
+
+    def loss(q, k, v, p):
+        ctx, weights = context.attend(q, k, v, jnp.asarray(mask), score=score, params=p, mode=mode, window=2, **kw)
+        return jnp.sum(ctx * cot) + jnp.sum(weights * jnp.arange(S, dtype=jnp.float32)), (ctx, weights)
+
+    (_, outs), grads = jax.value_and_grad(loss, argnums=(0, 1, 2, 3), has_aux=True)(*map(_j, (*inputs, params)))
+    return outs, grads
+
+
+class AttendNanPaddingGradientTest(parameterized.TestCase):
+    """NaN/inf in keys and values nobody attends, and in queries that attend nothing, change nothing.
+
+    Before the fix, scores were computed on the raw keys and only the values were zeroed: the forward pass was
+    clean but d query = sum_s d logits_s k_s = 0 * NaN = NaN on the live rows.
+    """
+
+    @parameterized.named_parameters(
+        *[dict(testcase_name=f"{mode}_{score}", score=score, mode=mode) for mode in MODES for score in ALL_SCORES])
+    def test_output_and_gradients_equal_the_clean_ones(self, score, mode):
+        clean, poisoned, mask, params = _poisoned_case(score, mode, seed=31)
+        (ctx_c, w_c), grads_c = _value_and_grads(score, mode, clean, mask, params)
+        (ctx_p, w_p), grads_p = _value_and_grads(score, mode, poisoned, mask, params)
+        for name, got in (("context", ctx_p), ("weights", w_p), *zip(("d_query", "d_key", "d_value"), grads_p[:3]),
+                          *((f"d_{n}", g) for n, g in grads_p[3].items())):
+            self.assertTrue(np.all(np.isfinite(np.asarray(got))), f"{name} is not finite")
+        chex.assert_trees_all_close((ctx_p, w_p), (ctx_c, w_c), rtol=1e-6, atol=1e-6)
+        chex.assert_trees_all_close(grads_p, grads_c, rtol=1e-6, atol=1e-6)
+        # The dead rows get exactly zero gradients, and the live query rows a nonzero one.
+        g_q, g_k, g_v = (np.asarray(g) for g in grads_p[:3])
+        np.testing.assert_array_equal(g_q[1, 1], 0.0)
+        np.testing.assert_array_equal(g_k[0, 2], 0.0)
+        np.testing.assert_array_equal(g_v[0, 2], 0.0)
+        self.assertTrue(np.any(g_v[0] != 0.0) and np.any(g_q[0] != 0.0))
+        # And the clean result is the float64 reference.
+        want_ctx, want_w = ref.attend(*clean, mask, score=score, params=params, mode=mode, window=2)
+        ref.assert_close(w_c, want_w)
+        ref.assert_close(ctx_c, want_ctx)
+
+    @parameterized.parameters("dot", "general", "additive")
+    def test_local_m_keys_outside_every_window(self, score):
+        # T = 4 queries with D = 1 see keys 0..4; key 5 is in no window, so NaN there must not matter either.
+        query, key, value, _, params = _case(score, seed=32, mode="local_m", mask_kind="none")
+        poisoned_key, poisoned_value = key.copy(), value.copy()
+        poisoned_key[:, S - 1] = np.nan
+        poisoned_value[:, S - 1] = np.nan
+        mask = np.ones((B, S), bool)
+
+        def run(k, v):
+            def loss(q, k, v, p):
+                ctx, _ = context.attend(q, k, v, jnp.asarray(mask), score=score, params=p, mode="local_m", window=1)
+                return jnp.sum(ctx ** 2), ctx
+            return jax.value_and_grad(loss, argnums=(0, 1, 2, 3), has_aux=True)(*map(_j, (query, k, v, params)))
+
+        (_, ctx_c), grads_c = run(key, value)
+        (_, ctx_p), grads_p = run(poisoned_key, poisoned_value)
+        chex.assert_tree_all_finite((ctx_p, grads_p))
+        chex.assert_trees_all_close((ctx_p, grads_p), (ctx_c, grads_c), rtol=1e-6, atol=1e-6)
+
+    def test_attend_from_logits_nan_in_masked_logits_and_values(self):
+        rng = np.random.default_rng(33)
+        logits = rng.standard_normal((B, T, S)).astype(np.float32)
+        value = rng.standard_normal((B, S, DV)).astype(np.float32)
+        mask = ref.padding_mask(LENGTHS, S)
+        p_logits, p_value = logits.copy(), value.copy()
+        p_logits[1, :, LENGTHS[1]:] = np.nan
+        p_value[1, LENGTHS[1]:] = np.nan
+
+        def run(lg, v):
+            fn = lambda lg, v: jnp.sum(context.attend_from_logits(lg, v, jnp.asarray(mask))[0] ** 2)
+            return jax.value_and_grad(fn, argnums=(0, 1))(jnp.asarray(lg), jnp.asarray(v))
+
+        got, want = run(p_logits, p_value), run(logits, value)
+        chex.assert_tree_all_finite(got)
+        chex.assert_trees_all_close(got, want, rtol=1e-6, atol=1e-6)
+
+
+class AttendKeyLengthsTest(parameterized.TestCase):
+    """key_lengths is a mask in every mode (before the fix it was ignored in global and local-m)."""
+
+    @parameterized.parameters(*MODES)
+    def test_key_lengths_equal_the_padding_mask(self, mode):
+        query, key, value, _, params = _case("general", seed=40, mode=mode, mask_kind="bs")
+        lengths = np.array([S - 1, 3], np.int32)
+        kw = dict(score="general", params=_j(params), mode=mode, window=2)
+        ctx_l, w_l = context.attend(*map(_j, (query, key, value)), None, key_lengths=jnp.asarray(lengths), **kw)
+        ctx_m, w_m = context.attend(*map(_j, (query, key, value, ref.padding_mask(lengths, S))), **kw)
+        np.testing.assert_array_equal(np.asarray(w_l)[1, :, 3:], 0.0)
+        np.testing.assert_array_equal(np.asarray(w_l)[0, :, S - 1], 0.0)
+        chex.assert_trees_all_close((ctx_l, w_l), (ctx_m, w_m), rtol=1e-6, atol=1e-7)
+        want_ctx, want_w = ref.attend(query, key, value, ref.padding_mask(lengths, S), score="general",
+                                      params=params, mode=mode, window=2)
+        ref.assert_close(w_l, want_w)
+        ref.assert_close(ctx_l, want_ctx)
+
+    @parameterized.parameters(*MODES)
+    def test_key_lengths_combine_with_a_3d_mask(self, mode):
+        query, key, value, mask, params = _case("dot", seed=41, mode=mode, mask_kind="bts")
+        lengths = np.array([4, 2], np.int32)
+        kw = dict(score="dot", params=_j(params), mode=mode, window=2)
+        ctx, weights = context.attend(*map(_j, (query, key, value, mask)), key_lengths=jnp.asarray(lengths), **kw)
+        combined = mask & ref.padding_mask(lengths, S)[:, None, :]
+        ctx_m, w_m = context.attend(*map(_j, (query, key, value, combined)), **kw)
+        chex.assert_trees_all_close((ctx, weights), (ctx_m, w_m), rtol=1e-6, atol=1e-7)
+        self.assertTrue(np.all(np.asarray(weights)[~combined] == 0.0))
+
+    def test_key_lengths_errors(self):
+        query, key, value, _, _ = _case("dot", seed=42, mask_kind="none")
+        with _raises(TypeError, "key_lengths", "float32"):
+            context.attend(*map(_j, (query, key, value)), key_lengths=jnp.full((B,), 3.0))
+        with _raises(ValueError, "key_lengths", (B + 1,)):
+            context.attend(*map(_j, (query, key, value)), key_lengths=jnp.full((B + 1,), 3))
+        with _raises(TypeError, "key_lengths", "list"):
+            context.attend(*map(_j, (query, key, value)), key_lengths=[3, 3])
+
+
+class LocalPSpanTest(parameterized.TestCase):
+    """Local-p centres p_t on each row's valid span (before the fix, p_t = S_b sigmoid(.) assumed right padding)."""
+
+    def _draw(self, seed, num_valid):
+        rng = np.random.default_rng(seed)
+        query = rng.standard_normal((B, T, DQ)).astype(np.float32)
+        key = rng.standard_normal((B, S, DK)).astype(np.float32)
+        value = rng.standard_normal((B, S, DV)).astype(np.float32)
+        params = ref.random_params(rng, "general", DQ, DK, hidden_dim=A, local_p=True)
+        return query, key, value, params
+
+    @staticmethod
+    def _numpy_local_p(query, key, value, mask3, params, window):
+        """Luong eq. 7-10 per (b, t) in float64 on the row's valid span, written out plainly."""
+        q, k, v = (np.asarray(x, np.float64) for x in (query, key, value))
+        w_a, w_p, v_p = (np.asarray(params[n], np.float64) for n in ("w_a", "w_p", "v_p"))
+        weights = np.zeros((B, T, S))
+        for b in range(B):
+            for t in range(T):
+                valid = np.flatnonzero(mask3[b, t])
+                if valid.size == 0:
+                    continue
+                first, extent = valid[0], valid[-1] - valid[0] + 1
+                p = first + extent / (1.0 + np.exp(-(np.tanh(q[b, t] @ w_p) @ v_p)))  # eq. 9 on the span
+                inside = [s for s in valid if abs(s - np.floor(p)) <= window]
+                if not inside:
+                    continue
+                logits = np.array([q[b, t] @ w_a @ k[b, s] for s in inside])  # eq. 8, general
+                align = np.exp(logits - logits.max())
+                align /= align.sum()  # eq. 7 over the window
+                for s, a in zip(inside, align):
+                    weights[b, t, s] = a * np.exp(-((s - p) ** 2) / (2.0 * (window / 2.0) ** 2))  # eq. 10
+        return np.einsum("bts,bsv->btv", weights, v), weights
+
+    def test_left_padding_matches_the_numpy_reference_and_right_padding(self):
+        query, key, value, params = self._draw(50, None)
+        lengths = np.array([S, 3])
+        right = ref.padding_mask(lengths, S)  # valid keys first
+        left = right[:, ::-1].copy()  # valid keys last
+        # The left-padded sentence holds the same keys, moved to the end.
+        key_left, value_left = key.copy(), value.copy()
+        key_left[1, S - 3:], value_left[1, S - 3:] = key[1, :3], value[1, :3]
+        key_left[1, :S - 3], value_left[1, :S - 3] = np.nan, np.nan  # the padding: never read
+        kw = dict(score="general", params=_j(params), mode="local_p", window=1)
+        ctx_r, w_r = context.attend(*map(_j, (query, key, value, right)), **kw)
+        ctx_l, w_l = context.attend(*map(_j, (query, key_left, value_left, left)), **kw)
+        want_ctx, want_w = self._numpy_local_p(query, np.nan_to_num(key_left), np.nan_to_num(value_left),
+                                               np.broadcast_to(left[:, None], (B, T, S)), params, window=1)
+        ref.assert_close(w_l, want_w)
+        ref.assert_close(ctx_l, want_ctx)
+        np.testing.assert_array_equal(np.asarray(w_l)[1, :, :S - 3], 0.0)
+        # Same sentence, same attention: only the key positions move.
+        ref.assert_close(ctx_l, ctx_r)
+        ref.assert_close(np.asarray(w_l)[1, :, S - 3:], np.asarray(w_r)[1, :, :3])
+
+    def test_3d_mask_matches_the_numpy_reference(self):
+        query, key, value, params = self._draw(51, None)
+        rng = np.random.default_rng(52)
+        mask = np.zeros((B, T, S), bool)
+        for b in range(B):
+            for t in range(T):
+                first = int(rng.integers(0, S - 1))
+                mask[b, t, first:int(rng.integers(first + 1, S + 1))] = True
+        mask[1, 2] = False  # a query with nothing to attend
+        kw = dict(score="general", params=_j(params), mode="local_p", window=1)
+        ctx, weights = context.attend(*map(_j, (query, key, value, mask)), **kw)
+        want_ctx, want_w = self._numpy_local_p(query, key, value, mask, params, window=1)
+        ref.assert_close(weights, want_w)
+        ref.assert_close(ctx, want_ctx)
+        self.assertTrue(np.all(np.asarray(weights)[~mask] == 0.0))
+        # Every query with a valid key puts weight on it: the window never points only into padding.
+        has_key = mask.any(-1)
+        self.assertTrue(np.all(np.asarray(weights).sum(-1)[has_key] > 0.0))
+
+    def test_valid_span(self):
+        mask = np.array([[True, True, False, False], [False, True, False, True], [False] * 4])
+        start, extent = alignment.valid_span(jnp.asarray(mask))
+        np.testing.assert_array_equal(start, [0, 1, 0])
+        np.testing.assert_array_equal(extent, [2, 3, 0])
+        want_start, want_extent = ref.valid_span(mask)
+        np.testing.assert_array_equal(start, want_start)
+        np.testing.assert_array_equal(extent, want_extent)
+        start, extent = alignment.valid_span(jnp.zeros((2, 0), bool))
+        chex.assert_shape((start, extent), (2,))
+
+    def test_local_p_position_with_starts_matches_reference(self):
+        query, _, _, params = self._draw(53, None)
+        lengths = jnp.asarray([[3, 2, 6, 1], [4, 4, 0, 2]], jnp.int32)
+        starts = jnp.asarray([[1, 0, 0, 5], [2, 2, 0, 3]], jnp.int32)
+        got = alignment.local_p_position(_j(query), _j(params["w_p"]), _j(params["v_p"]), lengths, starts)
+        ref.assert_close(got, ref.local_p_position(query, params["w_p"], params["v_p"], lengths, starts))
+        with _raises(ValueError, "key_lengths", (B, T + 1)):
+            alignment.local_p_position(_j(query), _j(params["w_p"]), _j(params["v_p"]), jnp.zeros((B, T + 1), int))
+        with _raises(ValueError, "key_starts"):
+            alignment.local_p_position(_j(query), _j(params["w_p"]), _j(params["v_p"]), lengths, starts[:, :1])
+
+
+class AttendEmptySequenceTest(parameterized.TestCase):
+    """S = 0 gives a zero context and empty weights; T = 0 empty outputs; never an error (issue 9)."""
+
+    @parameterized.product(mode=MODES, score=("general", "location", "additive"), sizes=((T, 0), (0, S), (0, 0)))
+    def test_empty(self, mode, score, sizes):
+        num_queries, num_keys = sizes
+        rng = np.random.default_rng(60)
+        params = ref.random_params(rng, score, DQ, DK, hidden_dim=A, max_keys=S_MAX, local_p=True)
+        query = jnp.asarray(rng.standard_normal((B, num_queries, DQ)), jnp.float32)
+        key = jnp.asarray(rng.standard_normal((B, num_keys, DK)), jnp.float32)
+        value = jnp.asarray(rng.standard_normal((B, num_keys, DV)), jnp.float32)
+
+        def loss(q, k, v, p):
+            ctx, weights = context.attend(q, k, v, jnp.ones((B, num_keys), bool), score=score, params=p, mode=mode,
+                                          window=2, key_lengths=jnp.full((B,), num_keys))
+            return jnp.sum(ctx), (ctx, weights)
+
+        (_, (ctx, weights)), grads = jax.value_and_grad(loss, argnums=(0, 1, 2, 3), has_aux=True)(
+            query, key, value, _j(params))
+        chex.assert_shape(ctx, (B, num_queries, DV))
+        chex.assert_shape(weights, (B, num_queries, num_keys))
+        np.testing.assert_array_equal(ctx, 0.0)
+        chex.assert_tree_all_finite(grads)
+        for g in jax.tree_util.tree_leaves(grads):
+            np.testing.assert_array_equal(g, 0.0)
+
+    def test_attend_from_logits_and_masked_softmax_with_s_zero(self):
+        ctx, weights = context.attend_from_logits(jnp.zeros((B, T, 0)), jnp.zeros((B, 0, DV)))
+        chex.assert_shape((ctx, weights), ((B, T, DV), (B, T, 0)))
+        np.testing.assert_array_equal(ctx, 0.0)
+        weights, lse = alignment.masked_softmax_with_lse(jnp.zeros((B, T, 0)))
+        chex.assert_shape(weights, (B, T, 0))
+        np.testing.assert_array_equal(lse, alignment.EMPTY_ROW_LSE)
+
+
+class AttendBadInputTest(parameterized.TestCase):
+    """Lists, zero features and misused arguments raise a clear error naming the argument (issue 9)."""
+
+    def setUp(self):
+        super().setUp()
+        query, key, value, mask, params = _case("general", seed=70, mode="local_p")
+        self.args = dict(query=query, key=key, value=value, mask=mask)
+        self.params = params
+
+    def _attend(self, **overrides):
+        args = {n: _j(x) for n, x in self.args.items()}
+        args.update(overrides)
+        kw = dict(score="general", params=_j(self.params), mode="local_p", window=2)
+        return context.attend(args.pop("query"), args.pop("key"), args.pop("value"), args.pop("mask"), **kw, **args)
+
+    @parameterized.parameters("query", "key", "value", "mask")
+    def test_python_list_names_the_argument(self, name):
+        with _raises(TypeError, name, "list"):
+            self._attend(**{name: self.args[name].tolist()})
+
+    def test_list_params_and_positions(self):
+        with _raises(TypeError, "w_p", "list"):
+            context.attend(*map(_j, self.args.values()), score="general", mode="local_p", window=2,
+                           params={**_j(self.params), "w_p": self.params["w_p"].tolist()})
+        with _raises(TypeError, "query_positions", "list"):
+            context.attend(*map(_j, self.args.values()), score="general", params=_j(self.params), mode="local_m",
+                           window=2, query_positions=[[0] * T] * B)
+        with _raises(TypeError, "params", "tuple"):
+            context.attend(*map(_j, self.args.values()), score="general", params=(self.params["w_a"],))
+
+    @parameterized.parameters("query", "key", "value")
+    def test_zero_features(self, name):
+        shape = _j(self.args[name]).shape[:2] + (0,)
+        with _raises(ValueError, "feature", shape):
+            self._attend(**{name: jnp.zeros(shape)})
+
+    def test_local_p_window_zero(self):
+        with _raises(ValueError, "window", "0"):
+            context.attend(*map(_j, self.args.values()), score="general", params=_j(self.params), mode="local_p",
+                           window=0)
+
+    def test_non_bool_gaussian_flag(self):
+        with _raises(TypeError, "gaussian", "str"):
+            alignment.local_alignment(jnp.zeros((B, T, S)), jnp.zeros((B, T)), 1, gaussian="yes")
+
+    def test_sigma_must_be_a_positive_number(self):
+        for bad in (0.0, -1.0, "1", True):
+            with _raises(ValueError, "sigma", repr(bad)):
+                alignment.gaussian_window(jnp.zeros((B, T)), S, bad)
+
+
+if __name__ == "__main__":
+    absltest.main()

@@ -21,12 +21,12 @@ B, T, S = 2, 3, 5
 DQ, DK = 4, 6  # Different on purpose: catches a swapped query/key projection.
 A = 5
 S_MAX = 7
-ALL_SCORES = ("dot", "scaled_dot", "general", "concat", "additive", "location", "cosine")
+ALL_SCORES = tuple(scores.SCORES)  # the registry; test_score_params_table pins its names
 
 
 def _dims(name):
     # dot, scaled_dot and cosine need equal query/key feature sizes.
-    return (DQ, DQ) if name in ("dot", "scaled_dot", "cosine") else (DQ, DK)
+    return (DQ, DQ) if scores.SCORES[name].same_features else (DQ, DK)
 
 
 def _inputs(name, seed=0, dtype=np.float32):
@@ -153,6 +153,50 @@ class ScoreSemanticsTest(parameterized.TestCase):
             {"dot": (), "general": ("w_a",), "concat": ("w_a", "v_a"), "additive": ("w_q", "w_k", "v"),
              "location": ("w_a",), "scaled_dot": (), "cosine": ()})
 
+    def test_registry_functions_are_the_public_scores(self):
+        for name, fn in (("dot", scores.dot_score), ("scaled_dot", scores.scaled_dot_score),
+                         ("general", scores.general_score), ("concat", scores.concat_score),
+                         ("additive", scores.additive_score), ("cosine", scores.cosine_score)):
+            self.assertIs(scores.SCORES[name].fn, fn, name)
+        self.assertEqual(dict(scores.SCORE_PARAMS), {n: s.params for n, s in scores.SCORES.items()})
+        self.assertEqual(scores.LUONG_SCORES, ("dot", "general", "concat", "location"))  # Luong eq. 8
+        self.assertEqual({n for n, s in scores.SCORES.items() if s.same_features}, {"dot", "scaled_dot", "cosine"})
+
+    @parameterized.named_parameters(*_NAMED)
+    def test_param_shapes_match_the_reference_parameters(self, name):
+        # tests/reference.random_params lists every score's parameter shapes independently of the registry.
+        dq, dk = _dims(name)
+        want = ref.random_params(np.random.default_rng(0), name, dq, dk, hidden_dim=A, max_keys=S_MAX)
+        got = scores.param_shapes(name, dq, dk, hidden_dim=A, max_keys=S_MAX)
+        self.assertEqual(got, {n: w.shape for n, w in want.items()})
+        self.assertEqual(tuple(got), scores.SCORES[name].params)
+
+    @parameterized.named_parameters(*_NAMED)
+    def test_params_built_from_param_shapes_compute_the_reference(self, name):
+        dq, dk = _dims(name)
+        rng = np.random.default_rng(3)
+        shapes = scores.param_shapes(name, dq, dk, hidden_dim=A, max_keys=S_MAX)
+        params = {n: rng.standard_normal(shape).astype(np.float32) for n, shape in shapes.items()}
+        query = rng.standard_normal((B, T, dq)).astype(np.float32)
+        key = rng.standard_normal((B, S, dk)).astype(np.float32)
+        got = scores.compute_score(name, jnp.asarray(query), jnp.asarray(key), params)
+        ref.assert_close(got, ref.compute_score(name, query, key, params))
+
+    def test_param_shapes_errors_name_the_problem(self):
+        with _raises(ValueError, "bogus"):
+            scores.param_shapes("bogus", DQ, DK)
+        with _raises(ValueError, "hidden_dim"):
+            scores.param_shapes("concat", DQ, DK)
+        with _raises(ValueError, "max_keys"):
+            scores.param_shapes("location", DQ, DK, hidden_dim=A)
+        with _raises(ValueError, "query_dim=4", "key_dim=6"):
+            scores.param_shapes("dot", DQ, DK)
+        with _raises(ValueError, "query_dim", "0"):
+            scores.param_shapes("general", 0, DK)
+        with _raises(ValueError, "hidden_dim", "True"):
+            scores.param_shapes("additive", DQ, DK, hidden_dim=True)
+        self.assertEqual(scores.param_shapes("dot", DQ, DQ), {})
+
     def test_package_reexports(self):
         for name in ("dot_score", "scaled_dot_score", "general_score", "concat_score", "additive_score",
                      "location_score", "cosine_score", "compute_score", "SCORE_PARAMS"):
@@ -261,6 +305,34 @@ class ScoreErrorsTest(parameterized.TestCase):
         query, key, _ = _inputs("general")
         with _raises(ValueError, "w_a"):
             scores.compute_score("general", jnp.asarray(query), jnp.asarray(key), None)
+
+    @parameterized.named_parameters(*_NAMED)
+    def test_python_lists_are_rejected_by_name(self, name):
+        query, key, params = _inputs(name)
+        with _raises(TypeError, "query", "list"):
+            scores.compute_score(name, query.tolist(), jnp.asarray(key), params)
+        with _raises(TypeError, "key", "list"):
+            scores.compute_score(name, jnp.asarray(query), key.tolist(), params)
+        for param in params:
+            bad = {**params, param: params[param].tolist()}
+            with _raises(TypeError, param, "list"):
+                scores.compute_score(name, jnp.asarray(query), jnp.asarray(key), bad)
+
+    def test_params_must_be_a_mapping(self):
+        query, key, params = _inputs("general")
+        with _raises(TypeError, "params", "list"):
+            scores.compute_score("general", jnp.asarray(query), jnp.asarray(key), [params["w_a"]])
+
+    @parameterized.named_parameters(*_NAMED)
+    def test_zero_features_raise_value_error_naming_shapes(self, name):
+        query = jnp.zeros((B, T, 0))
+        key = jnp.zeros((B, S, 0))
+        with _raises(ValueError, query.shape, key.shape):
+            scores.compute_score(name, query, key, {p: jnp.zeros((1,)) for p in scores.SCORES[name].params})
+
+    def test_scaled_dot_zero_features_is_a_value_error_not_zero_division(self):
+        with _raises(ValueError, (B, T, 0)):
+            scores.scaled_dot_score(jnp.zeros((B, T, 0)), jnp.zeros((B, S, 0)))
 
 
 if __name__ == "__main__":
