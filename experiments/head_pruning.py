@@ -40,7 +40,7 @@ def describe(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
 
 def heads_kept(model, params, cfg: ml_collections.ConfigDict) -> dict[str, Any]:
     """The encoder heads whose test-time gate is open, in total and per layer (arXiv:1905.09418 §4)."""
-    from attention_jax.head_gates import kept_heads  # pylint: disable=import-outside-toplevel
+    from attention_jax.layers.head_gates import kept_heads  # pylint: disable=import-outside-toplevel
 
     per_layer = []
     for i in range(cfg.model.num_encoder_layers):

@@ -50,8 +50,8 @@ def model_kwargs(model_config: ml_collections.ConfigDict) -> dict[str, Any]:
 
 
 def build_model(model_config: ml_collections.ConfigDict, vocab_size: int, max_source_len: int):
-    """The row's `attention_jax.transformer.Transformer` (max_len grows to the longest padded source)."""
-    from attention_jax.transformer import Transformer  # pylint: disable=import-outside-toplevel
+    """The row's `attention_jax.models.transformer.Transformer` (max_len grows to the longest padded source)."""
+    from attention_jax.models.transformer import Transformer  # pylint: disable=import-outside-toplevel
 
     kwargs = model_kwargs(model_config)
     kwargs["max_len"] = max(int(kwargs["max_len"]), int(max_source_len))
@@ -73,7 +73,7 @@ def _check_implementation(m: ml_collections.ConfigDict) -> None:
     """Raises ConfigError when the named backend cannot run this model's attention calls here (e.g. "flash"
     without a GPU/TPU, "cudnn" in float32), before any data is read."""
     import jax  # pylint: disable=import-outside-toplevel
-    from attention_jax import dot_product  # pylint: disable=import-outside-toplevel
+    from attention_jax.dot_product import api as dot_product  # pylint: disable=import-outside-toplevel
 
     head_dim = m.head_dim or m.d_model // m.num_heads
     query = jax.ShapeDtypeStruct((1, 8, m.num_heads, head_dim), jnp.dtype(m.get("dtype") or jnp.float32))
@@ -91,7 +91,7 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     Raises:
       training.ConfigError: naming the field and the fix.
     """
-    from attention_jax import transformer  # pylint: disable=import-outside-toplevel
+    from attention_jax.models import transformer  # pylint: disable=import-outside-toplevel
 
     m, t = cfg.model, cfg.train
     for path, value, choices in (("model.norm", m.norm, transformer.NORMS),

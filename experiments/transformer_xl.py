@@ -24,7 +24,7 @@ from absl import logging
 import ml_collections
 from ml_collections import config_flags
 
-from attention_jax.transformer_xl import TransformerXLLM
+from attention_jax.models.transformer_xl import TransformerXLLM
 from experiments import cli
 from experiments import configs
 from experiments import data

@@ -10,7 +10,7 @@ dropout P_drop on the embedding sums and on every residual branch (§5.4; none o
 inside the FFN), label-smoothed cross-entropy (§5.4) and Adam (beta1 0.9, beta2 0.98, eps 1e-9) on the
 inverse-square-root schedule (§5.3).
 
-* JAX: `attention_jax.transformer.Transformer` with `label_smoothed_cross_entropy` and `transformer_schedule`,
+* JAX: `attention_jax.models.transformer.Transformer` with `label_smoothed_cross_entropy` and `transformer_schedule`,
   one `jax.jit` step (forward, backward, optax Adam) with the parameters and the optimizer state donated.
 * PyTorch: `torch.nn.Transformer` (batch_first, post-LN, ReLU) in eager mode with an `nn.Embedding`
   whose weight is the output projection, `nn.CrossEntropyLoss(label_smoothing=..., ignore_index=0)` and
@@ -281,12 +281,12 @@ def time_runners(runners: Sequence[Runner], config: Config, *, interleave: bool)
 
 
 def prepare_jax(config: Config, batches: Sequence[dict[str, np.ndarray]]) -> Runner:
-    """Builds and compiles the jitted training step of `attention_jax.transformer.Transformer`."""
+    """Builds and compiles the jitted training step of `attention_jax.models.transformer.Transformer`."""
     import jax
     import jax.numpy as jnp
     import optax
 
-    from attention_jax import transformer
+    from attention_jax.models import transformer
 
     model = transformer.Transformer(
             vocab_size=config.vocab_size, d_model=config.d_model, num_heads=config.num_heads,

@@ -4,7 +4,7 @@ Every experiment config has the same four sections, so the shared training loop
 (`experiments/training/`) reads them the same way:
 
 * ``data``: the fields `experiments.data.prepare` reads (corpus, vocabulary, splits, buckets).
-* ``model``: the keyword arguments of `attention_jax.seq2seq.Seq2Seq` (minus ``vocab_size``,
+* ``model``: the keyword arguments of `attention_jax.models.seq2seq.Seq2Seq` (minus ``vocab_size``,
   which comes from the tokenizer).
 * ``train``: optimiser, budget (``num_steps`` and ``max_minutes``, whichever comes first) and the
   logging / evaluation / checkpoint cadence.

@@ -5,7 +5,7 @@ Concrete gate on every encoder self-attention head (§4). The ``dense`` row trai
 penalty. Each ``l0_*`` row starts from the dense row's checkpoint (``train.init_from="@dense"``) and fine-tunes
 with the loss L = L_xent + lambda * L_C, L_C the expected number of open gates (eq. 6), so larger lambda closes
 more heads. After training, each row's test-time gates decide which heads are kept (a closed gate is exactly 0,
-so the model equals the one `attention_jax.head_gates.prune_heads` returns); the table and bleu_vs_heads.png
+so the model equals the one `attention_jax.layers.head_gates.prune_heads` returns); the table and bleu_vs_heads.png
 give test BLEU against the number of heads kept, the paper's Fig. 7.
 
 Command::

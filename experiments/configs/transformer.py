@@ -164,7 +164,7 @@ DEFAULT_PRESET = "small"
 def get_config() -> ml_collections.ConfigDict:
     """Returns the base Transformer config: the shared data / train / eval sections and a Transformer model.
 
-    ``model`` holds `attention_jax.transformer.Transformer`'s keyword arguments (``head_dim`` and
+    ``model`` holds `attention_jax.models.transformer.Transformer`'s keyword arguments (``head_dim`` and
     ``num_kv_heads`` 0 mean None, ``implementation`` "auto" means None); ``train`` adds the schedule of §5.3 (``learning_rate`` scales it),
     Adam's beta_2 = 0.98 and eps = 1e-9, and label smoothing 0.1 (§5.4).
     """

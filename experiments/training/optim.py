@@ -27,7 +27,7 @@ def learning_rate(train_config: ml_collections.ConfigDict,
     if schedule == "constant":
         return train_config.learning_rate
     if schedule == "rsqrt_warmup":
-        from attention_jax.transformer import transformer_schedule  # pylint: disable=import-outside-toplevel
+        from attention_jax.models.transformer import transformer_schedule  # pylint: disable=import-outside-toplevel
 
         return transformer_schedule(int(model_config.d_model), int(train_config.warmup_steps),
                                     scale=float(train_config.learning_rate))

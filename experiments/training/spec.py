@@ -27,7 +27,7 @@ class ConfigError(ValueError):
 
 
 def build_model(model_config: ml_collections.ConfigDict, vocab_size: int, max_source_len: int):
-    """The `attention_jax.seq2seq.Seq2Seq` of a row.
+    """The `attention_jax.models.seq2seq.Seq2Seq` of a row.
 
     Args:
       model_config: the ``model`` section (Seq2Seq keyword arguments).
@@ -38,7 +38,7 @@ def build_model(model_config: ml_collections.ConfigDict, vocab_size: int, max_so
     Raises:
       ValueError: invalid model options (raised by Seq2Seq itself).
     """
-    from attention_jax.seq2seq import Seq2Seq  # pylint: disable=import-outside-toplevel
+    from attention_jax.models.seq2seq import Seq2Seq  # pylint: disable=import-outside-toplevel
 
     kwargs = dict(model_config.to_dict())
     if not kwargs.get("max_source_len"):
@@ -62,7 +62,7 @@ class Experiment:
       custom_row: a row name that runs ``config.model`` as given (no row overrides).
       bleu_by_length: whether to plot and tabulate BLEU by source length.
       build_model: (model_config, vocab_size, max_source_len) -> flax module with the `Seq2Seq` call
-        interface; None builds an `attention_jax.seq2seq.Seq2Seq`.
+        interface; None builds an `attention_jax.models.seq2seq.Seq2Seq`.
       describe_model: row config -> the descriptive columns of a row's record; None gives the
         attention / score / mode columns of the recurrent experiments.
       columns: (header, record key) pairs of results.md's table; None means `results.COLUMNS`.

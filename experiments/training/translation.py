@@ -54,7 +54,7 @@ def make_train_step(model, optimizer: optax.GradientTransformation,
     "gates" rng). ``nll_sum`` is the unsmoothed NLL, so the logged loss stays a log-perplexity.
     Params and optimiser state are donated, so the update happens in place.
     """
-    from attention_jax.transformer import label_smoothed_cross_entropy  # pylint: disable=import-outside-toplevel
+    from attention_jax.models.transformer import label_smoothed_cross_entropy  # pylint: disable=import-outside-toplevel
 
     tc = train_config if train_config is not None else ml_collections.ConfigDict()
     smoothing = float(tc.get("label_smoothing", 0.0))

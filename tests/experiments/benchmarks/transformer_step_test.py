@@ -58,7 +58,7 @@ def test_presets_match_the_paper_base():
 
 
 def test_inverse_sqrt_lr_matches_the_library_schedule():
-    from attention_jax.transformer import transformer_schedule
+    from attention_jax.models.transformer import transformer_schedule
 
     schedule = transformer_schedule(512, 4000)
     for step in (0, 10, 3999, 4000, 10000):
