@@ -92,26 +92,15 @@ def perplexity(forward: Callable, params, examples: Sequence[Any], *, batch_size
 
 
 def decoding_setup(model, params, src, src_lengths, max_len: int):
-    """Encodes a batch and returns (memory, state, step_fn) for `attention_jax.decoding`.
+    """Encodes a batch and returns (memory, state, step_fn) for `attention_jax.models.decoding`.
 
-    Models with ``init_state`` (`Seq2Seq`, `ConvS2S`) carry a recurrent state through their
-    ``decode_step(memory, state, tokens, t)``; others (`Transformer`) decode on key/value caches of
-    ``max_len`` slots (`attention_jax.transformer.make_step_fn`).
+    Every translation model (`Seq2Seq`, `ConvS2S`, `Transformer`) implements the one decoding protocol,
+    `attention_jax.models.decoding.Decodable`; `decoding.prepare` sizes the state for ``max_len`` steps.
     """
-    variables = {"params": params}
-    cls = type(model)
-    memory = model.apply(variables, src, src_lengths, method=cls.encode)
-    if hasattr(cls, "init_state"):
-        state = model.apply(variables, memory, method=cls.init_state)
+    from attention_jax.models import decoding  # pylint: disable=import-outside-toplevel
 
-        def step_fn(memory, state, tokens, t):
-            return model.apply(variables, memory, state, tokens, t, method=cls.decode_step)
-
-        return memory, state, step_fn
-    from attention_jax import transformer  # pylint: disable=import-outside-toplevel
-
-    return (memory, transformer.init_decode_state(model, params, memory, max_len),
-            transformer.make_step_fn(model, params))
+    step_fn, memory, state = decoding.prepare(model, {"params": params}, src, src_lengths, max_len=max_len)
+    return memory, state, step_fn
 
 
 def make_decoder(model, *, beam_size: int, length_penalty: float = 1.0) -> Callable:

@@ -21,7 +21,8 @@ convolution channels (the paper's hidden size) and W the kernel width k.
 
 The teacher-forced pass (`ConvS2S.__call__`) and one-token decoding (`ConvS2S.decode_step`, which keeps the last
 k - 1 inputs of every decoder convolution in its state) call the same layers with the same parameters, so the two
-agree to float32 rounding. `make_step_fn` turns a model into the step function of `attention_jax.models.decoding`.
+agree to float32 rounding. `ConvS2S` implements the decoding protocol of `attention_jax.models.decoding`
+(`init_decode`, `decode_next`), so `decoding.prepare` turns it into the step function the decoders consume.
 
 Not reproduced from the paper: the gradient scaling of the encoder output by 1/(2 * #attention layers) (§3.4) and
 weight normalisation (§3.5); the weight initialisation of §3.5 is followed for the convolutions (N(0, sqrt(4p/n_l)),
@@ -41,6 +42,7 @@ import jax.numpy as jnp
 from attention_jax import _checks
 from attention_jax.core import masks
 from attention_jax.layers.multistep import MultiStepAttention
+from attention_jax.models import decoding
 
 Array = jax.Array
 PyTree = Any
@@ -327,6 +329,44 @@ class ConvS2S(nn.Module):
         new_state["conv"] = tuple(new_buffers)
         return logits[:, 0], new_state, weights[:, 0]
 
+    # -- the decoding protocol (`attention_jax.models.decoding.Decodable`) -------------------------------
+
+    @nn.nowrap
+    def init_decode(self, variables: PyTree, src: Array, src_lengths: Array, *,
+                    max_len: int) -> tuple[dict[str, Array], dict[str, Any]]:
+        """`encode` and `init_state` in inference mode, on the unbound module (`decoding.Decodable`).
+
+        Args:
+          variables: the model's variables ({"params": ...}).
+          src: [B, S] int32 source tokens.
+          src_lengths: [B] int32.
+          max_len: L, the number of steps to decode: an int in [1, self.max_len], since step t reads the
+            learned target position t (a traced t cannot be checked in `decode_step`, so it is checked here).
+
+        Returns:
+          (memory, state): see `encode` and `init_state`.
+
+        Raises:
+          ValueError: bad source shapes (see `encode`), max_len not an int in [1, self.max_len].
+          TypeError: non-integer src or src_lengths.
+        """
+        _checks.int_at_least("max_len", max_len, 1)
+        if max_len > self.max_len:
+            raise ValueError(f"max_len={max_len} decoding steps exceed the model's max_len={self.max_len} learned "
+                             "target positions")
+        memory = self.apply(variables, src, src_lengths, method=ConvS2S.encode)
+        return memory, self.apply(variables, memory, method=ConvS2S.init_state)
+
+    @nn.nowrap
+    def decode_next(self, variables: PyTree, memory: Mapping[str, Array], state: Mapping[str, Any], tokens: Array,
+                    t: Array) -> tuple[Array, dict[str, Any], Array]:
+        """`decode_step` in inference mode, on the unbound module (`decoding.Decodable`).
+
+        Returns:
+          (logits [B, V] float32, state, weights [B, S] float32); see `decode_step` for the arguments.
+        """
+        return self.apply(variables, memory, state, tokens, t, method=ConvS2S.decode_step)
+
     def __call__(self, src: Array, src_lengths: Array, tgt_in: Array, train: bool = False) -> tuple[Array, Array]:
         """Teacher-forced pass over the whole target at once (the decoder is causal, §3.2).
 
@@ -360,8 +400,11 @@ class ConvS2S(nn.Module):
         return self._decode(g, memory, conv_fn, train)
 
 
-def make_step_fn(model: ConvS2S, variables: PyTree) -> Callable[..., tuple[Array, Any, Array]]:
-    """The `attention_jax.models.decoding` step function of a `ConvS2S`.
+def make_step_fn(model: ConvS2S, variables: PyTree) -> decoding.StepFn:
+    """The `attention_jax.models.decoding` step function of a `ConvS2S`: ``ConvS2S.decode_next`` bound to variables.
+
+    A thin wrapper kept for existing callers; `attention_jax.models.decoding.prepare` gives the step function
+    together with the memory and state for any decodable model.
 
     Args:
       model: the module.
@@ -371,8 +414,4 @@ def make_step_fn(model: ConvS2S, variables: PyTree) -> Callable[..., tuple[Array
       step_fn(memory, state, tokens [B'] int32, t [] int32) -> (logits [B',V] f32, state, weights [B',S] f32),
       i.e. `ConvS2S.decode_step` in inference mode.
     """
-
-    def step_fn(memory, state, tokens, t):
-        return model.apply(variables, memory, state, tokens, t, method=ConvS2S.decode_step)
-
-    return step_fn
+    return decoding.bind(model, variables)

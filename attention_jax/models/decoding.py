@@ -1,38 +1,95 @@
-"""Greedy and beam-search decoding for any autoregressive model given as a step function.
+"""Greedy and beam-search decoding over one step-function protocol that every model implements.
 
-A step function has the signature
+The protocol has two levels.
 
-    step_fn(memory, state, tokens [B'] int32, t [] int32) -> (logits [B', V] float32, state, aux)
+1. A model implements `Decodable`: two methods, called on the unbound Linen module with its variables,
 
-where ``memory`` and ``state`` are pytrees whose leaves all have the batch B' as leading axis, ``tokens``
-are the previous outputs (bos at t = 0) and ``t`` is the index of the token being predicted.
-`attention_jax.models.seq2seq.make_step_fn` builds one from a trained `Seq2Seq`.
+       memory, state = model.init_decode(variables, src [B, S] int, src_lengths [B] int, max_len=L)
+       logits [B', V] f32, state, aux = model.decode_next(variables, memory, state, tokens [B'] int32, t [] int32)
+
+   `init_decode` encodes a batch once and returns the memory the decoder reads and its initial state, sized
+   for up to L steps (a Transformer's key/value caches); `decode_next` feeds the previous tokens (bos at
+   t = 0) and predicts the token at index t. Every leaf of memory, state and aux has the batch as leading
+   axis, so the decoders below can tile the rows for a beam and reorder the state by beam parent. Feeding a
+   target prefix token by token through `decode_next` equals the model's teacher-forced pass.
+   `attention_jax.models.seq2seq.Seq2Seq`, `attention_jax.models.convs2s.ConvS2S` and
+   `attention_jax.models.transformer.Transformer` implement it.
+
+2. `prepare(model, variables, src, src_lengths, max_len=L)` turns any `Decodable` into
+   ``(step_fn, memory, state)``: a `StepFn`,
+
+       step_fn(memory, state, tokens [B'] int32, t [] int32) -> (logits [B', V] float32, state, aux),
+
+   which `greedy_decode` and `beam_search` consume (`bind(model, variables)` gives the step function alone).
+   Any function of that signature works, model or not.
 
 Both decoders are pure and jittable (``batch_size``, ``bos_id``, ``eos_id``, ``beam_size``, ``max_len``
 and ``length_penalty`` must be static). They run a ``lax.while_loop`` of at most ``max_len`` steps that
 stops early once every sentence has finished. Tokens after EOS are ``PAD_ID`` = 0.
+
+    step_fn, memory, state = decoding.prepare(model, {"params": params}, src, src_lengths, max_len=L)
+    tokens, weights = decoding.greedy_decode(step_fn, memory, state, batch_size=B, bos_id=1, eos_id=2,
+                                             max_len=L)
 """
 
 from __future__ import annotations
 
 import numbers
-from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import jax
 import jax.numpy as jnp
 
+from attention_jax import _checks
+
 Array = jax.Array
 PyTree = Any
-StepFn = Callable[[PyTree, PyTree, Array, Array], tuple[Array, PyTree, PyTree]]
+
+__all__ = ["PAD_ID", "Decodable", "StepFn", "beam_search", "bind", "greedy_decode", "prepare"]
+
+
+@runtime_checkable
+class StepFn(Protocol):
+    """One decoding step: ``step_fn(memory, state, tokens, t) -> (logits, state, aux)``.
+
+    Args:
+      memory: pytree, leaves [B', ...], passed unchanged to every step (e.g. the encoder outputs).
+      state: pytree, leaves [B', ...], the decoder state before this step.
+      tokens: [B'] int32, the previous outputs (bos at t = 0).
+      t: [] int32, the index of the token being predicted.
+
+    Returns:
+      logits: [B', V] floating (unnormalised); state: the next state, of the input's structure, shapes and
+      dtypes; aux: pytree, leaves [B', ...], anything per step to collect (e.g. attention weights [B', S]).
+    """
+
+    def __call__(self, memory: PyTree, state: PyTree, tokens: Array, t: Array) -> tuple[Array, PyTree, PyTree]:
+        ...
+
+
+@runtime_checkable
+class Decodable(Protocol):
+    """A model that decodes one token at a time (see the module docstring). Methods take the variables.
+
+    Implementations are Linen modules whose two methods are marked `flax.linen.nowrap`, so they run on the
+    unbound module: ``model.init_decode(variables, ...)``, as one calls ``model.apply(variables, ...)``.
+    """
+
+    def init_decode(self, variables: PyTree, src: Array, src_lengths: Array, *,
+                    max_len: int) -> tuple[PyTree, PyTree]:
+        """Encodes src [B, S] (lengths [B]) once: (memory, initial state) for up to max_len steps."""
+        ...
+
+    def decode_next(self, variables: PyTree, memory: PyTree, state: PyTree, tokens: Array,
+                    t: Array) -> tuple[Array, PyTree, PyTree]:
+        """Feeds tokens [B'] at index t: (logits [B', V] float32, next state, aux)."""
+        ...
+
 
 PAD_ID = 0
 
 
-def _check_int(what: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"{what} must be an int >= {minimum}, got {value!r}")
-    return int(value)
+_check_int = _checks.int_at_least
 
 
 def _check_leading(what: str, tree: PyTree, batch: int) -> None:
@@ -59,6 +116,62 @@ def _check_step(step_fn: StepFn, memory: PyTree, state: PyTree, batch: int) -> t
     return logits.shape[1], aux
 
 
+def prepare(model: Decodable, variables: PyTree, src: Array, src_lengths: Array, *,
+            max_len: int) -> tuple[StepFn, PyTree, PyTree]:
+    """Encodes a batch with any `Decodable` model and returns what the decoders take.
+
+    Args:
+      model: the unbound Linen module (a `Seq2Seq`, `ConvS2S`, `Transformer`, or any `Decodable`).
+      variables: its variables, ``{"params": ...}``.
+      src: [B, S] integer source tokens (anything beyond src_lengths is ignored).
+      src_lengths: [B] integer, 0 <= src_lengths <= S.
+      max_len: L, a Python int >= 1, the most steps the caller will decode (it sizes the state's caches).
+
+    Returns:
+      (step_fn, memory, state): step_fn(memory, state, tokens [B'] int32, t [] int32) -> (logits [B', V]
+      float32, state, aux) is ``model.decode_next`` with the variables bound; memory and state have leaves
+      [B, ...]. Pass them to `greedy_decode` or `beam_search`.
+
+    Raises:
+      TypeError: if model does not implement `Decodable` (the message names the missing methods).
+      ValueError: if max_len is not an int >= 1, or whatever the model's `init_decode` rejects (bad token
+        shapes or dtypes, max_len beyond the model's positions).
+    """
+    _check_decodable(model)
+    max_len = _check_int("max_len", max_len, 1)
+    memory, state = model.init_decode(variables, src, src_lengths, max_len=max_len)
+    return bind(model, variables), memory, state
+
+
+def bind(model: Decodable, variables: PyTree) -> StepFn:
+    """``model.decode_next`` with the variables bound: the model's `StepFn` (a plain function, so jax.jit and
+    chex.assert_max_traces take it).
+
+    Args:
+      model: a `Decodable` (unbound Linen module).
+      variables: its variables, ``{"params": ...}``.
+
+    Returns:
+      step_fn(memory, state, tokens [B'] int32, t [] int32) -> (logits [B', V] float32, state, aux).
+
+    Raises:
+      TypeError: if model does not implement `Decodable`.
+    """
+    _check_decodable(model)
+
+    def step_fn(memory: PyTree, state: PyTree, tokens: Array, t: Array) -> tuple[Array, PyTree, PyTree]:
+        return model.decode_next(variables, memory, state, tokens, t)
+
+    return step_fn
+
+
+def _check_decodable(model: Any) -> None:
+    if not isinstance(model, Decodable):
+        missing = [name for name in ("init_decode", "decode_next") if not callable(getattr(model, name, None))]
+        raise TypeError(f"{type(model).__name__} is not decodable: it lacks {missing} (see "
+                        "attention_jax.models.decoding.Decodable)")
+
+
 def _where_rows(rows: Array, new: Array, old: Array) -> Array:
     """new where rows[b] else old, for arrays with leading batch axis."""
     return jnp.where(rows.reshape(rows.shape + (1,) * (new.ndim - 1)), new, old)
@@ -80,7 +193,7 @@ def greedy_decode(
     zeros. The loop stops as soon as every row has finished.
 
     Args:
-      step_fn: the model's step function (see the module docstring).
+      step_fn: a `StepFn`, e.g. from `prepare`.
       memory: pytree, leaves [B, ...] (e.g. the encoder outputs), passed unchanged to every step.
       state: pytree, leaves [B, ...], the initial decoder state.
       batch_size: B.
@@ -168,7 +281,7 @@ def beam_search(
     never reordered (the beams of a sentence share it), the state is gathered by beam parent every step.
 
     Args:
-      step_fn: the model's step function (see the module docstring); it sees B * K rows.
+      step_fn: a `StepFn`, e.g. from `prepare`; it sees B * K rows.
       memory: pytree, leaves [B, ...].
       state: pytree, leaves [B, ...], the initial decoder state.
       batch_size: B.

@@ -19,13 +19,14 @@ only own the parameters. Shapes use the package legend: B batch, T target (query
 
 Decoding one token at a time (`Seq2Seq.decode_step`) calls the very same cell module, with the same
 parameters, as the teacher-forced pass (`Seq2Seq.__call__`, an `nn.scan` over that cell), so the two
-agree to float32 rounding. Use `make_step_fn` to turn a model and its variables into the step
-function expected by `attention_jax.models.decoding.greedy_decode` / `beam_search`.
+agree to float32 rounding. `Seq2Seq` implements the decoding protocol of `attention_jax.models.decoding`
+(`init_decode`, `decode_next`), so `decoding.prepare` turns a model and its variables into the step function
+that `decoding.greedy_decode` / `beam_search` consume.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import flax.linen as nn
@@ -36,6 +37,7 @@ from attention_jax import _checks
 from attention_jax.core import masks
 from attention_jax.layers.bahdanau import BahdanauAttention
 from attention_jax.layers.luong import LUONG_MODES, LUONG_SCORES, LuongAttention, check_luong_options
+from attention_jax.models import decoding
 
 Array = jax.Array
 PyTree = Any
@@ -437,6 +439,39 @@ class Seq2Seq(nn.Module):
         _checks.tokens("tokens", tokens, 1)
         return self.decoder(memory, state, tokens, t, train)
 
+    # -- the decoding protocol (`attention_jax.models.decoding.Decodable`) -------------------------------
+
+    @nn.nowrap
+    def init_decode(self, variables: PyTree, src: Array, src_lengths: Array, *,
+                    max_len: int) -> tuple[dict[str, Array], dict[str, Any]]:
+        """`encode` and `init_state` in inference mode, on the unbound module (`decoding.Decodable`).
+
+        Args:
+            variables: the model's variables ({"params": ...}).
+            src: [B, S] int32 source tokens.
+            src_lengths: [B] int32.
+            max_len: the number of steps to decode, an int >= 1 (the recurrent state does not depend on it).
+
+        Returns:
+            (memory, state): see `encode` and `init_state`.
+
+        Raises:
+            ValueError / TypeError: bad shapes or dtypes (see `encode`), max_len not an int >= 1.
+        """
+        _checks.int_at_least("max_len", max_len, 1)
+        memory = self.apply(variables, src, src_lengths, method=Seq2Seq.encode)
+        return memory, self.apply(variables, memory, method=Seq2Seq.init_state)
+
+    @nn.nowrap
+    def decode_next(self, variables: PyTree, memory: Mapping[str, Array], state: Mapping[str, Any], tokens: Array,
+                    t: Array) -> tuple[Array, dict[str, Any], Array]:
+        """`decode_step` in inference mode, on the unbound module (`decoding.Decodable`).
+
+        Returns:
+            (logits [B, V] float32, state, weights [B, S] float32); see `decode_step` for the arguments.
+        """
+        return self.apply(variables, memory, state, tokens, t, method=Seq2Seq.decode_step)
+
     def __call__(
         self, src: Array, src_lengths: Array, tgt_in: Array, train: bool = False
     ) -> tuple[Array, Array]:
@@ -479,8 +514,11 @@ class Seq2Seq(nn.Module):
         return jnp.swapaxes(logits, 0, 1), jnp.swapaxes(weights, 0, 1)
 
 
-def make_step_fn(model: Seq2Seq, variables: PyTree) -> Callable[..., tuple[Array, Any, Array]]:
-    """The `attention_jax.models.decoding` step function of a trained `Seq2Seq`.
+def make_step_fn(model: Seq2Seq, variables: PyTree) -> decoding.StepFn:
+    """The `attention_jax.models.decoding` step function of a `Seq2Seq`: ``Seq2Seq.decode_next`` bound to variables.
+
+    A thin wrapper kept for existing callers; `attention_jax.models.decoding.prepare` gives the step function
+    together with the memory and state for any decodable model.
 
     Args:
         model: the module.
@@ -490,8 +528,4 @@ def make_step_fn(model: Seq2Seq, variables: PyTree) -> Callable[..., tuple[Array
         step_fn(memory, state, tokens [B'] int32, t [] int32) -> (logits [B',V] f32, state,
         weights [B',S] f32), i.e. `Seq2Seq.decode_step` in inference mode.
     """
-
-    def step_fn(memory, state, tokens, t):
-        return model.apply(variables, memory, state, tokens, t, method=Seq2Seq.decode_step)
-
-    return step_fn
+    return decoding.bind(model, variables)

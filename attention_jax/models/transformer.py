@@ -9,8 +9,9 @@
     `MultiHeadAttention.positions`: Shaw, RoPE, ALiBi), stacks of layers and the output logits. Its interface
     is `attention_jax.models.seq2seq.Seq2Seq`'s: ``__call__(src, src_lengths, tgt_in, train)``, ``encode`` and a
     ``decode_step`` that runs on the key/value cache of `MultiHeadAttention`.
-  - `make_step_fn` / `init_decode_state`: the `attention_jax.models.decoding` step function over that cache, so
-    `decoding.beam_search` and `decoding.greedy_decode` decode a trained Transformer in O(T) per token.
+  - `Transformer.init_decode` / `Transformer.decode_next`: the decoding protocol of `attention_jax.models.decoding`
+    over that cache, so `decoding.prepare`, `decoding.beam_search` and `decoding.greedy_decode` decode a trained
+    Transformer in O(T) per token (`make_step_fn` / `init_decode_state` are thin wrappers kept for callers).
   - `label_smoothed_cross_entropy` (§5.4, Szegedy et al. 2016, arXiv:1512.00567, §7) and
     `transformer_schedule`, the warm-up learning rate of §5.3 (eq. 3) as an optax schedule.
 
@@ -33,6 +34,7 @@ from attention_jax import _checks
 from attention_jax.layers.head_gates import expected_l0, hard_concrete_deterministic, hard_concrete_sample
 from attention_jax.layers.multihead import MultiHeadAttention
 from attention_jax.core.positional import LearnedPositions, sinusoidal_at
+from attention_jax.models import decoding
 
 Array = jax.Array
 PyTree = Any
@@ -309,8 +311,8 @@ class Transformer(nn.Module):
     padding is the caller's business (mask it in the loss); the decoder is causal.
 
     Decoding: `decode_step` runs one target position against the self-attention caches of a clone with
-    `decode=True`; `make_step_fn` / `init_decode_state` wrap it for `attention_jax.models.decoding`. Decoding step
-    by step equals the teacher-forced pass.
+    `decode=True`; `init_decode` / `decode_next` wrap it as the `attention_jax.models.decoding.Decodable`
+    protocol. Decoding step by step equals the teacher-forced pass.
 
     Attributes:
       vocab_size: V.
@@ -537,6 +539,59 @@ class Transformer(nn.Module):
         logits, weights = self.decode_logits(memory, tokens[:, None], False, positions)
         return logits[:, 0], weights[:, 0]
 
+    # -- the decoding protocol (`attention_jax.models.decoding.Decodable`) -------------------------------------
+
+    @nn.nowrap
+    def init_decode(self, variables: PyTree, src: Array, src_lengths: Array, *,
+                    max_len: int) -> tuple[dict[str, Array], PyTree]:
+        """`encode`, and empty self-attention caches of max_len slots, on the unbound module (`decoding.Decodable`).
+
+        Args:
+          variables: the model's variables ({"params": ...}).
+          src: [B, S] integer source tokens.
+          src_lengths: [B] integer.
+          max_len: L, the cache length, at least the number of steps to decode; an int >= 1 (and <= the
+            attribute max_len with learned positions, whose table has that many rows).
+
+        Returns:
+          (memory, state): memory from `encode`; state a pytree of zeros, every leaf [B, L, K, H] (the keys and
+          values of each decoder layer's self-attention, without the cache index: `decode_next` writes at t).
+
+        Raises:
+          ValueError: bad source shapes (see `encode`), max_len not an int >= 1, or beyond the learned table.
+          TypeError: non-integer src or src_lengths.
+        """
+        max_len = _checks.positive_int("max_len", max_len)
+        if self.positions == "learned" and max_len > self.max_len:
+            raise ValueError(f"max_len={max_len} decoding steps exceed the learned position table's "
+                             f"max_len={self.max_len} rows")
+        memory = self.apply(variables, src, src_lengths, method=Transformer.encode)
+        return memory, _empty_caches(self, memory, max_len)
+
+    @nn.nowrap
+    def decode_next(self, variables: PyTree, memory: Mapping[str, Array], state: PyTree, tokens: Array,
+                    t: Array) -> tuple[Array, PyTree, Array]:
+        """One cached decoding step at position t, on the unbound module (`decoding.Decodable`).
+
+        Runs `decode_step` on a `decode=True` clone whose caches are `state` with their write index set to t,
+        so beam search may reorder the state's rows freely (every leaf is batch-leading).
+
+        Args:
+          variables: the model's variables ({"params": ...}).
+          memory: `encode`'s output (possibly tiled along the batch).
+          state: the caches from `init_decode` or the previous `decode_next`.
+          tokens: [B] integer, the previous outputs (BOS at t = 0).
+          t: [] int32, the position being predicted, < the caches' length L.
+
+        Returns:
+          (logits [B, V] float32, state, weights [B, S] float32: the last decoder layer's cross-attention
+          weights averaged over heads).
+        """
+        cache = _with_index(state, t)
+        (logits, weights), updated = self.clone(decode=True).apply(
+            {**variables, "cache": cache}, memory, tokens, t, method=Transformer.decode_step, mutable=["cache"])
+        return logits, _strip_index(updated["cache"]), weights
+
 
 # ----------------------------------------------------------------------------------------------------------
 # Decoding with the cache.
@@ -559,21 +614,25 @@ def _with_index(cache: PyTree, t: Array) -> PyTree:
     return cache
 
 
-def _abstract_cache(model: Transformer, params: PyTree, memory: Mapping[str, Array], max_len: int) -> PyTree:
+def _empty_caches(model: Transformer, memory: Mapping[str, Array], max_len: int) -> PyTree:
+    """Zero self-attention caches of `max_len` slots for memory's batch, without their `cache_index` leaves."""
     batch = jnp.shape(memory["encoded"])[0]
     decoder = model.clone(decode=True)
     shapes = jax.eval_shape(
-        lambda p, m: decoder.init({"params": jax.random.PRNGKey(0)}, m, jnp.zeros((batch, max_len), jnp.int32),
-                                  method=Transformer.decode_logits)["cache"], params, memory)
-    return shapes
+        lambda m: decoder.init({"params": jax.random.PRNGKey(0)}, m, jnp.zeros((batch, max_len), jnp.int32),
+                               method=Transformer.decode_logits)["cache"], memory)
+    return _strip_index(jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes))
 
 
 def init_decode_state(model: Transformer, params: PyTree, memory: Mapping[str, Array], max_len: int) -> PyTree:
-    """Empty self-attention caches for decoding up to max_len tokens.
+    """Empty self-attention caches for decoding up to max_len tokens (the state of `Transformer.decode_next`).
+
+    A thin wrapper kept for existing callers; `Transformer.init_decode` (or `attention_jax.models.decoding.prepare`)
+    encodes and builds this state in one call.
 
     Args:
       model: the trained `Transformer` (decode False or True).
-      params: its parameters.
+      params: its parameters (unused: the caches' shapes follow from the model and the memory).
       memory: `Transformer.encode`'s output for the batch.
       max_len: the cache length, at least the number of steps to decode; a Python int.
 
@@ -584,13 +643,16 @@ def init_decode_state(model: Transformer, params: PyTree, memory: Mapping[str, A
     Raises:
       ValueError: if max_len is not a positive int.
     """
+    del params
     max_len = _checks.positive_int("max_len", max_len)
-    shapes = _abstract_cache(model, params, memory, max_len)
-    return _strip_index(jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes))
+    return _empty_caches(model, memory, max_len)
 
 
-def make_step_fn(model: Transformer, params: PyTree) -> Callable[..., tuple[Array, PyTree, Array]]:
-    """The `attention_jax.models.decoding` step function of a trained `Transformer`, running on the caches.
+def make_step_fn(model: Transformer, params: PyTree) -> decoding.StepFn:
+    """The `attention_jax.models.decoding` step function of a `Transformer`: ``decode_next`` bound to params.
+
+    A thin wrapper kept for existing callers; `attention_jax.models.decoding.prepare` gives the step function
+    together with the memory and state for any decodable model.
 
     Args:
       model: the `Transformer`.
@@ -601,12 +663,4 @@ def make_step_fn(model: Transformer, params: PyTree) -> Callable[..., tuple[Arra
       float32), with `state` from `init_decode_state`. Beam search may reorder the state's rows freely: every
       leaf is batch-leading, and the caches' write position is t itself.
     """
-    decoder = model.clone(decode=True)
-
-    def step_fn(memory, state, tokens, t):
-        cache = _with_index(state, t)
-        (logits, weights), updated = decoder.apply({"params": params, "cache": cache}, memory, tokens, t,
-                                                   method=Transformer.decode_step, mutable=["cache"])
-        return logits, _strip_index(updated["cache"]), weights
-
-    return step_fn
+    return decoding.bind(model, {"params": params})

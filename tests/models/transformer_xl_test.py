@@ -1,4 +1,4 @@
-"""Tests for attention_jax/transformer_xl.py against float64 numpy transcriptions of Dai et al. 2019.
+"""Tests for attention_jax/models/transformer_xl.py and layers/relative.py against float64 numpy transcriptions of Dai et al. 2019.
 
 arXiv:1901.02860: §3.2 (segment recurrence with stop-gradient memory), §3.3 (A^rel_{i,j}, terms (a)-(d)) and
 appendix B (the relative shift).
@@ -11,6 +11,7 @@ import numpy as np
 from absl.testing import absltest, parameterized
 from jax import test_util as jtu
 
+from attention_jax.layers import relative
 from attention_jax.models import transformer_xl as txl
 
 B, T, N, H, D = 2, 3, 2, 4, 8
@@ -77,7 +78,7 @@ class RelShiftTest(chex.TestCase, parameterized.TestCase):
     @parameterized.parameters((3, 3), (3, 5), (1, 4), (4, 7))
     def test_matches_gather(self, t, l):
         x = _rng(1).normal(size=(2, 2, t, l)).astype(np.float32)
-        got = self.variant(txl.rel_shift)(jnp.asarray(x))
+        got = self.variant(relative.rel_shift)(jnp.asarray(x))
         chex.assert_shape(got, x.shape)
         np.testing.assert_allclose(got, _np_rel_shift(x), atol=0)
 
@@ -85,28 +86,28 @@ class RelShiftTest(chex.TestCase, parameterized.TestCase):
         # Each query's own position (j = M + i) must read the distance-0 column L - 1.
         t, l = 3, 5
         x = np.tile(np.arange(l, dtype=np.float32), (1, 1, t, 1))
-        got = np.asarray(txl.rel_shift(jnp.asarray(x)))[0, 0]
+        got = np.asarray(relative.rel_shift(jnp.asarray(x)))[0, 0]
         for i in range(t):
             self.assertEqual(got[i, l - t + i], l - 1)
 
     def test_bad_shapes_raise(self):
         with self.assertRaisesRegex(ValueError, r"T <= L.*\(1, 1, 4, 3\)"):
-            txl.rel_shift(jnp.zeros((1, 1, 4, 3)))
+            relative.rel_shift(jnp.zeros((1, 1, 4, 3)))
         with self.assertRaisesRegex(ValueError, "rank 4"):
-            txl.rel_shift(jnp.zeros((4, 3)))
+            relative.rel_shift(jnp.zeros((4, 3)))
 
 
 class CausalMemoryMaskTest(absltest.TestCase):
 
     def test_values(self):
-        got = np.asarray(txl.causal_memory_mask(2, 3))
+        got = np.asarray(relative.causal_memory_mask(2, 3))
         chex.assert_shape(got, (1, 1, 2, 5))
         np.testing.assert_array_equal(got[0, 0], [[1, 1, 1, 1, 0], [1, 1, 1, 1, 1]])
         self.assertEqual(got.dtype, np.bool_)
 
     def test_bad_args(self):
         with self.assertRaisesRegex(ValueError, "memory_length"):
-            txl.causal_memory_mask(2, -1)
+            relative.causal_memory_mask(2, -1)
 
 
 class RelativeAttentionTest(chex.TestCase, parameterized.TestCase):
@@ -115,8 +116,8 @@ class RelativeAttentionTest(chex.TestCase, parameterized.TestCase):
     @parameterized.product(memory_length=(0, 2), masked=(True, False))
     def test_matches_reference(self, memory_length, masked):
         q, k, val, rel_key, u, v = _inputs(memory_length)
-        mask = txl.causal_memory_mask(T, memory_length) if masked else None
-        fn = self.variant(lambda *a: txl.relative_attention(*a, mask=mask))
+        mask = relative.causal_memory_mask(T, memory_length) if masked else None
+        fn = self.variant(lambda *a: relative.relative_attention(*a, mask=mask))
         got = fn(q, k, val, rel_key, u, v)
         chex.assert_shape(got, (B, T, N, H))
         want = _np_relative_attention(q, k, val, rel_key, u, v, None if mask is None else np.asarray(mask), H ** -0.5)
@@ -124,46 +125,46 @@ class RelativeAttentionTest(chex.TestCase, parameterized.TestCase):
 
     def test_custom_scale_and_each_term_matters(self):
         q, k, val, rel_key, u, v = _inputs(2, seed=3)
-        mask = txl.causal_memory_mask(T, 2)
-        base = np.asarray(txl.relative_attention(q, k, val, rel_key, u, v, mask=mask, scale=0.7))
+        mask = relative.causal_memory_mask(T, 2)
+        base = np.asarray(relative.relative_attention(q, k, val, rel_key, u, v, mask=mask, scale=0.7))
         want = _np_relative_attention(q, k, val, rel_key, u, v, np.asarray(mask), 0.7)
         np.testing.assert_allclose(base, want, atol=1e-5, rtol=1e-5)
         # Zeroing u, v or rel_key changes the output: every term reaches the logits.
         for zeroed in ({"u": jnp.zeros_like(u)}, {"v": jnp.zeros_like(v)}, {"rel_key": jnp.zeros_like(rel_key)}):
             args = dict(u=u, v=v, rel_key=rel_key) | zeroed
-            other = txl.relative_attention(q, k, val, args["rel_key"], args["u"], args["v"], mask=mask, scale=0.7)
+            other = relative.relative_attention(q, k, val, args["rel_key"], args["u"], args["v"], mask=mask, scale=0.7)
             self.assertGreater(np.abs(np.asarray(other) - base).max(), 1e-4)
 
     def test_fully_masked_rows_are_zero(self):
         q, k, val, rel_key, u, v = _inputs(1)
-        mask = np.asarray(txl.causal_memory_mask(T, 1)).repeat(B, 0).repeat(N, 1)
+        mask = np.asarray(relative.causal_memory_mask(T, 1)).repeat(B, 0).repeat(N, 1)
         mask[0, 1, 2, :] = False
-        out = txl.relative_attention(q, k, val, rel_key, u, v, mask=jnp.asarray(mask))
+        out = relative.relative_attention(q, k, val, rel_key, u, v, mask=jnp.asarray(mask))
         self.assertTrue(np.isfinite(np.asarray(out)).all())
         np.testing.assert_array_equal(np.asarray(out)[0, 2, 1], 0.0)
-        grads = jax.grad(lambda q: txl.relative_attention(q, k, val, rel_key, u, v, mask=jnp.asarray(mask))[0, 2, 1].sum())(q)
+        grads = jax.grad(lambda q: relative.relative_attention(q, k, val, rel_key, u, v, mask=jnp.asarray(mask))[0, 2, 1].sum())(q)
         np.testing.assert_array_equal(np.asarray(grads), 0.0)
 
     def test_check_grads(self):
         q, k, val, rel_key, u, v = _inputs(1, seed=5)
-        mask = txl.causal_memory_mask(T, 1)
-        fn = lambda *a: txl.relative_attention(*a, mask=mask)
+        mask = relative.causal_memory_mask(T, 1)
+        fn = lambda *a: relative.relative_attention(*a, mask=mask)
         jtu.check_grads(fn, (q, k, val, rel_key, u, v), order=1, modes=["rev"], eps=1e-3, atol=1e-2, rtol=1e-2)
 
     def test_bad_inputs_raise(self):
         q, k, val, rel_key, u, v = _inputs(2)
         with self.assertRaisesRegex(ValueError, r"key and value shapes differ.*\(2, 5, 2, 4\).*\(2, 4, 2, 4\)"):
-            txl.relative_attention(q, k, val[:, :4], rel_key, u, v)
+            relative.relative_attention(q, k, val[:, :4], rel_key, u, v)
         with self.assertRaisesRegex(ValueError, r"rel_key must be \[L, N, H\] = \(5, 2, 4\).*\(4, 2, 4\)"):
-            txl.relative_attention(q, k, val, rel_key[:4], u, v)
+            relative.relative_attention(q, k, val, rel_key[:4], u, v)
         with self.assertRaisesRegex(ValueError, r"u must be \[N, H\].*\(2, 3\)"):
-            txl.relative_attention(q, k, val, rel_key, u[:, :3], v)
+            relative.relative_attention(q, k, val, rel_key, u[:, :3], v)
         with self.assertRaisesRegex(ValueError, r"L = M \+ T >= T"):
-            txl.relative_attention(q, k[:, :2], val[:, :2], rel_key[:2], u, v)
+            relative.relative_attention(q, k[:, :2], val[:, :2], rel_key[:2], u, v)
         with self.assertRaisesRegex(ValueError, r"mask must be .*got mask.shape=\(1, 1, 3, 4\)"):
-            txl.relative_attention(q, k, val, rel_key, u, v, mask=jnp.ones((1, 1, 3, 4), bool))
+            relative.relative_attention(q, k, val, rel_key, u, v, mask=jnp.ones((1, 1, 3, 4), bool))
         with self.assertRaisesRegex(TypeError, "boolean"):
-            txl.relative_attention(q, k, val, rel_key, u, v, mask=jnp.ones((1, 1, 3, 5)))
+            relative.relative_attention(q, k, val, rel_key, u, v, mask=jnp.ones((1, 1, 3, 5)))
 
 
 class UpdateMemoryTest(absltest.TestCase):
@@ -190,7 +191,7 @@ class UpdateMemoryTest(absltest.TestCase):
 class RelativeEncodingsTest(absltest.TestCase):
 
     def test_distance_order(self):
-        got = np.asarray(txl.relative_encodings(4, 6))
+        got = np.asarray(relative.relative_encodings(4, 6))
         chex.assert_shape(got, (4, 6))
         # Row r holds distance L - 1 - r: column 0 is sin(distance), column 1 cos(distance).
         np.testing.assert_allclose(got[:, 0], np.sin([3.0, 2.0, 1.0, 0.0]), atol=1e-6)
@@ -198,7 +199,7 @@ class RelativeEncodingsTest(absltest.TestCase):
 
 
 def _layer_and_params(seed=0):
-    layer = txl.RelativeMultiHeadAttention(num_heads=N, head_dim=H, bias_init=jax.nn.initializers.normal(0.5))
+    layer = relative.RelativeMultiHeadAttention(num_heads=N, head_dim=H, bias_init=jax.nn.initializers.normal(0.5))
     params = layer.init(jax.random.PRNGKey(seed), jnp.zeros((B, T, D)), jnp.zeros((B, 2, D)))
     return layer, params
 
