@@ -257,7 +257,8 @@ class Aaren(nn.Module):
       scale: the logit scale; None means 1 / sqrt(H).
 
     Raises:
-      ValueError: at construction, if num_heads or head_dim is not an int >= 1.
+      ValueError: at construction, if num_heads, head_dim or out_features (when set) is not an int >= 1.
+      TypeError: at construction, if use_bias is not a bool.
     """
 
     num_heads: int
@@ -273,9 +274,10 @@ class Aaren(nn.Module):
 
     def __post_init__(self):
         for name in ("num_heads", "head_dim"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+            _checks.int_at_least(name, getattr(self, name), 1)
+        if self.out_features is not None:
+            _checks.int_at_least("out_features", self.out_features, 1)
+        _checks.flag("use_bias", self.use_bias)
         super().__post_init__()
 
     _dense = dense_projection

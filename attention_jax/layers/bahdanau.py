@@ -14,8 +14,9 @@ import jax.numpy as jnp
 
 from attention_jax import _checks
 from attention_jax.core import context as context_lib
+from attention_jax.core import masks
 from attention_jax.core import scores
-from attention_jax.layers._common import Kernel, check_qkv, vector_init
+from attention_jax.layers._common import Kernel, vector_init
 
 Array = jax.Array
 
@@ -54,16 +55,19 @@ class BahdanauAttention(nn.Module):
         """U_a h_j for every source position, to be reused at every decoder step.
 
         Args:
-            key: [B, S, Dk] encoder annotations.
+            key: [B, S, Dk] floating encoder annotations, Dk >= 1.
 
         Returns:
             [B, S, A] in float32.
 
         Raises:
-            ValueError: if key is not rank 3.
+            ValueError: if key is not rank 3 or Dk = 0.
+            TypeError: if key is not a floating array.
         """
-        if key.ndim != 3:
-            raise ValueError(f"key must be [B, S, Dk], got {key.shape=}")
+        _checks.rank("key", key, 3)
+        _checks.floating("key", key)
+        if key.shape[-1] == 0:
+            raise ValueError(f"key needs at least one feature, got {key.shape=}")
         w_k = self.w_k(key.shape[-1])
         return jnp.einsum("BSD,DA->BSA", key.astype(jnp.float32), w_k.astype(jnp.float32))
 
@@ -77,30 +81,36 @@ class BahdanauAttention(nn.Module):
     ) -> tuple[Array, Array]:
         """Attends from decoder states to encoder annotations.
 
+        Masked source positions (even NaN, in key, value or projected_keys) and queries with no valid position
+        reach neither the output nor any gradient; such a query gets zero weights and a zero context. S = 0
+        gives a zero context and empty weights; T = 0 empty outputs.
+
         Args:
-            query: [B, T, Dq] previous decoder states s_{i-1}.
-            key: [B, S, Dk] annotations h_j.
-            value: [B, S, Dv] or None (then value = key).
+            query: [B, T, Dq] floating, the previous decoder states s_{i-1}.
+            key: [B, S, Dk] floating, the annotations h_j.
+            value: [B, S, Dv] floating, or None (then value = key).
             mask: [B, S] or [B, T, S] bool, True = valid source position, or None.
-            projected_keys: [B, S, A] float, the output of `project_keys(key)`, or None.
+            projected_keys: [B, S, A] floating, the output of `project_keys(key)`, or None.
 
         Returns:
             context: [B, T, Dv] in value's dtype (eq. 5).
             weights: [B, T, S] float32 (eq. 6); exactly 0 where mask is False.
 
         Raises:
-            ValueError: on mismatched shapes (batch, ranks, mask, projected_keys).
+            ValueError: on mismatched shapes (batch, ranks, mask, projected_keys) or a zero feature size.
+            TypeError: for inputs that are not floating arrays, or a non-boolean mask.
         """
-        check_qkv(query, key, value, mask)
+        value = context_lib.check_attend_inputs(query, key, value, mask)
         w_q = self.w_q(query.shape[-1])
         if projected_keys is None:
             params = {"w_q": w_q, "w_k": self.w_k(key.shape[-1]), "v": self.v}
             return context_lib.attend(query, key, value, mask, score="additive", params=params)
-        if projected_keys.shape != key.shape[:2] + (self.features,):
-            raise ValueError(
-                f"projected_keys must be [B, S, A={self.features}]: {key.shape=} {projected_keys.shape=}"
-            )
-        value = key if value is None else value
+        _checks.floating("projected_keys", projected_keys)
+        _checks.shape("projected_keys", projected_keys, key.shape[:2] + (self.features,))
+        batch, num_queries, num_keys = query.shape[0], query.shape[1], key.shape[1]
+        valid = masks.broadcast_key_mask(mask, batch, num_queries, num_keys)
+        # Zero the dead rows before the score: tanh'(NaN) * 0 would reach d query and d W_a otherwise.
+        query, projected_keys, value = context_lib.zero_unattended(valid, query, projected_keys, value)
         projected_query = jnp.einsum("BTD,DA->BTA", query.astype(jnp.float32), w_q.astype(jnp.float32))
         logits = scores.additive_score_projected(projected_query, projected_keys, self.v)  # [B,T,S]
         return context_lib.attend_from_logits(logits, value, mask)

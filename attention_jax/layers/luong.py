@@ -13,37 +13,42 @@ import jax.numpy as jnp
 
 from attention_jax import _checks
 from attention_jax.core import context as context_lib
-from attention_jax.layers._common import check_qkv, vector_init
+from attention_jax.core import scores
+from attention_jax.layers._common import vector_init
 
 Array = jax.Array
 
 __all__ = ["LUONG_MODES", "LUONG_SCORES", "LuongAttention", "check_luong_options"]
 
-LUONG_SCORES = ("dot", "general", "concat", "location")
-LUONG_MODES = ("global", "local_m", "local_p")
+# Both lists come from the core: the score registry and attend's modes.
+LUONG_SCORES = scores.LUONG_SCORES  # eq. 8: dot, general, concat, location
+LUONG_MODES = context_lib.MODES  # global, local_m, local_p
 
 
 def check_luong_options(score: Any, mode: Any, window: Any, max_source_len: Any) -> None:
+    """Raises ValueError for a score outside `LUONG_SCORES`, an unknown mode, or a window or S_max out of range."""
     _checks.choice("Luong score", score, LUONG_SCORES)
     _checks.choice("Luong attention mode", mode, LUONG_MODES)
     _checks.int_at_least("window (D, Luong §3.2)", window, 0)
     _checks.int_at_least("max_source_len", max_source_len, 0)
     if mode == "local_p" and window < 1:
         raise ValueError(f"mode='local_p' needs window >= 1 (its Gaussian has sigma = window / 2), got {window!r}")
-    if score == "location" and max_source_len < 1:
+    if "max_keys" in scores.SCORES[score].needs and max_source_len < 1:
         raise ValueError(
-            "score='location' needs max_source_len >= 1 (the size of W_a's output), "
-            f"got {max_source_len!r}"
+            f"score={score!r} needs max_source_len >= 1 (the size of W_a's output), got {max_source_len!r}"
         )
 
 
 class LuongAttention(nn.Module):
     """Global and local attention of Luong et al. 2015 (arXiv:1508.04025, §3.1-3.2, eqs. 7-10).
 
-    Scores (eq. 8): ``dot`` h_t^T h_s, ``general`` h_t^T W_a h_s, ``concat`` v_a^T tanh(W_a [h_t; h_s]),
-    ``location`` (W_a h_t)[:S]. Modes: ``global`` (softmax over all valid source positions),
-    ``local_m`` (window [t - D, t + D], p_t = t), ``local_p`` (p_t = S_b sigmoid(v_p^T tanh(W_p h_t)),
-    eq. 9, with the Gaussian factor of eq. 10). The math is `attention_jax.core.context.attend`.
+    Scores (eq. 8, ``LUONG_SCORES``, the eq.-8 entries of the core registry `attention_jax.core.scores.SCORES`):
+    ``dot`` h_t^T h_s, ``general`` h_t^T W_a h_s, ``concat`` v_a^T tanh(W_a [h_t; h_s]), ``location``
+    (W_a h_t)[:S]. The module creates each score's parameters under the registry's names and shapes
+    (`scores.param_shapes`): matrices with lecun-normal, vectors with normal(1 / sqrt(A)). Modes: ``global`` (softmax over all valid source
+    positions), ``local_m`` (window [t - D, t + D], p_t = t), ``local_p`` (p_t = S_b sigmoid(v_p^T tanh(W_p h_t)),
+    eq. 9, placed on the span of valid source positions, with the Gaussian factor of eq. 10). The math is
+    `attention_jax.core.context.attend`.
 
     Attributes:
         score: one of ``LUONG_SCORES``.
@@ -55,7 +60,8 @@ class LuongAttention(nn.Module):
         param_dtype: dtype of the parameters.
 
     Raises (at construction):
-        ValueError: unknown score or mode, window not an int >= 0, location without max_source_len.
+        ValueError: unknown score or mode, window or features not an int >= 0, location without
+            max_source_len.
     """
 
     score: str = "general"
@@ -81,44 +87,47 @@ class LuongAttention(nn.Module):
     ) -> tuple[Array, Array]:
         """Attends from decoder hidden states h_t to source states h_s.
 
+        Masked source positions (even NaN) and queries with no valid position reach neither the output nor any
+        gradient (see `attend`). S = 0 gives a zero context and empty weights; T = 0 empty outputs.
+
         Args:
-            query: [B, T, Dq] current top-layer decoder states h_t.
-            key: [B, S, Dk] source hidden states h_s.
-            value: [B, S, Dv] or None (then value = key).
-            mask: [B, S] or [B, T, S] bool, True = valid source position, or None. A [B, S] mask also gives
-                local-p its true source lengths S_b.
+            query: [B, T, Dq] floating, the current top-layer decoder states h_t.
+            key: [B, S, Dk] floating, the source hidden states h_s.
+            value: [B, S, Dv] floating, or None (then value = key).
+            mask: [B, S] or [B, T, S] bool, True = valid source position, or None. Local-p centres its window
+                on each query's span of valid positions (left or right padding alike).
             query_positions: [B, T] int target positions t for local-m (default arange(T)); needed when
-                decoding one step at a time.
+                decoding one step at a time. Ignored by the other modes.
 
         Returns:
             context: [B, T, Dv] in value's dtype.
             weights: [B, T, S] float32; exactly 0 on masked or out-of-window positions.
 
         Raises:
-            ValueError: mismatched shapes; ``dot`` with Dq != Dk; ``location`` with S > max_source_len.
+            ValueError: mismatched shapes or a zero feature size; ``dot`` with Dq != Dk; ``location`` with
+                S > max_source_len.
+            TypeError: inputs that are not floating arrays, or a non-boolean mask.
         """
-        check_qkv(query, key, value, mask)
+        value = context_lib.check_attend_inputs(query, key, value, mask)
         dq, dk, num_keys = query.shape[-1], key.shape[-1], key.shape[1]
         a = self.features or dk
-        lecun = nn.initializers.lecun_normal()
-        params: dict[str, Array] = {}
-        if self.score == "dot" and dq != dk:
-            raise ValueError(f"score='dot' needs equal query and key sizes: {query.shape=} {key.shape=}")
-        if self.score == "general":
-            params["w_a"] = self.param("w_a", lecun, (dq, dk), self.param_dtype)
-        elif self.score == "concat":
-            params["w_a"] = self.param("w_a", lecun, (dq + dk, a), self.param_dtype)
-            params["v_a"] = self.param("v_a", vector_init(a), (a,), self.param_dtype)
-        elif self.score == "location":
-            if num_keys > self.max_source_len:
-                raise ValueError(
-                    f"score='location' supports at most max_source_len={self.max_source_len} source "
-                    f"positions, got {key.shape=}"
-                )
-            params["w_a"] = self.param("w_a", lecun, (dq, self.max_source_len), self.param_dtype)
+        spec = scores.SCORES[self.score]
+        if spec.same_features and dq != dk:
+            raise ValueError(f"score={self.score!r} needs equal query and key sizes: {query.shape=} {key.shape=}")
+        if "max_keys" in spec.needs and num_keys > self.max_source_len:
+            raise ValueError(
+                f"score={self.score!r} supports at most max_source_len={self.max_source_len} source "
+                f"positions, got {key.shape=}"
+            )
+        shapes = scores.param_shapes(self.score, dq, dk, hidden_dim=a, max_keys=self.max_source_len or None)
         if self.mode == "local_p":
-            params["w_p"] = self.param("w_p", lecun, (dq, a), self.param_dtype)
-            params["v_p"] = self.param("v_p", vector_init(a), (a,), self.param_dtype)
+            shapes.update(w_p=(dq, a), v_p=(a,))
+        params = {
+            name: self.param(
+                name, nn.initializers.lecun_normal() if len(shape) == 2 else vector_init(shape[0]), shape,
+                self.param_dtype)
+            for name, shape in shapes.items()
+        }
         return context_lib.attend(
             query,
             key,

@@ -43,7 +43,8 @@ def multistep_attention(
 
     Logits and softmax run in float32 through `attention_jax.core.alignment.masked_softmax`. Masked source
     positions are zeroed before any product, so NaN or inf stored there reaches neither the output nor the
-    gradients; a sentence with no valid source position gets zero weights, a zero context and zero gradients.
+    gradients; a sentence with no valid source position gets zero weights, a zero context and zero gradients
+    (its queries are zeroed too). S = 0 gives a zero context and empty weights; T = 0 empty outputs.
 
     Args:
       decoder_state: [B, T, C] floating, h_i^l, the layer's GLU output.
@@ -61,8 +62,8 @@ def multistep_attention(
 
     Raises:
       ValueError: wrong ranks, batch sizes that differ, T differing between decoder_state and target_embedding,
-        encoder_out and encoder_in of different shapes, w_d / b_d / mask shapes that do not fit.
-      TypeError: non-floating inputs or a non-boolean mask.
+        encoder_out and encoder_in of different shapes, w_d / b_d / mask shapes that do not fit, C or E = 0.
+      TypeError: inputs that are not floating arrays, a non-boolean mask, or a scale_context that is not a bool.
     """
     for name, x in (("decoder_state", decoder_state), ("target_embedding", target_embedding),
                     ("encoder_out", encoder_out), ("encoder_in", encoder_in)):
@@ -75,6 +76,9 @@ def multistep_attention(
     if encoder_out.shape != encoder_in.shape:
         raise ValueError(f"encoder_out and encoder_in shapes differ: {encoder_out.shape=} {encoder_in.shape=}")
     batch, num_keys, features = encoder_out.shape
+    if features == 0 or decoder_state.shape[-1] == 0:
+        raise ValueError(f"decoder_state and encoder_out need at least one feature: {decoder_state.shape=} "
+                         f"{encoder_out.shape=}")
     if target_embedding.shape[-1] != features:
         raise ValueError(f"target_embedding and encoder_out sizes differ: {target_embedding.shape=} "
                          f"{encoder_out.shape=}")
@@ -85,16 +89,23 @@ def multistep_attention(
     if mask is not None:
         _checks.boolean("mask", mask)
         _checks.shape("mask", mask, (batch, num_keys))
+    scale_context = _checks.flag("scale_context", scale_context)
 
     out_dtype = jnp.result_type(encoder_out, encoder_in)
     keys = encoder_out.astype(_F32)  # [B,S,E]
     values = encoder_in.astype(_F32)  # [B,S,E]
+    decoder_state = decoder_state.astype(_F32)  # [B,T,C]
+    target_embedding = target_embedding.astype(_F32)  # [B,T,E]
     if mask is not None:
-        # Zero padding first: 0 * NaN would otherwise reach the logits and the context (and their gradients).
+        # Zero padding first, and the queries of a sentence with no valid source: 0 * NaN would otherwise reach
+        # the logits and the context (and their gradients, d W_d included).
         keys = jnp.where(mask[..., None], keys, 0.0)
         values = jnp.where(mask[..., None], values, 0.0)
-    query = (jnp.einsum("BTC,CE->BTE", decoder_state.astype(_F32), w_d.astype(_F32))
-             + b_d.astype(_F32) + target_embedding.astype(_F32))  # d_i, [B,T,E]
+        has_key = jnp.any(mask, axis=-1)[:, None, None]  # [B,1,1]
+        decoder_state = jnp.where(has_key, decoder_state, 0.0)
+        target_embedding = jnp.where(has_key, target_embedding, 0.0)
+    query = (jnp.einsum("BTC,CE->BTE", decoder_state, w_d.astype(_F32))
+             + b_d.astype(_F32) + target_embedding)  # d_i, [B,T,E]
     logits = jnp.einsum("BTE,BSE->BTS", query, keys)  # [B,T,S]
     num_queries = decoder_state.shape[1]
     full_mask = None if mask is None else jnp.broadcast_to(mask[:, None, :], (batch, num_queries, num_keys))
@@ -113,12 +124,19 @@ class MultiStepAttention(nn.Module):
     """Owns W_d [C, E] and b_d [E] of one decoder layer and calls `multistep_attention` (arXiv:1705.03122, §3.3).
 
     Attributes:
-      scale_context: see `multistep_attention`.
+      scale_context: see `multistep_attention`; a bool.
       param_dtype: dtype of the parameters.
+
+    Raises:
+      TypeError: at construction, if scale_context is not a bool.
     """
 
     scale_context: bool = True
     param_dtype: Any = jnp.float32
+
+    def __post_init__(self):
+        _checks.flag("MultiStepAttention.scale_context", self.scale_context)
+        super().__post_init__()
 
     @nn.compact
     def __call__(self, decoder_state: Array, target_embedding: Array, encoder_out: Array, encoder_in: Array,
@@ -127,6 +145,9 @@ class MultiStepAttention(nn.Module):
         _checks.rank("decoder_state", decoder_state, 3)
         _checks.rank("encoder_out", encoder_out, 3)
         c, e = decoder_state.shape[-1], encoder_out.shape[-1]
+        if c == 0 or e == 0:
+            raise ValueError(f"decoder_state and encoder_out need at least one feature: {decoder_state.shape=} "
+                             f"{encoder_out.shape=}")
         w_d = self.param("w_d", nn.initializers.lecun_normal(), (c, e), self.param_dtype)
         b_d = self.param("b_d", nn.initializers.zeros, (e,), self.param_dtype)
         return multistep_attention(decoder_state, target_embedding, encoder_out, encoder_in, w_d=w_d, b_d=b_d,

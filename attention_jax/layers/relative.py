@@ -83,16 +83,16 @@ def causal_memory_mask(num_queries: int, memory_length: int) -> jax.Array:
     """The Transformer-XL causal mask over [memory; segment]: query i sees key j iff j <= M + i (§3.2).
 
     Args:
-      num_queries: T, a Python int >= 1.
+      num_queries: T, a Python int >= 0.
       memory_length: M, a Python int >= 0.
 
     Returns:
-      mask: [1, 1, T, M + T] bool, True = attend.
+      mask: [1, 1, T, M + T] bool, True = attend (empty when T = 0).
 
     Raises:
-      ValueError: if num_queries < 1 or memory_length < 0 (or either is not an int).
+      ValueError: if num_queries or memory_length is negative (or not an int).
     """
-    num_queries = _checks.positive_int("num_queries", num_queries)
+    num_queries = _checks.positive_int("num_queries", num_queries, allow_zero=True)
     memory_length = _checks.positive_int("memory_length", memory_length, allow_zero=True)
     return jnp.asarray(_valid_distances(num_queries, memory_length + num_queries))[None, None]
 
@@ -129,7 +129,10 @@ def relative_attention(
     As in the paper, (a)+(c) = (q_i + u) . k_j and (b)+(d) = (q_i + v) . W_R R, the latter computed against
     every distance row and realigned with `rel_shift` (appendix B). For a key after its query (j > M + i)
     there is no distance row: (b) and (d) are 0 there and only the content terms remain, so such keys should be
-    masked, usually with `causal_memory_mask(T, M)`. Rows with no valid key give a zero output.
+    masked, usually with `causal_memory_mask(T, M)`. Rows with no valid key give a zero output. Keys and values
+    that no query of their head attends, and queries with no valid key, are replaced with zeros before the
+    logits, so NaN or inf stored there reaches neither the output nor any gradient. T = 0 gives an empty
+    output.
 
     Args:
       query: [B, T, N, H] floating, the projected current segment.
@@ -168,8 +171,17 @@ def relative_attention(
             raise ValueError(f"{name} must be [N, H] = {(heads, head_dim)}: {name}.shape={jnp.shape(x)}")
     if mask is not None:
         _check_mask(mask, batch, heads, num_queries, num_keys)
+    if head_dim == 0:
+        raise ValueError(f"the head dim H must be >= 1: {jnp.shape(query)=}")
     scale = 1.0 / math.sqrt(head_dim) if scale is None else scale
 
+    if mask is not None:
+        # Zero the rows no valid pair uses before any product: 0 * NaN would reach the live gradients.
+        heads_last = lambda live: jnp.swapaxes(live, 1, 2)[..., None]  # [B|1, N|1, X] -> [B|1, X, N|1, 1]
+        query = jnp.where(heads_last(jnp.any(mask, axis=3)), query, jnp.zeros((), query.dtype))
+        live_key = heads_last(jnp.any(mask, axis=2))
+        key = jnp.where(live_key, key, jnp.zeros((), key.dtype))
+        value = jnp.where(live_key, value, jnp.zeros((), value.dtype))
     q = query.astype(_F32)
     content = jnp.einsum("BTNH,BLNH->BNTL", q + u.astype(_F32), key.astype(_F32))  # [B, N, T, L], (a) + (c)
     by_distance = jnp.einsum("BTNH,RNH->BNTR", q + v.astype(_F32), rel_key.astype(_F32))  # [B, N, T, L], (b) + (d)
@@ -188,7 +200,7 @@ def relative_encodings(num_keys: int, dim: int, dtype: Any = jnp.float32) -> jax
     [sin..., cos...] layout; the two differ by a fixed feature permutation, which W_R absorbs.
 
     Args:
-      num_keys: L, a Python int >= 1.
+      num_keys: L, a Python int >= 0.
       dim: D, a Python int >= 1.
       dtype: the output dtype.
 
@@ -196,9 +208,9 @@ def relative_encodings(num_keys: int, dim: int, dtype: Any = jnp.float32) -> jax
       [L, D] in `dtype`.
 
     Raises:
-      ValueError: if num_keys or dim is not a positive int.
+      ValueError: if num_keys is negative or dim is not a positive int (or either is not an int).
     """
-    num_keys = _checks.positive_int("num_keys", num_keys)
+    num_keys = _checks.positive_int("num_keys", num_keys, allow_zero=True)
     distances = jnp.arange(num_keys - 1, -1, -1)[None]  # [1, L]
     return sinusoidal_at(distances, dim, dtype=dtype)[0]
 
@@ -211,12 +223,17 @@ class RelativeMultiHeadAttention(nn.Module):
     The parameters do not depend on M or T, so a layer trained with one memory length runs with another.
 
     Attributes:
-      num_heads: N.
-      head_dim: H.
-      causal: AND the causal mask `causal_memory_mask(T, M)` into any given mask (the language-model setting).
+      num_heads: N, an int >= 1.
+      head_dim: H, an int >= 1.
+      causal: a bool; AND the causal mask `causal_memory_mask(T, M)` into any given mask (the language-model
+        setting).
       kernel_init: initializer of the projections.
       bias_init: initializer of u and v.
       param_dtype: the parameter dtype.
+
+    Raises:
+      ValueError: at construction, if num_heads or head_dim is not an int >= 1.
+      TypeError: at construction, if causal is not a bool.
     """
 
     num_heads: int
@@ -225,6 +242,12 @@ class RelativeMultiHeadAttention(nn.Module):
     kernel_init: Any = nn.initializers.lecun_normal()
     bias_init: Any = nn.initializers.normal(stddev=0.02)
     param_dtype: Any = jnp.float32
+
+    def __post_init__(self):
+        _checks.int_at_least("num_heads", self.num_heads, 1)
+        _checks.int_at_least("head_dim", self.head_dim, 1)
+        _checks.flag("causal", self.causal)
+        super().__post_init__()
 
     @nn.compact
     def __call__(self, h: jax.Array, memory: jax.Array | None = None, mask: jax.Array | None = None) -> jax.Array:
@@ -236,17 +259,18 @@ class RelativeMultiHeadAttention(nn.Module):
           mask: None or [B|1, N|1, T, M + T] bool, True = attend.
 
         Returns:
-          [B, T, D] in h's dtype.
+          [B, T, D] in h's dtype (empty when T = 0).
 
         Raises:
-          ValueError: for wrong ranks or memory and h that disagree on B or D, or a mask of the wrong shape.
-          TypeError: for non-floating inputs or a non-boolean mask.
+          ValueError: for wrong ranks, D = 0, memory and h that disagree on B or D, or a mask of the wrong shape.
+          TypeError: for inputs that are not floating arrays or a non-boolean mask.
         """
         _checks.rank("h", h, 3)
         _checks.floating("h", h)
-        heads = _checks.positive_int("num_heads", self.num_heads)
-        head_dim = _checks.positive_int("head_dim", self.head_dim)
+        heads, head_dim = self.num_heads, self.head_dim
         batch, num_queries, features = jnp.shape(h)
+        if features == 0:
+            raise ValueError(f"h needs at least one feature: {jnp.shape(h)=}")
         if memory is None:
             context = h  # [B, T, D]
         else:
