@@ -58,10 +58,10 @@ from attention_jax.core.context import attend, attend_from_logits, weighted_cont
 from attention_jax.core.masks import padding_mask
 from attention_jax.core.scores import SCORE_PARAMS, compute_score
 from attention_jax.dot_product import (
+    AttentionMask,
     DotProductAttentionOutput,
     blockwise_attention,
     dot_product_attention,
-    interpret_mode,
     register_backend,
     supports,
 )
@@ -83,6 +83,7 @@ __all__ = [
     "EMPTY_ROW_LSE",
     "SCORE_PARAMS",
     "Aaren",
+    "AttentionMask",
     "BahdanauAttention",
     "ConvS2S",
     "DotProductAttentionOutput",
@@ -104,7 +105,6 @@ __all__ = [
     "dot_product",
     "dot_product_attention",
     "greedy_decode",
-    "interpret_mode",
     "kernels",
     "layers",
     "masked_softmax",

@@ -18,8 +18,9 @@ loads no Pallas: `flash_attention` and `attention_weights` load their modules on
   weights.py      `attention_weights`: exact weights of chosen (batch, head, row) triples from a saved lse.
   reference.py    the float64 numpy reference (forward, lse and closed-form VJP).
 
-The kernels depend on jax, numpy and the mask spec of `attention_jax.core` only; the "flash" backend of
-`attention_jax.dot_product` is their adapter.
+The kernels depend on jax, numpy and the mask spec of `attention_jax.core` only
+(`attention_jax.core.masks.AttentionMask`, which `flash_attention` and `attention_weights` take); the "flash"
+backend of `attention_jax.dot_product` (`attention_jax.dot_product.flash.FlashBackend`) is their adapter.
 """
 
 from __future__ import annotations
@@ -27,9 +28,26 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+import jax
+
 from attention_jax.kernels.block_sizes import BlockSizes
 
-__all__ = ["BlockSizes", "attention_weights", "flash_attention"]
+__all__ = ["KERNELS", "BlockSizes", "attention_weights", "flash_attention", "platform"]
+
+# The kernel families: "triton" (Pallas with the Triton lowering: GPUs; any device interpreted),
+# "mosaic_gpu" (the Hopper forward, opt-in; its backward is the Triton one), "mosaic_tpu" (Pallas Mosaic TPU).
+KERNELS = ("triton", "mosaic_gpu", "mosaic_tpu")
+
+
+def platform() -> str:
+    """The platform jax computes on by default: "cpu", "gpu" (CUDA or ROCm) or "tpu" (else jax's own name).
+
+    The one place that decides it: the kernel family (`flash.default_kernel`), the backends' `supports` and
+    `attention_jax.dot_product.auto_order` all ask here.
+    """
+    name = jax.default_backend()
+    return "gpu" if name in ("cuda", "rocm") else name
+
 
 _LAZY = {"flash_attention": "flash", "attention_weights": "weights"}
 

@@ -15,8 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from attention_jax import _checks
-from attention_jax.core import alignment
-from attention_jax.dot_product.api import _check_attention_args, _position_mask
+from attention_jax.core import alignment, masks
+from attention_jax.core.masks import AttentionMask
 
 __all__ = ["attention_weights"]
 
@@ -42,16 +42,12 @@ def attention_weights(
     query: jax.Array,
     key: jax.Array,
     lse: jax.Array,
+    mask: jax.Array | AttentionMask | None = None,
     *,
     batch_index,
     head_index,
     query_index,
     scale: float | None = None,
-    is_causal: bool = False,
-    query_lengths: jax.Array | None = None,
-    key_lengths: jax.Array | None = None,
-    segment_ids: jax.Array | tuple[jax.Array, jax.Array] | None = None,
-    local_window: tuple[int | None, int | None] | None = None,
     rows_per_chunk: int = 64,
 ) -> jax.Array:
     """The exact attention weights of the requested (batch, head, query-row) triples, from a saved lse.
@@ -59,17 +55,18 @@ def attention_weights(
     Softmax(Q K^T * scale) of Vaswani et al. 2017, arXiv:1706.03762, eq. 1, row by row, normalised with the
     lse of the call that produced the output (`flash_attention(..., return_lse=True)`, or
     `dot_product_attention(..., return_lse=True)` with any implementation), so no second pass over the keys
-    is needed. The masks must be the ones of that call. Rows are processed `rows_per_chunk` at a time
-    (`jax.lax.map`), so memory is O(rows_per_chunk x S x H), never O(T x S).
+    is needed. The mask must be the one of that call. Rows are processed `rows_per_chunk` at a time
+    (`jax.lax.map`), so memory is O(rows_per_chunk x S x H), never O(T x S); only the requested rows of a
+    dense mask are read (`AttentionMask.mask_for`).
 
     Args:
       query: [B, T, N, H] floating, the query of the call.
       key: [B, S, K, H] floating, the key of the call; K divides N.
       lse: [B, N, T] float32, the call's log-sum-exp (`EMPTY_ROW_LSE` on rows with no valid key).
+      mask: None, a [B|1, N|1, T, S] bool array, or the call's `attention_jax.core.masks.AttentionMask`.
       batch_index, head_index, query_index: ints or [R] int arrays (broadcast against each other): the rows
         (b, n, t) to recompute.
-      scale, is_causal, query_lengths, key_lengths, segment_ids, local_window: as in the call (same meaning
-        as in `attention_jax.dot_product_attention`).
+      scale: a Python float, the call's logit scale; default 1 / sqrt(H).
       rows_per_chunk: a positive int, rows computed at once.
 
     Returns:
@@ -80,11 +77,10 @@ def attention_weights(
       ValueError: for the shape, length, segment and window errors of `dot_product_attention`; an lse whose
         shape is not [B, N, T]; indices that are not ints or 1-D, out of range (when concrete), or do not
         broadcast; a bad rows_per_chunk.
-      TypeError: for non-floating query/key or lse, or non-integer indices, lengths or ids.
+      TypeError: for non-array or non-floating query/key or lse, or non-integer indices, lengths or ids.
     """
-    num_queries, num_keys, head_dim, segments, window = _check_attention_args(
-        query, key, key, None, None, query_lengths, key_lengths, segment_ids, local_window)
-    batch, _, heads, _ = query.shape
+    mask = masks.as_attention_mask(mask).bind(query, key)
+    batch, heads, num_queries, num_keys = mask.shape
     groups = heads // key.shape[2]
     _checks.floating("lse", lse)
     if jnp.shape(lse) != (batch, heads, num_queries):
@@ -98,24 +94,17 @@ def attention_weights(
     except ValueError as err:
         raise ValueError(f"batch_index, head_index and query_index do not broadcast: {b_idx.shape=} "
                          f"{n_idx.shape=} {t_idx.shape=}") from err
-    scale = 1.0 / float(np.sqrt(head_dim)) if scale is None else float(scale)
-    k_pos = jnp.arange(num_keys)
+    scale = masks.attention_scale(scale, query.shape[-1])
+    if b_idx.shape[0] == 0 or num_keys == 0:
+        return jnp.zeros((b_idx.shape[0], num_keys), _F32)
 
     def row(idx):
         b, n, t = idx
         q = query[b, t, n].astype(_F32)  # [H]
         k = key[b, :, n // groups].astype(_F32)  # [S, H]
         logits = (k @ q) * scale  # [S]
-        valid = jnp.ones((num_keys,), bool)
-        allowed = _position_mask(t[None], k_pos, is_causal, window)  # [1, S] or None
-        if allowed is not None:
-            valid = valid & allowed[0]
-        if key_lengths is not None:
-            valid = valid & (k_pos < jnp.asarray(key_lengths)[b])
-        if query_lengths is not None:
-            valid = valid & (t < jnp.asarray(query_lengths)[b])
-        if segments is not None:
-            valid = valid & (jnp.asarray(segments[1])[b] == jnp.asarray(segments[0])[b, t])
+        valid = mask.mask_for(q_pos=t[None], batch=b, head=n)  # [1, 1, 1, S] or None
+        valid = jnp.ones((num_keys,), bool) if valid is None else valid[0, 0, 0]
         row_lse = lse[b, n, t].astype(_F32)
         valid = valid & (row_lse != alignment.EMPTY_ROW_LSE)
         # where before exp: an invalid key may hold NaN padding or a logit far above the lse.

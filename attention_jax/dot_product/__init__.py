@@ -1,14 +1,26 @@
 """One operation, many backends: scaled dot-product attention in the jax.nn layout.
 
-  api.py        `dot_product_attention`, `supports`, the backend table, `auto_order`, `register_backend`, and
-                the "xla" backend.
-  blockwise.py  `blockwise_attention`: online softmax over key chunks, O(S) memory on any device.
-  backends.py   the "blockwise", "flash" (adapter to `attention_jax.kernels`) and "cudnn" backends.
+  api.py        `dot_product_attention` (a drop-in for `jax.nn.dot_product_attention`), `supports`, the table
+                of backends (built-ins fixed here, `register_backend` adds names), `auto_order`.
+  base.py       `AttentionCall` (one checked call, as a backend receives it), the `Backend` interface, the
+                bias check and `weights_from_lse`.
+  xla.py        the "xla" backend: dense logits, supports everything.
+  blockwise.py  `blockwise_attention` and the "blockwise" backend: online softmax over key chunks, O(S) memory
+                on any device.
+  flash.py      the "flash" backend: the adapter to the Pallas kernels of `attention_jax.kernels`
+                (`FlashBackend(interpret=True)` runs them in the interpreter on any device).
+  cudnn.py      the "cudnn" backend: jax.nn's cuDNN attention.
+
+The mask spec every backend takes, `AttentionMask`, lives in `attention_jax.core.masks` (the kernels, below
+this package, take it too) and is re-exported here.
 """
 
-from attention_jax.dot_product import backends as _backends  # noqa: F401  (registers the built-in backends)
+from attention_jax.core.masks import AttentionMask
 from attention_jax.dot_product.api import (
+    BUILTIN_BACKENDS,
     EMPTY_ROW_LSE,
+    AttentionCall,
+    Backend,
     DotProductAttentionOutput,
     auto_order,
     dot_product_attention,
@@ -16,16 +28,25 @@ from attention_jax.dot_product.api import (
     registered_backends,
     supports,
 )
-from attention_jax.dot_product.backends import interpret_mode
-from attention_jax.dot_product.blockwise import blockwise_attention
+from attention_jax.dot_product.blockwise import BlockwiseBackend, blockwise_attention
+from attention_jax.dot_product.cudnn import CudnnBackend
+from attention_jax.dot_product.flash import FlashBackend
+from attention_jax.dot_product.xla import XlaBackend
 
 __all__ = [
+    "BUILTIN_BACKENDS",
     "EMPTY_ROW_LSE",
+    "AttentionCall",
+    "AttentionMask",
+    "Backend",
+    "BlockwiseBackend",
+    "CudnnBackend",
     "DotProductAttentionOutput",
+    "FlashBackend",
+    "XlaBackend",
     "auto_order",
     "blockwise_attention",
     "dot_product_attention",
-    "interpret_mode",
     "register_backend",
     "registered_backends",
     "supports",

@@ -12,6 +12,7 @@ Same layout, mask conventions and empty-row semantics as `attention_jax.dot_prod
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, NamedTuple
 
 import jax
@@ -19,22 +20,20 @@ import jax.numpy as jnp
 import numpy as np
 
 from attention_jax import _checks
-from attention_jax.core import alignment
-from attention_jax.dot_product.api import _check_attention_args, _position_mask
+from attention_jax.core import alignment, masks
+from attention_jax.core.masks import AttentionMask
+from attention_jax.dot_product.base import AttentionCall, Backend, BackendOutput, check_bias, weights_from_lse
 
 _F32 = jnp.float32
 EMPTY_ROW_LSE = alignment.EMPTY_ROW_LSE
 
-__all__ = ["blockwise_attention"]
+__all__ = ["BlockwiseBackend", "blockwise_attention"]
 
 
 class _Config(NamedTuple):
     """The static (hashable) part of a call."""
 
     scale: float
-    is_causal: bool
-    window: tuple[int | None, int | None] | None  # local window (left, right), None = no window
-    num_keys: int  # S before padding
     block_k: int
     num_blocks: int
 
@@ -48,27 +47,12 @@ def _grouped(x: jax.Array, kv_heads: int, groups: int) -> jax.Array:
 def _chunk_valid(cfg: _Config, j: jax.Array, aux: dict, num_queries: int, kv_heads: int, groups: int) -> jax.Array:
     """Bool broadcastable to [B, K, G, T, C]: which (query, key) pairs of chunk j may attend.
 
-    Built from positions, lengths and segment ids; only a user-given dense mask is sliced.
+    `AttentionMask.mask_for` builds it from positions, lengths and segment ids, and gathers only the chunk's
+    columns of a dense mask; keys past S (the padding of the last chunk) are never valid.
     """
-    c = cfg.block_k
-    k_pos = j * c + jnp.arange(c)  # [C]
-    q_pos = jnp.arange(num_queries)  # [T]
-    pos = (k_pos < cfg.num_keys)[None, :]  # [1, C]: the padding keys are never valid
-    allowed = _position_mask(q_pos, k_pos, cfg.is_causal, cfg.window)  # [T, C] or None
-    if allowed is not None:
-        pos = pos & allowed
-    valid = pos[None, None, None]  # [1, 1, 1, T|1, C]
-    if aux["key_lengths"] is not None:
-        valid = valid & (k_pos[None, :] < aux["key_lengths"][:, None])[:, None, None, None, :]  # [B, 1, 1, 1, C]
-    if aux["query_lengths"] is not None:
-        valid = valid & (q_pos[None, :] < aux["query_lengths"][:, None])[:, None, None, :, None]  # [B, 1, 1, T, 1]
-    if aux["q_seg"] is not None:
-        kv_seg = jax.lax.dynamic_slice_in_dim(aux["kv_seg"], j * c, c, axis=1)  # [B, C]
-        valid = valid & (aux["q_seg"][:, :, None] == kv_seg[:, None, :])[:, None, None]  # [B, 1, 1, T, C]
-    if aux["mask"] is not None:
-        chunk = jax.lax.dynamic_slice_in_dim(aux["mask"], j * c, c, axis=3)  # [B|1, N|1, T, C]
-        valid = valid & _grouped(chunk, kv_heads, groups)  # [B|1, K|1, G|1, T, C]
-    return valid
+    k_pos = j * cfg.block_k + jnp.arange(cfg.block_k)  # [C]
+    valid = aux["mask"].mask_for(k_pos=k_pos)  # [B|1, N|1, T, C]
+    return _grouped(valid, kv_heads, groups)  # [B|1, K|1, G|1, T, C]
 
 
 def _chunk_logits(cfg, j, q, k_chunk, aux, kv_heads, groups):
@@ -198,19 +182,40 @@ _attention = jax.custom_vjp(lambda cfg, q, k, v, aux: _attention_fwd(cfg, q, k, 
 _attention.defvjp(_attention_fwd, _attention_bwd)
 
 
+def _blockwise(query, key, value, bias, mask: AttentionMask, scale: float, block_k: int):
+    """The computation on checked inputs (mask bound to them): (output [B, T, N, H], lse [B, N, T])."""
+    batch, num_queries, heads, _ = query.shape
+    num_keys = key.shape[1]
+    if mask.is_empty:
+        return masks.empty_attention(query, value)
+    block = max(1, min(block_k, num_keys))
+    num_blocks = -(-num_keys // block)
+    pad = num_blocks * block - num_keys
+    cfg = _Config(float(scale), block, num_blocks)
+
+    def pad_keys(x, axis):
+        if pad == 0:
+            return x
+        widths = [(0, 0)] * x.ndim
+        widths[axis] = (0, pad)
+        return jnp.pad(x, widths)
+
+    aux: dict[str, Any] = {
+        "mask": mask,
+        "bias": None if bias is None else pad_keys(jax.lax.stop_gradient(jnp.asarray(bias)), 3),
+    }
+    output, lse = _attention(cfg, query, pad_keys(key, 1), pad_keys(value, 1), aux)
+    return output, lse.reshape(batch, heads, num_queries)
+
+
 def blockwise_attention(
     query: jax.Array,
     key: jax.Array,
     value: jax.Array,
+    bias: jax.Array | None = None,
+    mask: jax.Array | AttentionMask | None = None,
     *,
     scale: float | None = None,
-    is_causal: bool = False,
-    query_lengths: jax.Array | None = None,
-    key_lengths: jax.Array | None = None,
-    segment_ids: jax.Array | tuple[jax.Array, jax.Array] | None = None,
-    local_window: tuple[int | None, int | None] | None = None,
-    bias: jax.Array | None = None,
-    mask: jax.Array | None = None,
     block_k: int = 512,
     return_lse: bool = False,
 ) -> jax.Array | tuple[jax.Array, jax.Array]:
@@ -223,69 +228,70 @@ def blockwise_attention(
     with delta = rowsum(dO * O) and dS = P * (dP - delta), so neither pass stores a [T, S] array. Grouped-query
     attention (N = G K) reshapes the query to [B, T, K, G, H] and never repeats keys or values.
 
-    Masks follow `attention_jax.dot_product_attention`: True = attend; `is_causal` and `local_window` use
-    top-left alignment (query t sees key s <= t for any T, S). The causal, window, length and segment masks are
-    built per chunk from positions; only a user-given dense `mask` or `bias` is [.., T, S], and its chunk is
-    sliced inside the scan. S is padded to a multiple of `block_k` internally and the padding is masked.
+    Masks follow `attention_jax.dot_product_attention`: `mask` is a bool array (True = attend, jax.nn's
+    meaning) or an `attention_jax.core.masks.AttentionMask` holding causality, a local window, lengths, segment
+    ids and/or a dense mask, top-left aligned. The causal, window, length and segment masks are built per chunk
+    from positions (`AttentionMask.mask_for`); only a dense mask or `bias` is [.., T, S], and only its chunk's
+    columns are read inside the scan. S is padded to a multiple of `block_k` internally and the padding is
+    masked.
 
     A query row with no valid key gets a zero output, zero (finite) gradients and lse = `EMPTY_ROW_LSE`
-    (finfo(float32).min). Keys, values and queries that no valid pair uses never reach the output or the
-    gradients of the valid rows, even when they hold NaN.
+    (finfo(float32).min); a call with T, S, B or N = 0 returns that for every row. Keys, values and queries
+    that no valid pair uses never reach the output or the gradients of the valid rows, even when they hold NaN.
 
     Args:
       query: [B, T, N, H] floating.
       key: [B, S, K, H] floating, K divides N.
       value: [B, S, K, H] floating.
-      scale: a Python float, the logit scale; default 1 / sqrt(H).
-      is_causal: mask keys s > t.
-      query_lengths: None or [B] integer; queries t >= query_lengths[b] are fully masked (zero output).
-      key_lengths: None or [B] integer; keys s >= key_lengths[b] are masked.
-      segment_ids: None, a pair (q_segment_ids [B, T], kv_segment_ids [B, S]) of integers, or one [B, T]
-        integer array when T == S; query t sees key s only when their ids are equal.
-      local_window: None or (left, right), each an int >= 0 or None: query t sees t - left <= s <= t + right.
       bias: None or [B or 1, N or 1, T, S] floating, added to the scaled logits in float32. It is treated as a
         constant: no gradient flows to it (it is wrapped in `jax.lax.stop_gradient`).
-      mask: None or [B or 1, N or 1, T, S] bool, True = attend.
+      mask: None, a [B or 1, N or 1, T, S] bool array, or an `AttentionMask`.
+      scale: a Python float, the logit scale; default 1 / sqrt(H).
       block_k: a positive int, the number of keys per chunk (clamped to S).
-      return_lse: also return the log-sum-exp.
+      return_lse: a bool; also return the log-sum-exp.
 
     Returns:
       output [B, T, N, H] in the query dtype; with `return_lse`, the pair (output, lse) where lse is
       [B, N, T] float32, log sum_s exp(logits) over the valid keys, `EMPTY_ROW_LSE` for an empty row.
 
     Raises:
-      ValueError: for wrong ranks; B, S, K or H that differ between query, key and value; N % K != 0; mask,
-        bias, lengths or segment id shapes that do not fit; a bad local window; a block_k that is not a
-        positive int.
-      TypeError: for non-floating query/key/value/bias, a non-boolean mask, or non-integer lengths or ids.
+      ValueError: for wrong ranks; B, S, K or H that differ between query, key and value; N % K != 0; H = 0;
+        mask, bias, lengths or segment id shapes that do not fit; a bad local window; a block_k that is not a
+        positive int; a scale that is not a finite real number.
+      TypeError: for non-array arguments, non-floating query/key/value/bias, a non-boolean mask, non-integer
+        lengths or ids, or flags that are not bools.
     """
-    num_queries, num_keys, head_dim, segments, window = _check_attention_args(
-        query, key, value, bias, mask, query_lengths, key_lengths, segment_ids, local_window)
-    batch, heads = jnp.shape(query)[0], jnp.shape(query)[2]
+    mask = masks.as_attention_mask(mask).bind(query, key, value)
+    batch, heads, num_queries, num_keys = mask.shape
+    check_bias(bias, batch, heads, num_queries, num_keys)
     block_k = _checks.positive_int("block_k", block_k)
-    scale = 1.0 / float(np.sqrt(head_dim)) if scale is None else float(scale)
+    return_lse = _checks.flag("return_lse", return_lse)
+    scale = masks.attention_scale(scale, query.shape[-1])
+    output, lse = _blockwise(query, key, value, bias, mask, scale, block_k)
+    return (output, lse) if return_lse else output
 
-    block = max(1, min(block_k, num_keys))
-    num_blocks = -(-num_keys // block)
-    pad = num_blocks * block - num_keys
-    cfg = _Config(scale, bool(is_causal), window, num_keys, block, num_blocks)
 
-    def pad_keys(x, axis, fill):
-        if pad == 0:
-            return x
-        widths = [(0, 0)] * x.ndim
-        widths[axis] = (0, pad)
-        return jnp.pad(x, widths, constant_values=fill)
+@dataclasses.dataclass(frozen=True)
+class BlockwiseBackend(Backend):
+    """The "blockwise" backend: `blockwise_attention`, pure JAX, O(S) memory, any device; everything but
+    dropout. Weights, when asked for, are recomputed from its lse.
 
-    aux: dict[str, Any] = {
-        "query_lengths": None if query_lengths is None else jnp.asarray(query_lengths),
-        "key_lengths": None if key_lengths is None else jnp.asarray(key_lengths),
-        "q_seg": None if segments is None else jnp.asarray(segments[0]),
-        "kv_seg": None if segments is None else pad_keys(jnp.asarray(segments[1]), 1, 0),
-        "mask": None if mask is None else pad_keys(jnp.asarray(mask), 3, False),
-        "bias": None if bias is None else pad_keys(jax.lax.stop_gradient(jnp.asarray(bias)), 3, 0),
-    }
-    output, lse = _attention(cfg, query, pad_keys(key, 1, 0), pad_keys(value, 1, 0), aux)
-    if not return_lse:
-        return output
-    return output, lse.reshape(batch, heads, num_queries)
+    Attributes:
+      block_k: keys per chunk (a positive int).
+    """
+
+    block_k: int = 512
+    name = "blockwise"
+
+    def __post_init__(self):
+        _checks.positive_int("block_k", self.block_k)
+
+    def __call__(self, call: AttentionCall) -> BackendOutput:
+        output, lse = _blockwise(call.query, call.key, call.value, call.bias, call.mask, call.scale, self.block_k)
+        weights = weights_from_lse(call, lse) if call.return_weights else None
+        return output, weights, lse
+
+    def supports(self, call: AttentionCall) -> tuple[bool, str]:
+        if call.dropout_rate > 0.0:
+            return False, "blockwise has no attention dropout"
+        return True, ""

@@ -22,7 +22,9 @@ import jax.numpy as jnp
 from absl import logging
 
 from attention_jax import _checks
-from attention_jax.dot_product.api import _check_bias_and_mask, _check_lengths, dot_product_attention, supports
+from attention_jax.core.masks import AttentionMask
+from attention_jax.dot_product.api import _check_lengths, dot_product_attention, supports
+from attention_jax.dot_product.base import check_bias
 from attention_jax.core.positional import alibi_slopes, apply_rope, shaw_logits, shaw_values
 
 __all__ = ["MultiHeadAttention", "RELATIVE_POSITIONS"]
@@ -79,9 +81,11 @@ class MultiHeadAttention(nn.Module):
       param_dtype: the parameter dtype, float32 by default.
       kernel_init: initialiser of the projection kernels.
       bias_init: initialiser of the projection biases.
-      attention_fn: (query [B,T,N,H], key [B,S,K,H], value [B,S,K,H], bias=None, mask=None, *, is_causal,
-        key_lengths, dropout_rate, dropout_rng, return_weights, implementation) -> output [B,T,N,H], or
-        (output, weights [B,N,T,S]) when return_weights; `dot_product_attention` by default.
+      attention_fn: (query [B,T,N,H], key [B,S,K,H], value [B,S,K,H], bias, mask, *, dropout_rate,
+        dropout_rng, return_weights, implementation) -> output [B,T,N,H], or (output, weights [B,N,T,S]) when
+        return_weights; `dot_product_attention` by default. `mask` is an `AttentionMask` (causality, lengths,
+        segment ids and the dense mask together) already bound to (query, key, value), so
+        `dot_product_attention` and its backend check nothing again.
       implementation: forwarded to `attention_fn` (a `dot_product_attention` backend name, or None).
       decode: key/value cache mode (see above).
       positions: None, or a relative position scheme applied inside self-attention, with query t at absolute
@@ -225,9 +229,12 @@ class MultiHeadAttention(nn.Module):
                     f"decode input [B, T, D]={jnp.shape(inputs_q)} does not fit the cache [B, S_max, K, H]="
                     f"{cache_shape}: need the same B and T <= S_max"
                 )
-        _check_bias_and_mask(bias, mask, batch, heads, num_queries, num_keys)
+        check_bias(bias, batch, heads, num_queries, num_keys)
         if key_lengths is not None:
             _check_lengths("key_lengths", key_lengths, batch)
+        # Every mask source checked once, before any projection; the spec goes to attention_fn bound.
+        spec = AttentionMask(mask, is_causal=is_causal, key_value_seq_lengths=key_lengths,
+                             segment_ids=segment_ids).fit(batch, heads, num_queries, num_keys)
 
         query = self._dense((heads, head_dim), -1, "query")(inputs_q)  # [B, T, N, H]
         key = self._dense((kv_heads, head_dim), -1, "key")(inputs_kv)  # [B, S, K, H]
@@ -242,9 +249,10 @@ class MultiHeadAttention(nn.Module):
 
         if self.decode:
             key, value, mask, cache_lengths = self._use_cache(key, value, mask, cache_ready)
-            is_causal = False  # the cache mask already is causal, in absolute positions
             if cache_lengths is not None:
                 key_lengths = cache_lengths if key_lengths is None else jnp.minimum(key_lengths, cache_lengths)
+            # No is_causal: the cache mask already is causal, in absolute positions.
+            spec = AttentionMask(mask, key_value_seq_lengths=key_lengths)
 
         key_pos = jnp.arange(num_keys)  # [S] absolute positions of the keys (cache slots when decoding)
         distance = key_pos[None, :] - query_pos[:, None]  # [T, S], s - t
@@ -264,19 +272,19 @@ class MultiHeadAttention(nn.Module):
         need_weights = return_weights or shaw_ids is not None
         rate = 0.0 if deterministic else float(self.dropout_rate)
         dropout_rng = self.make_rng("dropout") if rate > 0.0 else None
-        extra = {} if segment_ids is None else {"segment_ids": segment_ids}
+        spec = spec.bind(query, key, value)
         implementation = self.implementation
         if self.decode and mask is not None and implementation is not None and self.attention_fn is dot_product_attention:
             # A prefill (or the init call) needs the dense cache mask; a backend that takes none (flash, cudnn)
             # hands that call to implementation=None instead of failing. One-token steps keep the backend.
-            ok, reason = supports(implementation, query, key, value, mask=mask)
+            ok, reason = supports(implementation, query, key, value, mask=spec)
             if not ok:
                 logging.log_first_n(logging.INFO, "MultiHeadAttention: the cache prefill runs on "
                                     "implementation=None: %s", 1, reason)
                 implementation = None
         result = self.attention_fn(
-            query, key, value, bias, mask, is_causal=is_causal, key_lengths=key_lengths, dropout_rate=rate,
-            dropout_rng=dropout_rng, return_weights=need_weights, implementation=implementation, **extra,
+            query, key, value, bias, spec, dropout_rate=rate, dropout_rng=dropout_rng,
+            return_weights=need_weights, implementation=implementation,
         )
         context, weights = (result[0], result[1]) if need_weights else (result, None)  # [B, T, N, H]
         if shaw_ids is not None:

@@ -26,7 +26,8 @@ import jax
 import jax.numpy as jnp
 
 from attention_jax import _checks
-from attention_jax.dot_product.api import _check_bias_and_mask, dot_product_attention
+from attention_jax.core.masks import AttentionMask
+from attention_jax.dot_product.api import dot_product_attention
 
 __all__ = ["WeightedBranchAttention", "project_branch_weights", "project_to_simplex"]
 
@@ -182,7 +183,8 @@ class WeightedBranchAttention(nn.Module):
         batch, num_queries, features = jnp.shape(inputs_q)
         num_keys = jnp.shape(inputs_kv)[1]
         branches, head_dim, hidden = self.num_branches, self.head_dim, self.d_ff
-        _check_bias_and_mask(None, mask, batch, branches, num_queries, num_keys)
+        # The mask sources checked once, before any projection; dot_product_attention takes the spec as it is.
+        spec = AttentionMask(mask, is_causal=is_causal).fit(batch, branches, num_queries, num_keys)
 
         def dense(name):
             return nn.DenseGeneral(
@@ -197,7 +199,7 @@ class WeightedBranchAttention(nn.Module):
         rate = 0.0 if deterministic else float(self.dropout_rate)
         dropout_rng = self.make_rng("dropout") if rate > 0.0 else None
         heads = dot_product_attention(
-            query, key, value, mask=mask, is_causal=is_causal, dropout_rate=rate, dropout_rng=dropout_rng
+            query, key, value, mask=spec, dropout_rate=rate, dropout_rng=dropout_rng
         )  # [B, T, M, H]
 
         w_out = self._param("out_kernel", self.kernel_init, (branches, head_dim, features))  # [M, H, D]

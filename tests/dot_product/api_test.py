@@ -16,8 +16,12 @@ from absl import logging as absl_logging
 from absl.testing import absltest, parameterized
 from jax import test_util as jtu
 
+from attention_jax.core.masks import AttentionMask
 from attention_jax.dot_product import api as dot_product
 from attention_jax.dot_product.api import EMPTY_ROW_LSE, dot_product_attention
+from attention_jax.dot_product.blockwise import BlockwiseBackend
+from attention_jax.dot_product.xla import XlaBackend
+from attention_jax.kernels import platform
 from tests.dot_product import conformance
 
 B, T, S, N, K, H = 2, 4, 6, 4, 2, 8
@@ -117,8 +121,9 @@ class MatchesJaxNnTest(chex.TestCase):
         dict(testcase_name="bias_broadcast", kw={"bias": "bias11"}, t=T),
         dict(testcase_name="causal_square", kw={"is_causal": True}, t=S),
         dict(testcase_name="causal_t_lt_s", kw={"is_causal": True}, t=T),
-        dict(testcase_name="window", kw={"local_window": (1, 2)}, t=S),
-        dict(testcase_name="window_t_ne_s", kw={"local_window": (2, 0)}, t=T),
+        dict(testcase_name="window", kw={"local_window_size": (1, 2)}, t=S),
+        dict(testcase_name="window_t_ne_s", kw={"local_window_size": (2, 0)}, t=T),
+        dict(testcase_name="window_int", kw={"local_window_size": 1}, t=S),
     )
     def test_matches_jax_nn(self, kw, t):
         for dtype in (jnp.float32, jnp.bfloat16):
@@ -135,8 +140,8 @@ class MatchesJaxNnTest(chex.TestCase):
                 ours["bias"] = theirs["bias"] = jnp.asarray(rng.standard_normal((1, 1, t, S)), jnp.float32)
             if kw.get("is_causal"):
                 theirs["is_causal"] = True
-            if "local_window" in kw:
-                theirs["local_window_size"] = kw["local_window"]
+            if "local_window_size" in kw:
+                theirs["local_window_size"] = kw["local_window_size"]
             got = self.variant(lambda q, k, v: dot_product_attention(q, k, v, **ours))(q, k, v)
             want = jax.nn.dot_product_attention(q, k, v, implementation="xla", **theirs)
             chex.assert_shape(got, (B, t, N, H))
@@ -155,7 +160,7 @@ class MatchesJaxNnTest(chex.TestCase):
         q, k, v = _qkv(3)
         q_len = jnp.array([2, 4], jnp.int32)
         k_len = jnp.array([0, 3], jnp.int32)  # batch 0: every key padded -> every row fully masked
-        got = dot_product_attention(q, k, v, query_lengths=q_len, key_lengths=k_len)
+        got = dot_product_attention(q, k, v, query_seq_lengths=q_len, key_value_seq_lengths=k_len)
         want = jax.nn.dot_product_attention(q, k, v, query_seq_lengths=q_len, key_value_seq_lengths=k_len,
                                             implementation="xla")
         live = (np.arange(T)[None, :] < np.asarray(q_len)[:, None]) & (np.asarray(k_len) > 0)[:, None]  # [B, T]
@@ -181,8 +186,8 @@ class ReferenceTest(chex.TestCase):
         self.assertTrue(full.any(-1).any() and not full.any(-1).all())  # some rows valid, some fully masked
         want_out, want_w, want_lse = _reference(q, k, v, full, bias=bias, scale=0.3)
         fn = self.variant(lambda q, k, v: dot_product_attention(
-            q, k, v, jnp.asarray(bias), jnp.asarray(mask), scale=0.3, is_causal=True, query_lengths=q_len,
-            key_lengths=k_len, segment_ids=jnp.asarray(seg), local_window=window, return_weights=True,
+            q, k, v, jnp.asarray(bias), jnp.asarray(mask), scale=0.3, is_causal=True, query_seq_lengths=q_len,
+            key_value_seq_lengths=k_len, segment_ids=jnp.asarray(seg), local_window_size=window, return_weights=True,
             return_lse=True))
         got = fn(q, k, v)
         self.assertIsInstance(got, dot_product.DotProductAttentionOutput)
@@ -251,10 +256,11 @@ class MaskingBehaviourTest(chex.TestCase):
         pq = q.at[0, 3:].set(jnp.nan)
 
         def loss(q, k, v):
-            return jnp.sum(dot_product_attention(q, k, v, query_lengths=q_len, key_lengths=k_len, is_causal=True))
+            return jnp.sum(dot_product_attention(q, k, v, query_seq_lengths=q_len, key_value_seq_lengths=k_len,
+                                                 is_causal=True))
 
-        clean = dot_product_attention(q, k, v, query_lengths=q_len, key_lengths=k_len, is_causal=True)
-        dirty = dot_product_attention(pq, pk, pv, query_lengths=q_len, key_lengths=k_len, is_causal=True)
+        clean = dot_product_attention(q, k, v, query_seq_lengths=q_len, key_value_seq_lengths=k_len, is_causal=True)
+        dirty = dot_product_attention(pq, pk, pv, query_seq_lengths=q_len, key_value_seq_lengths=k_len, is_causal=True)
         np.testing.assert_array_equal(np.asarray(dirty), np.asarray(clean))
         g_clean = jax.grad(loss, argnums=(0, 1, 2))(q, k, v)
         g_dirty = jax.grad(loss, argnums=(0, 1, 2))(pq, pk, pv)
@@ -357,22 +363,57 @@ class DispatchTest(absltest.TestCase):
         calls = []
 
         def fake(call):
-            calls.append(call.combined_mask() is None)
-            return dot_product._xla_backend(call)
+            calls.append(call.mask.dense_mask() is None)
+            return XlaBackend()(call)
 
-        saved = dict(dot_product._BACKENDS)
+        saved_order, saved_registered = dict(dot_product._AUTO_ORDER), dict(dot_product._REGISTERED)
         try:
-            dot_product._BACKENDS.clear()
+            # No built-in in the automatic order: only the registered backends are tried, in registration order.
+            dot_product._AUTO_ORDER[platform()] = ()
             dot_product.register_backend("never", fake, lambda *a, **kw: (False, "never supports"))
             dot_product.register_backend("fake", fake, lambda *a, **kw: (True, ""))
+            self.assertEqual(dot_product.auto_order(), ("never", "fake"))
             got = dot_product_attention(q, k, v, implementation=None)
             self.assertEqual(calls, [True])
             with _raises(ValueError, "never supports"):
                 dot_product_attention(q, k, v, implementation="never")
         finally:
-            dot_product._BACKENDS.clear()
-            dot_product._BACKENDS.update(saved)
+            dot_product._AUTO_ORDER.clear()
+            dot_product._AUTO_ORDER.update(saved_order)
+            dot_product._REGISTERED.clear()
+            dot_product._REGISTERED.update(saved_registered)
         _close(got, dot_product_attention(q, k, v))
+
+    def test_register_backend_never_replaces_a_built_in(self):
+        q, k, v = _qkv(23)
+        want = dot_product_attention(q, k, v, implementation="xla")
+        for name in ("xla", "blockwise", "flash", "cudnn"):
+            with _raises(ValueError, repr(name), "built-in"):
+                dot_product.register_backend(name, lambda call: None, lambda call: (True, ""))
+            with _raises(ValueError, repr(name), "built-in"):
+                dot_product.register_backend(name, BlockwiseBackend(block_k=2))
+        self.assertIs(dot_product.BUILTIN_BACKENDS["xla"], dot_product._lookup("xla"))
+        np.testing.assert_array_equal(np.asarray(dot_product_attention(q, k, v, implementation="xla")),
+                                      np.asarray(want))
+        with self.assertRaises(TypeError):
+            dot_product.BUILTIN_BACKENDS["xla"] = BlockwiseBackend()  # the table itself is read-only
+        with _raises(ValueError, "non-empty string"):
+            dot_product.register_backend("", lambda call: None, lambda call: (True, ""))
+        with _raises(ValueError, "callable"):
+            dot_product.register_backend("mine", lambda call: None, None)
+
+    def test_register_a_backend_object_with_options(self):
+        q, k, v = _qkv(24, t=9, s=11)
+        saved = dict(dot_product._REGISTERED)
+        try:
+            dot_product.register_backend("blockwise_3", BlockwiseBackend(block_k=3))
+            self.assertIn("blockwise_3", dot_product.registered_backends())
+            got = dot_product_attention(q, k, v, is_causal=True, implementation="blockwise_3")
+        finally:
+            dot_product._REGISTERED.clear()
+            dot_product._REGISTERED.update(saved)
+        self.assertNotIn("blockwise_3", dot_product.registered_backends())
+        _close(got, dot_product_attention(q, k, v, is_causal=True, implementation="xla"))
 
 
 class BadInputTest(absltest.TestCase):
@@ -398,16 +439,114 @@ class BadInputTest(absltest.TestCase):
              ["(2, 6)", "(2, 4)"]),
             (lambda: dot_product_attention(q, k, v, segment_ids=(jnp.zeros((B, T)), jnp.zeros((B, S)))), TypeError,
              ["float32"]),
-            (lambda: dot_product_attention(q, k, v, local_window=(-1, 2)), ValueError, ["left", "-1"]),
-            (lambda: dot_product_attention(q, k, v, local_window=(1, -3)), ValueError, ["right", "-3"]),
-            (lambda: dot_product_attention(q, k, v, local_window=3), ValueError, ["3"]),
-            (lambda: dot_product_attention(q, k, v, key_lengths=jnp.array([1, 2, 3])), ValueError, ["(3,)", "(2,)"]),
-            (lambda: dot_product_attention(q, k, v, query_lengths=jnp.array([1.0, 2.0])), TypeError, ["float32"]),
+            (lambda: dot_product_attention(q, k, v, local_window_size=(-1, 2)), ValueError, ["left", "-1"]),
+            (lambda: dot_product_attention(q, k, v, local_window_size=(1, -3)), ValueError, ["right", "-3"]),
+            # An int is jax.nn's symmetric window now; a float is still rejected.
+            (lambda: dot_product_attention(q, k, v, local_window_size=3.5), ValueError, ["3.5"]),
+            (lambda: dot_product_attention(q, k, v, local_window_size=(1, 2, 3)), ValueError, ["(1, 2, 3)"]),
+            (lambda: dot_product_attention(q, k, v, key_value_seq_lengths=jnp.array([1, 2, 3])), ValueError,
+             ["(3,)", "(2,)"]),
+            (lambda: dot_product_attention(q, k, v, query_seq_lengths=jnp.array([1.0, 2.0])), TypeError,
+             ["float32"]),
             (lambda: dot_product_attention(q.astype(jnp.int32), k, v), TypeError, ["int32"]),
+            # Flags are real bools; Python lists are not arrays.
+            (lambda: dot_product_attention(q, k, v, is_causal="no"), TypeError, ["is_causal", "'no'"]),
+            (lambda: dot_product_attention(q, k, v, is_causal=1), TypeError, ["is_causal", "int"]),
+            (lambda: dot_product_attention(q, k, v, return_weights="yes"), TypeError, ["return_weights"]),
+            (lambda: dot_product_attention(q, k, v, return_lse=None), TypeError, ["return_lse"]),
+            (lambda: dot_product_attention(q, k, v, return_residual=1), TypeError, ["return_residual"]),
+            (lambda: dot_product_attention(np.asarray(q).tolist(), k, v), TypeError, ["query", "list"]),
+            (lambda: dot_product_attention(q, k, v, key_value_seq_lengths=[6, 6]), TypeError,
+             ["key_value_seq_lengths", "list"]),
+            (lambda: dot_product_attention(q, k, v, segment_ids=[[0] * T] * B), TypeError, ["segment_ids", "list"]),
+            (lambda: dot_product_attention(q, k, v, mask=[[[[True] * S] * T]]), TypeError, ["mask", "list"]),
+            (lambda: dot_product_attention(q, k, v, bias=[[[[0.0] * S] * T]]), TypeError, ["bias", "list"]),
+            (lambda: dot_product_attention(q, k, v, scale="0.5"), ValueError, ["scale", "'0.5'"]),
+            (lambda: dot_product_attention(q, k, v, scale=float("nan")), ValueError, ["scale", "nan"]),
+            (lambda: dot_product_attention(q[..., :0], k[..., :0], v[..., :0]), ValueError, ["H=0", "(2, 4, 4, 0)"]),
+            (lambda: dot_product_attention(q, k, v, implementation=3), TypeError, ["implementation", "3"]),
+            (lambda: dot_product_attention(q, k, v, return_residual=True, return_lse=True), ValueError,
+             ["return_residual", "return_lse"]),
         ]
         for fn, exc, fragments in cases:
             with _raises(exc, *fragments):
                 fn()
+
+
+class DropInForJaxNnTest(parameterized.TestCase):
+    """The same keyword dict goes to jax.nn.dot_product_attention and to ours: the import can be swapped."""
+
+    @parameterized.named_parameters(
+        dict(testcase_name="plain", kwargs={}),
+        dict(testcase_name="scale_bias", kwargs={"scale": 0.3, "bias": "bias"}),
+        dict(testcase_name="mask", kwargs={"mask": "mask"}),
+        dict(testcase_name="causal", kwargs={"is_causal": True}),
+        dict(testcase_name="lengths", kwargs={"query_seq_lengths": "q_len", "key_value_seq_lengths": "kv_len"}),
+        dict(testcase_name="window_pair", kwargs={"local_window_size": (2, 1)}),
+        dict(testcase_name="window_int_causal", kwargs={"local_window_size": 1, "is_causal": True}),
+        dict(testcase_name="implementation", kwargs={"implementation": "xla", "is_causal": True}),
+        dict(testcase_name="everything", kwargs={"bias": "bias", "mask": "mask", "is_causal": True, "scale": 0.5,
+                                                 "query_seq_lengths": "q_len", "key_value_seq_lengths": "kv_len",
+                                                 "local_window_size": (3, 0), "implementation": None}),
+    )
+    def test_same_keyword_dict_same_output(self, kwargs):
+        t = s = 6
+        q, k, v = _qkv(30, t=t, s=s)
+        rng = np.random.default_rng(31)
+        mask = rng.random((B, 1, t, s)) < 0.8
+        mask[..., 0] = True  # every row keeps a key: jax.nn averages the values of an empty row, we give 0
+        arrays = {"bias": jnp.asarray(rng.standard_normal((1, N, t, s)), jnp.float32), "mask": jnp.asarray(mask),
+                  "q_len": jnp.array([6, 6], jnp.int32), "kv_len": jnp.array([4, 6], jnp.int32)}
+        kwargs = {name: arrays[value] if isinstance(value, str) and value in arrays else value
+                  for name, value in kwargs.items()}
+        want = jax.nn.dot_product_attention(q, k, v, **kwargs)
+        got = dot_product_attention(q, k, v, **kwargs)
+        chex.assert_shape(got, want.shape)
+        _close(got, want)
+        want_out, want_res = jax.nn.dot_product_attention(q, k, v, return_residual=True, **kwargs)
+        got_out, got_res = dot_product_attention(q, k, v, return_residual=True, **kwargs)
+        chex.assert_shape(got_res, want_res.shape)  # [B, T, N], jax.nn's layout
+        _close(got_out, want_out)
+        _close(got_res, want_res)
+
+    def test_signature_has_jax_nn_names_in_order(self):
+        import inspect
+        theirs = list(inspect.signature(jax.nn.dot_product_attention).parameters)
+        ours = list(inspect.signature(dot_product_attention).parameters)
+        self.assertEqual(ours[:len(theirs)], theirs)
+
+
+class AttentionMaskArgumentTest(parameterized.TestCase):
+    """mask= takes an AttentionMask holding every source; it equals the keywords."""
+
+    def test_spec_equals_keywords(self):
+        q, k, v = _qkv(32, t=6, s=6)
+        seg = jnp.asarray(np.array([[0, 0, 0, 1, 1, 1], [0, 0, 1, 1, 1, 1]], np.int32))
+        sources = dict(is_causal=True, key_value_seq_lengths=jnp.array([5, 6]), segment_ids=seg,
+                       local_window_size=(2, None))
+        want = dot_product_attention(q, k, v, return_lse=True, **sources)
+        spec = AttentionMask(**sources)
+        for implementation in ("xla", "blockwise"):
+            got = dot_product_attention(q, k, v, mask=spec, return_lse=True, implementation=implementation)
+            _close(got.output, want.output)
+            _close(got.lse, want.lse)
+        got = jax.jit(lambda m: dot_product_attention(q, k, v, mask=m))(spec)  # a pytree argument
+        _close(got, want.output)
+
+    def test_spec_and_keywords_together_raise(self):
+        q, k, v = _qkv(33)
+        with _raises(ValueError, "AttentionMask", "is_causal"):
+            dot_product_attention(q, k, v, mask=AttentionMask(), is_causal=True)
+        with _raises(ValueError, "AttentionMask", "key_value_seq_lengths"):
+            dot_product_attention(q, k, v, mask=AttentionMask(is_causal=True),
+                                  key_value_seq_lengths=jnp.array([1, 2]))
+
+    def test_spec_bound_to_other_inputs_is_checked_again(self):
+        q, k, v = _qkv(34)
+        spec = AttentionMask(key_value_seq_lengths=jnp.array([3, 6])).bind(q, k, v)
+        q3, k3, v3 = _qkv(34, b=3)
+        with _raises(ValueError, "key_value_seq_lengths", "(3,)", "(2,)"):
+            dot_product_attention(q3, k3, v3, mask=spec)
 
 
 class XlaConformanceTest(conformance.AttentionConformance):

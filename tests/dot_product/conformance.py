@@ -1,8 +1,9 @@
 """The conformance suite every `dot_product_attention` backend inherits.
 
-A backend's test file subclasses `AttentionConformance` and sets `IMPLEMENTATION` (and, for the Pallas
-kernels on the CPU, `INTERPRET`). The base class lives in this module, which pytest does not collect, so
-only the subclasses run.
+A backend's test file subclasses `AttentionConformance` and sets `IMPLEMENTATION`: a backend name, or a
+`Backend` object with its options (the Pallas kernels on the CPU use `FlashBackend(interpret=True, ...)`),
+and `PLATFORMS`, where it runs. The base class lives in this module, which pytest does not collect, so only
+the subclasses run.
 
 References (independent of the library): `attention_jax.kernels.reference`, a float64 numpy transcription of
 Vaswani et al. 2017, arXiv:1706.03762, eq. 1 with every mask written position by position, and its
@@ -12,8 +13,8 @@ differences; `jax.nn.dot_product_attention` for the unmasked case.
 
 from __future__ import annotations
 
-import contextlib
 import re
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -22,8 +23,8 @@ import pytest
 from absl.testing import parameterized
 from jax import test_util as jtu
 
-from attention_jax import dot_product
 from attention_jax.dot_product.api import EMPTY_ROW_LSE, dot_product_attention, supports
+from attention_jax.kernels import platform
 from attention_jax.kernels.reference import reference_attention, reference_vjp
 
 # Relative tolerances per input dtype, against float64 (errors are measured relative to the largest
@@ -48,11 +49,11 @@ def _case(name, rng):
     if name == "causal_t_gt_s":
         return 50, 21, 2, 2, 32, dict(is_causal=True)
     if name == "window":
-        return 53, 53, 2, 1, 32, dict(local_window=(7, 4))
+        return 53, 53, 2, 1, 32, dict(local_window_size=(7, 4))
     if name == "window_causal_left_only":
-        return 40, 47, 2, 2, 32, dict(is_causal=True, local_window=(9, None))
+        return 40, 47, 2, 2, 32, dict(is_causal=True, local_window_size=(9, None))
     if name == "lengths":
-        return 35, 43, 4, 2, 32, dict(query_lengths=np.array([35, 19]), key_lengths=np.array([43, 6]))
+        return 35, 43, 4, 2, 32, dict(query_seq_lengths=np.array([35, 19]), key_value_seq_lengths=np.array([43, 6]))
     if name == "segments":
         t = 50
         return t, t, 4, 2, 32, dict(segment_ids=_segments(rng, _B, t, 3))
@@ -61,7 +62,7 @@ def _case(name, rng):
     if name == "gqa_causal_segments_lengths":
         t = 44
         return t, t, 6, 2, 32, dict(is_causal=True, segment_ids=_segments(rng, _B, t, 3),
-                                    key_lengths=np.array([40, 29]), query_lengths=np.array([44, 31]))
+                                    key_value_seq_lengths=np.array([40, 29]), query_seq_lengths=np.array([44, 31]))
     if name == "mqa":
         return 30, 38, 4, 1, 32, dict(is_causal=True)
     raise KeyError(name)
@@ -91,6 +92,15 @@ def _device_kwargs(kwargs):
     return {name: convert(value) for name, value in kwargs.items()}
 
 
+# dot_product_attention's (jax.nn's) keyword names -> the float64 reference's (kernels/reference.py).
+_REFERENCE_NAMES = {"query_seq_lengths": "query_lengths", "key_value_seq_lengths": "key_lengths",
+                    "local_window_size": "local_window"}
+
+
+def _reference_kwargs(kwargs):
+    return {_REFERENCE_NAMES.get(name, name): value for name, value in kwargs.items()}
+
+
 def _assert_close(actual, expected, dtype, what):
     actual = np.asarray(jnp.asarray(actual, jnp.float32), np.float64)
     expected = np.asarray(expected, np.float64)
@@ -109,34 +119,27 @@ def _raises(exc_types, *fragments):
 class AttentionConformance(parameterized.TestCase):
     """What every backend must do. Subclasses set the class attributes below."""
 
-    IMPLEMENTATION: str = "xla"
-    # None: run as is. "triton" / "mosaic_tpu": run inside kernels.interpret_mode(INTERPRET, BLOCK_SIZES).
-    INTERPRET: str | None = None
-    BLOCK_SIZES: kernels.BlockSizes | None = None
+    # A backend name, or a Backend object with its options (e.g. FlashBackend(interpret=True)).
+    IMPLEMENTATION: Any = "xla"
+    # Where it runs; elsewhere the class is skipped.
+    PLATFORMS: tuple[str, ...] = ("cpu", "gpu", "tpu")
     DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16")
     SUPPORTS_LSE: bool = True
+    SUPPORTS_WEIGHTS: bool = True
     SUPPORTS_SEGMENTS: bool = True
     HEAD_DIMS: tuple[int, ...] = (64, 128, 256, 40)
 
     def setUp(self):
         super().setUp()
-        if self.INTERPRET is None and jax.default_backend() not in self.PLATFORMS:
-            self.skipTest(f"{self.IMPLEMENTATION} runs on {self.PLATFORMS}, this is {jax.default_backend()!r}")
-
-    PLATFORMS: tuple[str, ...] = ("cpu", "gpu", "tpu")
-
-    def _context(self):
-        if self.INTERPRET is None:
-            return contextlib.nullcontext()
-        return dot_product.interpret_mode(self.INTERPRET, self.BLOCK_SIZES)
+        if platform() not in self.PLATFORMS:
+            self.skipTest(f"{self.IMPLEMENTATION} runs on {self.PLATFORMS}, this is {platform()!r}")
 
     def attend(self, query, key, value, **kwargs):
         """dot_product_attention with this backend; returns (output, lse or None)."""
-        with self._context():
-            if not self.SUPPORTS_LSE:
-                return dot_product_attention(query, key, value, implementation=self.IMPLEMENTATION, **kwargs), None
-            result = dot_product_attention(query, key, value, implementation=self.IMPLEMENTATION,
-                                           return_lse=True, **kwargs)
+        if not self.SUPPORTS_LSE:
+            return dot_product_attention(query, key, value, implementation=self.IMPLEMENTATION, **kwargs), None
+        result = dot_product_attention(query, key, value, implementation=self.IMPLEMENTATION,
+                                       return_lse=True, **kwargs)
         return result.output, result.lse
 
     def _skip_unsupported(self, kwargs):
@@ -149,7 +152,7 @@ class AttentionConformance(parameterized.TestCase):
         q, key, v, d_out = _inputs(CASES.index(case), t, s, n, k, h, getattr(jnp, dtype))
         kwargs = _device_kwargs(mask_kwargs)
         (out, lse), vjp = jax.vjp(lambda q_, k_, v_: self.attend(q_, k_, v_, **kwargs), q, key, v)
-        ref_out, ref_lse = reference_attention(q, key, v, **mask_kwargs)
+        ref_out, ref_lse = reference_attention(q, key, v, **_reference_kwargs(mask_kwargs))
         _assert_close(out, ref_out, dtype, "output")
         self.assertEqual(out.dtype, q.dtype)
         if lse is not None:
@@ -158,7 +161,8 @@ class AttentionConformance(parameterized.TestCase):
             _assert_close(np.where(empty, 0.0, lse), np.where(empty, 0.0, ref_lse), dtype, "lse")
         cotangent = (d_out, None if lse is None else jnp.zeros_like(lse))
         grads = vjp(cotangent)
-        for name, got, want in zip(("dq", "dk", "dv"), grads, reference_vjp(q, key, v, d_out, **mask_kwargs)):
+        for name, got, want in zip(("dq", "dk", "dv"), grads,
+                                   reference_vjp(q, key, v, d_out, **_reference_kwargs(mask_kwargs))):
             _assert_close(got, want, dtype, name)
 
     @parameterized.parameters(*CASES)
@@ -190,7 +194,7 @@ class AttentionConformance(parameterized.TestCase):
         if "float32" not in self.DTYPES:
             self.skipTest("finite differences need float32")
         q, key, v, _ = _inputs(4, 9, 13, 2, 1, 8, jnp.float32)
-        kwargs = dict(is_causal=True, key_lengths=jnp.array([13, 5]))
+        kwargs = dict(is_causal=True, key_value_seq_lengths=jnp.array([13, 5]))
         jtu.check_grads(lambda q_, k_, v_: self.attend(q_, k_, v_, **kwargs)[0], (q, key, v), order=1,
                         modes=("rev",), atol=2e-2, rtol=2e-2, eps=1e-2)
 
@@ -198,7 +202,7 @@ class AttentionConformance(parameterized.TestCase):
         dtype = self.DTYPES[0]
         q, key, v, d_out = _inputs(5, 24, 30, 2, 2, 32, getattr(jnp, dtype))
         # Batch 0: queries 10.. are beyond query_lengths. Batch 1: no key at all.
-        kwargs = dict(query_lengths=jnp.array([10, 24]), key_lengths=jnp.array([30, 0]))
+        kwargs = dict(query_seq_lengths=jnp.array([10, 24]), key_value_seq_lengths=jnp.array([30, 0]))
         (out, lse), vjp = jax.vjp(lambda q_, k_, v_: self.attend(q_, k_, v_, **kwargs), q, key, v)
         out = np.asarray(out.astype(jnp.float32))
         np.testing.assert_array_equal(out[0, 10:], 0.0)
@@ -219,7 +223,7 @@ class AttentionConformance(parameterized.TestCase):
     def test_window_leaves_rows_empty_when_t_exceeds_s(self):
         dtype = self.DTYPES[0]
         q, key, v, _ = _inputs(6, 40, 16, 2, 2, 32, getattr(jnp, dtype))
-        out, lse = self.attend(q, key, v, local_window=(3, 0))  # queries t >= 19 see no key
+        out, lse = self.attend(q, key, v, local_window_size=(3, 0))  # queries t >= 19 see no key
         out = np.asarray(out.astype(jnp.float32))
         np.testing.assert_array_equal(out[:, 19:], 0.0)
         self.assertTrue(np.all(np.isfinite(out)))
@@ -229,7 +233,7 @@ class AttentionConformance(parameterized.TestCase):
     def test_nan_padding_does_not_leak(self):
         dtype = self.DTYPES[0]
         q, key, v, d_out = _inputs(7, 26, 34, 4, 2, 32, getattr(jnp, dtype))
-        kwargs = dict(query_lengths=jnp.array([26, 15]), key_lengths=jnp.array([20, 34]))
+        kwargs = dict(query_seq_lengths=jnp.array([26, 15]), key_value_seq_lengths=jnp.array([20, 34]))
         nan = jnp.asarray(jnp.nan, q.dtype)
         q_nan = q.at[1, 15:].set(nan)
         key_nan = key.at[0, 20:].set(nan)
@@ -263,8 +267,7 @@ class AttentionConformance(parameterized.TestCase):
 
         first, second = f(q, key, v), f(q, key, v)
         np.testing.assert_array_equal(np.asarray(first.astype(jnp.float32)), np.asarray(second.astype(jnp.float32)))
-        with self._context():
-            jitted = jax.jit(f)(q, key, v)
+        jitted = jax.jit(f)(q, key, v)
         np.testing.assert_allclose(np.asarray(jitted.astype(jnp.float32)), np.asarray(first.astype(jnp.float32)),
                                    atol=TOL[dtype], rtol=TOL[dtype])
 
@@ -282,23 +285,73 @@ class AttentionConformance(parameterized.TestCase):
     def test_bad_inputs_raise_before_compute(self):
         dtype = getattr(jnp, self.DTYPES[0])
         q, key, v, _ = _inputs(11, 8, 8, 4, 2, 16, dtype)
-        with self._context():
-            with _raises(ValueError, "head dims differ", "(2, 8, 4, 16)", "(2, 8, 2, 8)"):
-                dot_product_attention(q, key[..., :8], v[..., :8], implementation=self.IMPLEMENTATION)
-            with _raises(ValueError, "N=4", "K=3"):
-                dot_product_attention(q, jnp.zeros((2, 8, 3, 16), dtype), jnp.zeros((2, 8, 3, 16), dtype),
-                                      implementation=self.IMPLEMENTATION)
-            with _raises(ValueError, "key_lengths", "(3,)"):
-                dot_product_attention(q, key, v, key_lengths=jnp.array([1, 2, 3]), implementation=self.IMPLEMENTATION)
-            with _raises(ValueError, "local_window"):
-                dot_product_attention(q, key, v, local_window=(-1, 2), implementation=self.IMPLEMENTATION)
-            with _raises(TypeError, "key_lengths"):
-                dot_product_attention(q, key, v, key_lengths=jnp.array([1.0, 2.0]), implementation=self.IMPLEMENTATION)
+        impl = self.IMPLEMENTATION
+        with _raises(ValueError, "head dims differ", "(2, 8, 4, 16)", "(2, 8, 2, 8)"):
+            dot_product_attention(q, key[..., :8], v[..., :8], implementation=impl)
+        with _raises(ValueError, "N=4", "K=3"):
+            dot_product_attention(q, jnp.zeros((2, 8, 3, 16), dtype), jnp.zeros((2, 8, 3, 16), dtype),
+                                  implementation=impl)
+        with _raises(ValueError, "key_value_seq_lengths", "(3,)"):
+            dot_product_attention(q, key, v, key_value_seq_lengths=jnp.array([1, 2, 3]), implementation=impl)
+        with _raises(ValueError, "local_window_size"):
+            dot_product_attention(q, key, v, local_window_size=(-1, 2), implementation=impl)
+        with _raises(TypeError, "key_value_seq_lengths"):
+            dot_product_attention(q, key, v, key_value_seq_lengths=jnp.array([1.0, 2.0]), implementation=impl)
+        with _raises(TypeError, "is_causal", "'no'"):
+            dot_product_attention(q, key, v, is_causal="no", implementation=impl)
+        with _raises(TypeError, "key_value_seq_lengths", "list"):
+            dot_product_attention(q, key, v, key_value_seq_lengths=[8, 8], implementation=impl)
+        with _raises(TypeError, "key", "list"):
+            dot_product_attention(q, np.asarray(key).tolist(), v, implementation=impl)
 
     def test_supports_accepts_this_call(self):
         q, key, v, _ = _inputs(12, 8, 8, 2, 2, 16, getattr(jnp, self.DTYPES[0]))
-        with self._context():
-            ok, reason = supports(self.IMPLEMENTATION, q, key, v, is_causal=True)
+        ok, reason = supports(self.IMPLEMENTATION, q, key, v, is_causal=True)
         self.assertTrue(ok, reason)
         self.assertEqual(reason, "")
 
+    # ------------------------------------------------------------------------------------------------------
+    # Empty sequences: no (query, key) pair at all. Every backend returns the same zeros (issue 9).
+
+    @parameterized.named_parameters(
+        dict(testcase_name="no_keys", b=2, t=7, s=0),
+        dict(testcase_name="no_queries", b=2, t=0, s=9),
+        dict(testcase_name="neither", b=2, t=0, s=0),
+        dict(testcase_name="no_batch", b=0, t=7, s=9),
+    )
+    def test_empty_sequences_give_zeros_empty_lse_and_zero_gradients(self, b, t, s):
+        dtype = getattr(jnp, self.DTYPES[0])
+        rng = np.random.default_rng(13)
+        n, k, h = 4, 2, 32
+        q, key, v, d_out = (jnp.asarray(rng.standard_normal(shape), dtype)
+                            for shape in ((b, t, n, h), (b, s, k, h), (b, s, k, h), (b, t, n, h)))
+        kwargs = dict(is_causal=True, key_value_seq_lengths=jnp.full((b,), s, jnp.int32))
+
+        def run(q_, k_, v_):
+            return self.attend(q_, k_, v_, **kwargs)
+
+        for fn in (run, jax.jit(run)):
+            (out, lse), vjp = jax.vjp(fn, q, key, v)
+            self.assertEqual(out.shape, (b, t, n, h))
+            self.assertEqual(out.dtype, dtype)
+            np.testing.assert_array_equal(np.asarray(out.astype(jnp.float32)), 0.0)
+            if lse is not None:
+                self.assertEqual(lse.shape, (b, n, t))
+                self.assertEqual(lse.dtype, jnp.float32)
+                np.testing.assert_array_equal(np.asarray(lse), EMPTY_ROW_LSE)
+            grads = vjp((d_out, None if lse is None else jnp.ones_like(lse)))
+            for grad, x in zip(grads, (q, key, v)):
+                self.assertEqual(grad.shape, x.shape)
+                np.testing.assert_array_equal(np.asarray(grad.astype(jnp.float32)), 0.0)
+        if self.SUPPORTS_WEIGHTS:
+            weights = dot_product_attention(q, key, v, implementation=self.IMPLEMENTATION, return_weights=True,
+                                            **kwargs).weights
+            self.assertEqual(weights.shape, (b, n, t, s))
+            self.assertEqual(weights.dtype, jnp.float32)
+            np.testing.assert_array_equal(np.asarray(weights), 0.0)
+
+    def test_zero_head_dim_raises_one_clear_error(self):
+        dtype = getattr(jnp, self.DTYPES[0])
+        q, key = jnp.zeros((2, 5, 4, 0), dtype), jnp.zeros((2, 6, 2, 0), dtype)
+        with _raises(ValueError, "head dim H must be >= 1", "H=0", "(2, 5, 4, 0)"):
+            dot_product_attention(q, key, key, implementation=self.IMPLEMENTATION)

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl.testing import absltest, parameterized
 
-from attention_jax import dot_product_attention
+from attention_jax import AttentionMask, dot_product_attention
 from attention_jax.kernels import masking, mosaic_gpu
 from attention_jax.kernels.flash import EMPTY_ROW_LSE, flash_attention
 
@@ -54,7 +54,7 @@ def _interpreted(params):
 
 def _xla(q, k, v, scale, is_causal, window, num_keys):
     result = dot_product_attention(q, k[:, :num_keys], v[:, :num_keys], scale=scale, is_causal=is_causal,
-                                   local_window=window, return_lse=True)
+                                   local_window_size=window, return_lse=True)
     return result.output, result.lse
 
 
@@ -218,7 +218,7 @@ class HopperNumericsTest(parameterized.TestCase):
         def loss(fn, q, k, v):
             return jnp.sum(fn(q, k, v).astype(jnp.float32) ** 2)
 
-        flash = lambda q, k, v: flash_attention(q, k, v, is_causal=True, kernel="mosaic_gpu")  # noqa: E731
+        flash = lambda q, k, v: flash_attention(q, k, v, AttentionMask(is_causal=True), kernel="mosaic_gpu")  # noqa: E731
         xla = lambda q, k, v: dot_product_attention(q, k, v, is_causal=True)  # noqa: E731
         np.testing.assert_allclose(np.float32(flash(q, k, v)), np.float32(xla(q, k, v)), atol=TOL, rtol=TOL)
         got = jax.grad(lambda *a: loss(flash, *a), argnums=(0, 1, 2))(q, k, v)

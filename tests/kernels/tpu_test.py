@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl.testing import absltest, parameterized
 
-from attention_jax import dot_product_attention
+from attention_jax import AttentionMask, dot_product_attention
 from attention_jax.kernels import masking, tpu
 from attention_jax.kernels.block_sizes import BlockSizes
 from attention_jax.kernels.flash import EMPTY_ROW_LSE, flash_attention
@@ -38,12 +38,27 @@ def _weights(seed, b, t, n, h):
             jnp.asarray(rng.standard_normal((b, n, t)), jnp.float32))
 
 
+# The cases below use the reference's mask keyword names; the API takes jax.nn's names.
+_API_NAMES = {"query_lengths": "query_seq_lengths", "key_lengths": "key_value_seq_lengths",
+              "local_window": "local_window_size"}
+
+
+def _mask_kwargs(kw):
+    """(the AttentionMask sources in kw under the API's names, the other keyword arguments)."""
+    sources = ("is_causal", "segment_ids", *_API_NAMES)
+    return ({_API_NAMES.get(n, n): x for n, x in kw.items() if n in sources},
+            {n: x for n, x in kw.items() if n not in sources})
+
+
 def _flash(q, k, v, **kw):
-    return flash_attention(q, k, v, kernel="mosaic_tpu", interpret=True, return_lse=True, **kw)
+    sources, rest = _mask_kwargs(kw)
+    return flash_attention(q, k, v, AttentionMask(**sources), kernel="mosaic_tpu", interpret=True,
+                           return_lse=True, **rest)
 
 
 def _xla(q, k, v, **kw):
-    result = dot_product_attention(q, k, v, return_lse=True, **kw)
+    sources, rest = _mask_kwargs(kw)
+    result = dot_product_attention(q, k, v, return_lse=True, **sources, **rest)
     return result.output, result.lse
 
 
@@ -228,8 +243,8 @@ class TpuLoweringTest(parameterized.TestCase):
         k = jnp.zeros((1, 200, 2, 64), dtype)
 
         def loss(q, k, v):
-            out, lse = flash_attention(q, k, v, kernel="mosaic_tpu", interpret=False, return_lse=True,
-                                       block_sizes=SMALL, **kw)
+            out, lse = flash_attention(q, k, v, AttentionMask(**_mask_kwargs(kw)[0]), kernel="mosaic_tpu",
+                                       interpret=False, return_lse=True, block_sizes=SMALL)
             return jnp.sum(out.astype(jnp.float32)) + jnp.sum(lse)
 
         lowered = jax.jit(jax.value_and_grad(loss, (0, 1, 2))).trace(q, k, k).lower(lowering_platforms=("tpu",))

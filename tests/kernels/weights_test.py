@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from absl.testing import absltest, parameterized
 
+from attention_jax.core.masks import AttentionMask
 from attention_jax.dot_product.api import dot_product_attention
 from attention_jax.kernels import attention_weights, flash_attention
 from attention_jax.kernels.reference import reference_mask
@@ -33,8 +34,8 @@ def _raises(exc_types, *fragments):
 MASKS = {
     "none": {},
     "causal": dict(is_causal=True),
-    "window": dict(local_window=(4, 2)),
-    "lengths": dict(query_lengths=np.array([23, 11]), key_lengths=np.array([31, 9])),
+    "window": dict(local_window_size=(4, 2)),
+    "lengths": dict(query_seq_lengths=np.array([23, 11]), key_value_seq_lengths=np.array([31, 9])),
     "segments": dict(segment_ids=(np.sort(np.random.default_rng(0).integers(0, 3, (B, T)), 1),
                                   np.sort(np.random.default_rng(1).integers(0, 3, (B, S)), 1))),
 }
@@ -43,6 +44,15 @@ MASKS = {
 def _jax_kwargs(kwargs):
     return {k: (tuple(jnp.asarray(x) for x in v) if k == "segment_ids" else jnp.asarray(v) if isinstance(v, np.ndarray)
                 else v) for k, v in kwargs.items()}
+
+
+# dot_product_attention's (jax.nn's) keyword names -> the float64 reference's (kernels/reference.py).
+_REFERENCE_NAMES = {"query_seq_lengths": "query_lengths", "key_value_seq_lengths": "key_lengths",
+                    "local_window_size": "local_window"}
+
+
+def _reference_kwargs(kwargs):
+    return {_REFERENCE_NAMES.get(name, name): value for name, value in kwargs.items()}
 
 
 class AttentionWeightsTest(parameterized.TestCase):
@@ -55,27 +65,29 @@ class AttentionWeightsTest(parameterized.TestCase):
         b = jnp.array([0, 1, 1, 0, 1])
         n = jnp.array([3, 0, 2, 1, 3])
         t = jnp.array([0, 5, 22, 17, 12])
-        got = attention_weights(q, k, full.lse, batch_index=b, head_index=n, query_index=t, rows_per_chunk=2, **kwargs)
+        got = attention_weights(q, k, full.lse, AttentionMask(**kwargs), batch_index=b, head_index=n, query_index=t,
+                                rows_per_chunk=2)
         want = np.asarray(full.weights)[np.asarray(b), np.asarray(n), np.asarray(t)]
         np.testing.assert_allclose(np.asarray(got), want, atol=1e-6)
-        mask = reference_mask(B, T, S, **MASKS[name])[np.asarray(b), np.asarray(t)]
+        mask = reference_mask(B, T, S, **_reference_kwargs(MASKS[name]))[np.asarray(b), np.asarray(t)]
         sums = np.asarray(got).sum(-1)
         np.testing.assert_allclose(sums, np.where(mask.any(-1), 1.0, 0.0), atol=1e-5)
 
     def test_from_the_flash_kernels_lse(self):
         q, k, v = _qkv(7)
-        _, lse = flash_attention(q, k, v, is_causal=True, interpret=True, kernel="triton", return_lse=True)
-        got = attention_weights(q, k, lse, batch_index=1, head_index=2, query_index=jnp.arange(T), is_causal=True)
+        causal = AttentionMask(is_causal=True)
+        _, lse = flash_attention(q, k, v, causal, interpret=True, kernel="triton", return_lse=True)
+        got = attention_weights(q, k, lse, causal, batch_index=1, head_index=2, query_index=jnp.arange(T))
         want = dot_product_attention(q, k, v, is_causal=True, return_weights=True).weights[1, 2]
         np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-6)
 
     def test_empty_rows_and_nan_padding(self):
         q, k, v = _qkv(8)
-        kwargs = dict(query_lengths=jnp.array([5, 23]), key_lengths=jnp.array([31, 10]))
+        kwargs = dict(query_seq_lengths=jnp.array([5, 23]), key_value_seq_lengths=jnp.array([31, 10]))
         lse = dot_product_attention(q, k, v, return_lse=True, **kwargs).lse
         k = k.at[1, 10:].set(jnp.nan)
-        got = np.asarray(attention_weights(q, k, lse, batch_index=jnp.array([0, 1]), head_index=0,
-                                           query_index=jnp.array([9, 3]), **kwargs))
+        got = np.asarray(attention_weights(q, k, lse, AttentionMask(**kwargs), batch_index=jnp.array([0, 1]),
+                                           head_index=0, query_index=jnp.array([9, 3])))
         np.testing.assert_array_equal(got[0], 0.0)  # query 9 >= query_lengths[0]
         self.assertTrue(np.all(np.isfinite(got[1])))
         np.testing.assert_array_equal(got[1, 10:], 0.0)
@@ -87,8 +99,8 @@ class AttentionWeightsTest(parameterized.TestCase):
         k = jax.ShapeDtypeStruct((1, big_s, 1, 8), jnp.float32)
         lse = jax.ShapeDtypeStruct((1, 2, big_t), jnp.float32)
         jaxpr = jax.make_jaxpr(lambda q_, k_, l_: attention_weights(
-            q_, k_, l_, batch_index=0, head_index=jnp.array([0, 1, 1]), query_index=jnp.array([1, 2, 3]),
-            is_causal=True, rows_per_chunk=3))(q, k, lse)
+            q_, k_, l_, AttentionMask(is_causal=True), batch_index=0, head_index=jnp.array([0, 1, 1]),
+            query_index=jnp.array([1, 2, 3]), rows_per_chunk=3))(q, k, lse)
         self.assertLess(_max_intermediate_size(jaxpr.jaxpr), big_t * big_s // 8)
         dense = jax.make_jaxpr(lambda q_, k_: dot_product_attention(q_, k_, k_, return_weights=True))(q, k)
         self.assertGreaterEqual(_max_intermediate_size(dense.jaxpr), big_t * big_s)  # the check can fail
@@ -99,6 +111,29 @@ class AttentionWeightsTest(parameterized.TestCase):
         f = jax.jit(lambda t: attention_weights(q, k, lse, batch_index=0, head_index=1, query_index=t))
         np.testing.assert_allclose(np.asarray(f(jnp.array([4]))), np.asarray(
             dot_product_attention(q, k, v, return_weights=True).weights[0, 1, 4:5]), atol=1e-6)
+
+    def test_dense_mask_rows(self):
+        q, k, v = _qkv(11)
+        mask = np.random.default_rng(12).random((B, 1, T, S)) < 0.7
+        mask[1, 0, 4] = False  # one row with no key
+        mask = jnp.asarray(mask)
+        full = dot_product_attention(q, k, v, mask=mask, return_weights=True, return_lse=True)
+        b, n, t = jnp.array([0, 1, 1]), jnp.array([3, 0, 2]), jnp.array([7, 4, 19])
+        for spec in (mask, AttentionMask(mask)):
+            got = attention_weights(q, k, full.lse, spec, batch_index=b, head_index=n, query_index=t)
+            want = np.asarray(full.weights)[np.asarray(b), np.asarray(n), np.asarray(t)]
+            np.testing.assert_allclose(np.asarray(got), want, atol=1e-6)
+        np.testing.assert_array_equal(np.asarray(got)[1], 0.0)
+
+    def test_no_rows_or_no_keys(self):
+        q, k, v = _qkv(13)
+        lse = dot_product_attention(q, k, v, return_lse=True).lse
+        got = attention_weights(q, k, lse, batch_index=jnp.zeros((0,), jnp.int32), head_index=0, query_index=0)
+        self.assertEqual(got.shape, (0, S))
+        k0 = k[:, :0]  # S = 0: every row is empty
+        lse0 = dot_product_attention(q, k0, k0, return_lse=True).lse
+        got = attention_weights(q, k0, lse0, batch_index=jnp.array([0, 1]), head_index=1, query_index=3)
+        self.assertEqual(got.shape, (2, 0))
 
     def test_errors(self):
         q, k, v = _qkv(10)
@@ -113,6 +148,11 @@ class AttentionWeightsTest(parameterized.TestCase):
             attention_weights(q, k, lse, batch_index=jnp.array([0, 1]), head_index=0, query_index=jnp.array([1, 2, 3]))
         with _raises(ValueError, "1-D", "(1, 2)"):
             attention_weights(q, k, lse, batch_index=jnp.zeros((1, 2), jnp.int32), head_index=0, query_index=0)
+        with _raises(ValueError, "key_value_seq_lengths", "(3,)"):
+            attention_weights(q, k, lse, AttentionMask(key_value_seq_lengths=jnp.array([1, 2, 3])), batch_index=0,
+                              head_index=0, query_index=0)
+        with _raises(TypeError, "query", "list"):
+            attention_weights(np.asarray(q).tolist(), k, lse, batch_index=0, head_index=0, query_index=0)
 
 
 if __name__ == "__main__":
