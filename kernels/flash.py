@@ -5,8 +5,9 @@ This file is the VJP wiring and the glue around the kernels:
     none at all for a mask the "flash" backend already bound to these inputs), then the kernels' own limits;
   * pads T and S to tile multiples and H to 64/128/256, and folds lengths and padding into segment ids
     (`masking.encode_segments`), so users never see a divisibility error;
-  * zeroes dead query, key and value rows (beyond the lengths, or in the padding) before any kernel runs:
-    a NaN there cannot leak, because 0 * NaN never happens inside a kernel;
+  * zeroes dead query, key and value rows (`masking.zero_dead_rows`: a query with no valid key, a key no
+    valid query attends, the padding) before any kernel runs: a NaN there cannot leak, because 0 * NaN never
+    happens inside a kernel;
   * a `jax.custom_vjp` whose forward keeps (q, k, v, out, lse) and whose backward runs the `delta`, dK/dV and
     dQ kernels;
   * picks the kernel family for the device: Triton (GPU), Mosaic GPU (Hopper forward, see `mosaic_gpu.py`)
@@ -216,12 +217,8 @@ def flash_attention(
     q = pad_axis(pad_axis(query, 1, padded_q), 3, padded_dim)
     k = pad_axis(pad_axis(key, 1, padded_k), 3, padded_dim)
     v = pad_axis(pad_axis(value, 1, padded_k), 3, padded_dim)
-    if seg is not None:
-        # Dead rows are zeroed with where (not multiplied) so a NaN in them cannot survive.
-        q = jnp.where((seg[0] != masking.Q_DEAD)[:, :, None, None], q, jnp.zeros((), q.dtype))
-        k_live = (seg[1] != masking.KV_DEAD)[:, :, None, None]
-        k = jnp.where(k_live, k, jnp.zeros((), k.dtype))
-        v = jnp.where(k_live, v, jnp.zeros((), v.dtype))
+    # Queries with no valid key and keys/values no query attends are zeroed (the xla backend's contract).
+    q, k, v = masking.zero_dead_rows(spec, seg, q, k, v, has_ids=segments is not None)
     static = _Static(spec, scale, blocks, kernel, interpret)
     out, lse = _flash(static, q, k, v, seg)
     out = out[:, :num_queries, :, :head_dim]

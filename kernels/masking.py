@@ -1,10 +1,19 @@
 """Which (query, key) pairs attend, tile by tile: shared by every flash kernel (Triton, Mosaic GPU, Mosaic TPU).
 
 A call's mask has a static part, `MaskSpec` (causal, local window, the true T and S before padding), and a
-dynamic part, two int32 arrays of segment ids. Lengths are folded into the segment ids before a kernel runs:
-a query beyond `query_lengths` (or in the padding) gets `Q_DEAD`, a key beyond `key_lengths` (or in the
-padding) gets `KV_DEAD`, and the two never equal each other or a real id. One equality test then covers
-packed sequences, padding and lengths.
+dynamic part, two int32 arrays of segment ids (`encode_segments`). The user's ids are first relabelled, row
+by row, to their rank among that row's distinct ids (0, 1, 2, ...: equality and order are kept, and any
+integer id works, int32 min and max included). Lengths are then folded in: a query beyond `query_lengths`
+(or in the padding) gets `Q_DEAD` (int32 min, below every rank), a key beyond `key_lengths` (or in the
+padding) gets `KV_DEAD` (int32 max, above every rank), so the two never equal each other or a real id. One
+equality test then covers packed sequences, padding and lengths.
+
+Dead rows (`live_rows`, `zero_dead_rows`): a query with no valid key, and a key or value that no valid query
+attends, are zeroed with `where` before any kernel runs, exactly the rows the xla backend zeroes. Inside a
+live tile a masked pair has P = 0, but 0 * NaN = NaN in P V, dS K and dS^T Q; zeroing those rows first is
+what keeps a NaN or inf there out of the output and the gradients of live rows. Liveness is computed
+exactly, without a [T, S] array: in closed form from the causal/window bounds, with prefix counts for
+lengths, and with a sort and a binary search for segment ids.
 
 Tiles are skipped two ways:
   * statically bounded loops: `kv_tile_range` / `q_tile_range` give the only tiles the causal and window
@@ -29,13 +38,16 @@ from jax import lax
 from attention_jax.core.masks import AttentionMask, window_bounds
 
 __all__ = [
-    "KV_DEAD", "Q_DEAD", "MaskSpec", "element_mask", "encode_segments", "kv_tile_range", "q_tile_range",
-    "segments_overlap",
+    "KV_DEAD", "Q_DEAD", "MaskSpec", "dense_segment_ids", "element_mask", "encode_segments", "kv_tile_range",
+    "live_rows", "q_tile_range", "segments_overlap", "zero_dead_rows",
 ]
 
-# Reserved segment ids (the two smallest int32 values): user segment ids must not use them.
+# The kernels' ids of dead queries and dead keys. User ids never reach the kernels as they are: they are
+# relabelled to ranks in [0, T + S) first (`dense_segment_ids`), so these can never collide with one. Q_DEAD
+# lies below every rank and KV_DEAD above, so a dead row never widens a tile's id range in the direction
+# that `segments_overlap` tests.
 Q_DEAD = int(np.iinfo(np.int32).min)
-KV_DEAD = Q_DEAD + 1
+KV_DEAD = int(np.iinfo(np.int32).max)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,9 +159,39 @@ def segments_overlap(q_seg, kv_seg):
     return jnp.logical_and(jnp.min(q_seg) <= jnp.max(kv_seg), jnp.min(kv_seg) <= jnp.max(q_seg))
 
 
+def dense_segment_ids(q_ids, kv_ids):
+    """Each row's ids relabelled to their rank among that row's distinct ids: (q [B, T], kv [B, S]) int32.
+
+    Equal ids stay equal, different ids stay different and their order is kept (so sorted, packed ids stay
+    sorted), and every rank lies in [0, T + S): any integer ids work, whatever their dtype or range (int32
+    min and max, int64 beyond int32), and none can equal `Q_DEAD` or `KV_DEAD`. Two sorts of the B rows of
+    T + S ids, O((T + S) log(T + S)) per row, jit-friendly (no data-dependent shapes).
+
+    Args:
+      q_ids: [B, T] integer query segment ids.
+      kv_ids: [B, S] integer key/value segment ids.
+    """
+    q_ids, kv_ids = jnp.asarray(q_ids), jnp.asarray(kv_ids)
+    num_queries = q_ids.shape[1]
+    dtype = jnp.promote_types(q_ids.dtype, kv_ids.dtype)
+    both = jnp.concatenate([q_ids.astype(dtype), kv_ids.astype(dtype)], axis=1)  # [B, T + S]
+    if both.shape[1] == 0:
+        return q_ids.astype(jnp.int32), kv_ids.astype(jnp.int32)
+    index = lax.broadcasted_iota(jnp.int32, both.shape, 1)
+    ordered, order = lax.sort((both, index), dimension=1, num_keys=1)  # order: where each sorted id came from
+    first = jnp.concatenate([jnp.zeros_like(ordered[:, :1], jnp.int32),
+                             (ordered[:, 1:] != ordered[:, :-1]).astype(jnp.int32)], axis=1)
+    rank = jnp.cumsum(first, axis=1, dtype=jnp.int32)  # [B, T + S], the rank of each sorted id
+    _, rank = lax.sort((order, rank), dimension=1, num_keys=1)  # back to the original order
+    return rank[:, :num_queries], rank[:, num_queries:]
+
+
 def encode_segments(segments, query_lengths, key_lengths, batch: int, num_queries: int, num_keys: int,
                     padded_queries: int, padded_keys: int):
     """The kernels' segment ids: (q_seg [B, Tp] int32, kv_seg [B, Sp] int32), or None when no ids or lengths.
+
+    User ids are relabelled by `dense_segment_ids` (ranks >= 0, so no user id is reserved); queries beyond
+    `query_lengths` or in the padding get `Q_DEAD`, keys beyond `key_lengths` or in the padding `KV_DEAD`.
 
     Args:
       segments: None or (q_ids [B, T], kv_ids [B, S]) integers.
@@ -163,7 +205,7 @@ def encode_segments(segments, query_lengths, key_lengths, batch: int, num_querie
         q_ids = jnp.zeros((batch, num_queries), jnp.int32)
         kv_ids = jnp.zeros((batch, num_keys), jnp.int32)
     else:
-        q_ids, kv_ids = (jnp.asarray(x).astype(jnp.int32) for x in segments)
+        q_ids, kv_ids = dense_segment_ids(*segments)
     q_ids = jnp.pad(q_ids, ((0, 0), (0, padded_queries - num_queries)), constant_values=Q_DEAD)
     kv_ids = jnp.pad(kv_ids, ((0, 0), (0, padded_keys - num_keys)), constant_values=KV_DEAD)
     if query_lengths is not None:
@@ -173,3 +215,117 @@ def encode_segments(segments, query_lengths, key_lengths, batch: int, num_querie
         live = jnp.arange(padded_keys)[None, :] < jnp.asarray(key_lengths)[:, None]  # [B, Sp]
         kv_ids = jnp.where(live, kv_ids, KV_DEAD)
     return q_ids, kv_ids
+
+
+def _partner_ranges(own: int, num_partners: int, before: int | None, after: int | None):
+    """int32 [own] numpy (lo, hi): position i may pair with partners j in [lo_i, hi_i), j in [0, num_partners).
+
+    `before` / `after` bound j - i from below / above (None = unbounded): j >= i - before, j <= i + after.
+    """
+    i = np.arange(own, dtype=np.int64)
+    lo = np.zeros(own, np.int64) if before is None else np.maximum(i - before, 0)
+    hi = np.full(own, num_partners, np.int64) if after is None else np.clip(i + after + 1, 0, num_partners)
+    lo = np.minimum(lo, num_partners)
+    return lo.astype(np.int32), hi.astype(np.int32)
+
+
+def _count_in_ranges(flags, lo, hi):
+    """int32 [B, n]: how many of flags [B, m] (bool) are True in [lo_i, hi_i) (lo, hi: int32 [n] numpy)."""
+    counts = jnp.cumsum(flags.astype(jnp.int32), axis=1)
+    counts = jnp.concatenate([jnp.zeros_like(counts[:, :1]), counts], axis=1)  # [B, m + 1], prefix counts
+    return counts[:, np.maximum(hi, lo)] - counts[:, lo]
+
+
+def _id_in_ranges(ids, lo, hi, partner_ids):
+    """bool [B, n]: whether partner_ids[b, j] == ids[b, i] for some j in [lo_i, hi_i).
+
+    A binary search of (ids[b, i], lo_i) among the (id, position) pairs of row b sorted lexicographically:
+    the first pair at or after it is inside the range exactly when some partner in the range has the id.
+    """
+    num = partner_ids.shape[1]
+    if num == 0:
+        return jnp.zeros(ids.shape, bool)
+    position = lax.broadcasted_iota(jnp.int32, partner_ids.shape, 1)
+    sorted_ids, sorted_pos = lax.sort((partner_ids, position), dimension=1, num_keys=2)  # [B, m]
+    lo = jnp.broadcast_to(jnp.asarray(lo)[None], ids.shape)
+    hi = jnp.broadcast_to(jnp.asarray(hi)[None], ids.shape)
+
+    def pair_at(index):
+        index = jnp.minimum(index, num - 1)
+        return jnp.take_along_axis(sorted_ids, index, axis=1), jnp.take_along_axis(sorted_pos, index, axis=1)
+
+    def halve(_, bounds):  # the first index whose pair is >= (id, lo) lies in [first, last]
+        first, last = bounds
+        mid = lax.div(first + last, 2)
+        mid_id, mid_pos = pair_at(mid)
+        before = (mid_id < ids) | ((mid_id == ids) & (mid_pos < lo))
+        searching = first < last
+        return (jnp.where(searching & before, mid + 1, first), jnp.where(searching & ~before, mid, last))
+
+    zeros = jnp.zeros(ids.shape, jnp.int32)
+    first, _ = lax.fori_loop(0, num.bit_length(), halve, (zeros, zeros + num))
+    found_id, found_pos = pair_at(first)
+    return (first < num) & (found_id == ids) & (found_pos < hi)
+
+
+def live_rows(spec: MaskSpec, segments, padded_queries: int, padded_keys: int, *, has_ids: bool):
+    """Which queries have a valid key and which keys a valid query, or None when every real row does.
+
+    Exactly the rows that the xla backend keeps (any over the other axis of the full [B, T, S] mask), but
+    without building it: the causal/window band gives each query the key range [max(0, t - left),
+    t + right] and each key the query range [s - right, s + left] in closed form; lengths and padding (dead
+    ids) are counted with prefix sums; user segment ids are found with a binary search among the row's
+    sorted (id, position) pairs. O(B (T + S) log(T + S)) work and memory.
+
+    Args:
+      spec: the static mask.
+      segments: None or (q_seg [B, Tp], kv_seg [B, Sp]) int32 from `encode_segments` (ids relabelled).
+      padded_queries, padded_keys: Tp >= T and Sp >= S, the padded lengths.
+      has_ids: whether `segments` hold user segment ids (else only lengths and padding, ids 0 or dead).
+
+    Returns:
+      None, or (q_live [B or 1, Tp] bool, kv_live [B or 1, Sp] bool); rows past T or S (padding) are False.
+    """
+    right, left = spec.right, spec.left
+    if segments is None:
+        # Static: only the band and the true lengths T, S decide (numpy at trace time, no runtime cost).
+        q_lo, q_hi = _partner_ranges(spec.num_queries, spec.num_keys, left, right)
+        kv_lo, kv_hi = _partner_ranges(spec.num_keys, spec.num_queries, right, left)
+        q_live, kv_live = q_lo < q_hi, kv_lo < kv_hi
+        if q_live.all() and kv_live.all():
+            return None
+        return (jnp.asarray(np.pad(q_live, (0, padded_queries - spec.num_queries)))[None],
+                jnp.asarray(np.pad(kv_live, (0, padded_keys - spec.num_keys)))[None])
+    q_seg, kv_seg = segments
+    q_lo, q_hi = _partner_ranges(padded_queries, padded_keys, left, right)
+    kv_lo, kv_hi = _partner_ranges(padded_keys, padded_queries, right, left)
+    q_ok, kv_ok = q_seg != Q_DEAD, kv_seg != KV_DEAD
+    if not has_ids:  # every live id is 0: a row is live when its range holds a live partner
+        return (q_ok & (_count_in_ranges(kv_ok, q_lo, q_hi) > 0),
+                kv_ok & (_count_in_ranges(q_ok, kv_lo, kv_hi) > 0))
+    # Dead ids never match: Q_DEAD and KV_DEAD differ from each other and from every (relabelled) user id.
+    return _id_in_ranges(q_seg, q_lo, q_hi, kv_seg), _id_in_ranges(kv_seg, kv_lo, kv_hi, q_seg)
+
+
+def zero_dead_rows(spec: MaskSpec, segments, query, key, value, *, has_ids: bool):
+    """query, key, value with the rows `live_rows` finds dead set to 0 by `where` (never by a product).
+
+    The contract of the xla backend: a NaN or inf in a query that has no valid key, or in a key or value
+    that no valid query attends, never reaches the output or the gradients of live rows (which would happen
+    inside a live tile, where P = 0 but 0 * NaN = NaN), and their gradients are 0.
+
+    Args:
+      spec, segments, has_ids: as for `live_rows`.
+      query: [B, Tp, N, Hp]; key, value: [B, Sp, K, Hp] (padded).
+
+    Returns:
+      (query, key, value), the same shapes and dtypes.
+    """
+    live = live_rows(spec, segments, query.shape[1], key.shape[1], has_ids=has_ids)
+    if live is None:
+        return query, key, value
+    q_live = live[0][:, :, None, None]
+    kv_live = live[1][:, :, None, None]
+    zero = lambda x: jnp.zeros((), x.dtype)  # noqa: E731
+    return (jnp.where(q_live, query, zero(query)), jnp.where(kv_live, key, zero(key)),
+            jnp.where(kv_live, value, zero(value)))
