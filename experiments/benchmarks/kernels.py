@@ -206,8 +206,9 @@ def _gpu_builders() -> dict[str, Callable[[int, bool], Callable]]:
 
     def flash(kernel):
         def build(head_dim, causal):
+            from attention_jax.core.masks import AttentionMask
             from attention_jax.kernels.flash import flash_attention
-            return functools.partial(flash_attention, is_causal=causal, kernel=kernel)
+            return functools.partial(flash_attention, mask=AttentionMask(is_causal=causal), kernel=kernel)
         return build
 
     def nn(implementation):
