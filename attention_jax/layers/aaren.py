@@ -64,6 +64,8 @@ def _output(state: AarenState) -> jax.Array:
 
 
 def _scale(scale: float | None, head_dim: int) -> float:
+    if head_dim == 0:
+        raise ValueError("the head dim H must be >= 1, got H=0")
     return 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
 
 
@@ -116,7 +118,7 @@ def aaren_scan(
       scale: the logit scale; default 1 / sqrt(H).
 
     Returns:
-      outputs: [B, S, N, H] in the value dtype; outputs[:, k] attends over positions 0..k.
+      outputs: [B, S, N, H] in the value dtype; outputs[:, k] attends over positions 0..k (empty when S = 0).
 
     Raises:
       ValueError: if ranks or shapes disagree (query [B, N, H], key and value [B, S, N, H], mask [B, S]).
@@ -303,14 +305,17 @@ class Aaren(nn.Module):
           mask: None or [B, S] bool, True = the token is a valid key.
 
         Returns:
-          y: [B, S, D_out]; y[:, k] depends on the valid tokens 0..k only (zeros before the first, up to bias).
+          y: [B, S, D_out]; y[:, k] depends on the valid tokens 0..k only (zeros before the first, up to bias);
+            empty when S = 0.
 
         Raises:
-          ValueError: if x is not rank 3 or the mask is not [B, S].
+          ValueError: if x is not rank 3, D = 0, or the mask is not [B, S].
           TypeError: if x is not floating or the mask is not boolean.
         """
         _checks.rank("x", x, 3)
         _checks.floating("x", x)
+        if jnp.shape(x)[-1] == 0:
+            raise ValueError(f"x needs at least one feature: {jnp.shape(x)=}")
         if mask is not None:
             _checks.boolean("mask", mask)
             if jnp.shape(mask) != jnp.shape(x)[:2]:
@@ -333,10 +338,12 @@ class Aaren(nn.Module):
           y_t: [B, D_out], equal to `__call__(x)[:, t]`.
 
         Raises:
-          ValueError: if x_t is not rank 2 or the state or valid_t does not fit it.
+          ValueError: if x_t is not rank 2, D = 0, or the state or valid_t does not fit it.
           TypeError: if x_t is not floating or valid_t is not boolean.
         """
         _checks.rank("x_t", x_t, 2)
         _checks.floating("x_t", x_t)
+        if jnp.shape(x_t)[-1] == 0:
+            raise ValueError(f"x_t needs at least one feature: {jnp.shape(x_t)=}")
         _check_state_and_valid(state, valid_t, jnp.shape(x_t)[0], self.num_heads, self.head_dim)
         return self._apply(x_t, lambda q, k, v: aaren_step(state, q, k, v, valid_t, scale=self.scale))

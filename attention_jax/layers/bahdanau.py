@@ -31,8 +31,8 @@ class BahdanauAttention(nn.Module):
     ``SCORE_PARAMS["additive"]`` names). No biases, as in the paper.
 
     U_a h_j does not depend on the decoder step, so a decoder should compute it once per sentence with
-    `project_keys` and pass it back as ``projected_keys`` at every step (appendix A.1.2 suggests exactly
-    this). Without ``projected_keys`` the call goes through the core `attention_jax.core.context.attend`.
+    `project_keys` (given the mask, so padding never enters it) and pass it back as ``projected_keys`` at every
+    step (appendix A.1.2 suggests exactly this). Without ``projected_keys`` the call goes through the core `attention_jax.core.context.attend`.
 
     Attributes:
         features: A, the attention hidden size (n' in the paper).
@@ -51,23 +51,31 @@ class BahdanauAttention(nn.Module):
         self.w_k = Kernel(self.features, self.param_dtype)
         self.v = self.param("v", vector_init(self.features), (self.features,), self.param_dtype)
 
-    def project_keys(self, key: Array) -> Array:
+    def project_keys(self, key: Array, mask: Array | None = None) -> Array:
         """U_a h_j for every source position, to be reused at every decoder step.
 
         Args:
             key: [B, S, Dk] floating encoder annotations, Dk >= 1.
+            mask: None, or the [B, S] or [B, T, S] bool mask of the later calls. Source positions that no query
+                may attend are zeroed before the projection, so NaN or inf stored there reaches neither the
+                projection nor the gradient of U_a.
 
         Returns:
             [B, S, A] in float32.
 
         Raises:
-            ValueError: if key is not rank 3 or Dk = 0.
-            TypeError: if key is not a floating array.
+            ValueError: if key is not rank 3, Dk = 0, or the mask shape does not fit.
+            TypeError: if key is not a floating array or the mask is not boolean.
         """
         _checks.rank("key", key, 3)
         _checks.floating("key", key)
         if key.shape[-1] == 0:
             raise ValueError(f"key needs at least one feature, got {key.shape=}")
+        if mask is not None:
+            _checks.rank("mask", mask, (2, 3))
+            num_queries = 1 if jnp.ndim(mask) == 2 else jnp.shape(mask)[1]
+            valid = masks.broadcast_key_mask(mask, key.shape[0], num_queries, key.shape[1])  # [B, T, S]
+            key = jnp.where(jnp.any(valid, axis=1)[..., None], key, jnp.zeros((), key.dtype))
         w_k = self.w_k(key.shape[-1])
         return jnp.einsum("BSD,DA->BSA", key.astype(jnp.float32), w_k.astype(jnp.float32))
 

@@ -1,0 +1,131 @@
+"""Tests for attention_jax/layers/luong.py: global, local-m and local-p attention (Luong et al. 2015, arXiv:1508.04025).
+
+The oracle is tests/reference.py (float64 numpy, eq. 7-10). The module's parameters come from the core score
+registry (`attention_jax.core.scores.param_shapes`).
+"""
+
+import re
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from absl.testing import absltest, parameterized
+
+from attention_jax.core import scores
+from attention_jax.layers import luong
+from attention_jax.layers.luong import LuongAttention
+from tests import reference as ref
+
+B, T, S = 2, 3, 6
+DQ, DK, DV, A = 4, 5, 3, 6
+S_MAX = 8
+
+
+def _raises(exc_types, *fragments):
+    """pytest.raises that also checks every fragment (a shape or value) appears in the message."""
+    pattern = "".join(f"(?=[\\s\\S]*{re.escape(str(f))})" for f in fragments)
+    return pytest.raises(exc_types, match=pattern)
+
+
+def _inputs(score, seed=0):
+    rng = np.random.default_rng(seed)
+    dk = DQ if scores.SCORES[score].same_features else DK
+    query = rng.standard_normal((B, T, DQ)).astype(np.float32)
+    key = rng.standard_normal((B, S, dk)).astype(np.float32)
+    value = rng.standard_normal((B, S, DV)).astype(np.float32)
+    return query, key, value
+
+
+def _module(score, mode, window=2):
+    return LuongAttention(score=score, mode=mode, window=window, features=A, max_source_len=S_MAX)
+
+
+class LuongAttentionTest(parameterized.TestCase):
+
+    def test_score_and_mode_lists_come_from_the_core(self):
+        self.assertEqual(luong.LUONG_SCORES, scores.LUONG_SCORES)
+        self.assertEqual(luong.LUONG_MODES, ("global", "local_m", "local_p"))
+
+    @parameterized.product(score=luong.LUONG_SCORES, mode=luong.LUONG_MODES)
+    def test_params_follow_the_registry_and_match_reference(self, score, mode):
+        query, key, value = _inputs(score, seed=1)
+        mask = ref.padding_mask([S, 4], S)
+        module = _module(score, mode, window=1)
+        params = module.init(jax.random.key(0), *map(jnp.asarray, (query, key, value, mask))).get("params", {})
+        want_shapes = scores.param_shapes(score, DQ, key.shape[-1], hidden_dim=A, max_keys=S_MAX)
+        if mode == "local_p":
+            want_shapes.update(w_p=(DQ, A), v_p=(A,))
+        self.assertEqual({n: p.shape for n, p in params.items()}, want_shapes)
+        ctx, weights = module.apply({"params": params}, *map(jnp.asarray, (query, key, value, mask)))
+        want_ctx, want_w = ref.attend(query, key, value, mask, score=score, params=params, mode=mode, window=1)
+        ref.assert_close(weights, want_w)
+        ref.assert_close(ctx, want_ctx)
+
+    @parameterized.parameters(*luong.LUONG_MODES)
+    def test_nan_padding_does_not_reach_gradients(self, mode):
+        query, key, value = _inputs("general", seed=2)
+        mask = ref.padding_mask([S, 3], S)
+        module = _module("general", mode)
+        params = module.init(jax.random.key(0), *map(jnp.asarray, (query, key, value, mask)))
+        p_key, p_value = key.copy(), value.copy()
+        p_key[~mask], p_value[~mask] = np.nan, -np.inf
+
+        def loss(params, q, k, v):
+            ctx, _ = module.apply(params, q, k, v, jnp.asarray(mask))
+            return jnp.sum(ctx ** 2)
+
+        grad = jax.value_and_grad(loss, argnums=(0, 1, 2, 3))
+        got = grad(params, *map(jnp.asarray, (query, p_key, p_value)))
+        chex.assert_tree_all_finite(got)
+        chex.assert_trees_all_close(got, grad(params, *map(jnp.asarray, (query, key, value))), rtol=1e-6, atol=1e-6)
+
+    def test_local_p_left_padding_equals_right_padding(self):
+        # p_t is placed on the valid span, so moving the sentence to the end of the row changes nothing.
+        query, key, value = _inputs("general", seed=3)
+        right = ref.padding_mask([S, 4], S)
+        left = right[:, ::-1].copy()
+        key_l, value_l = key.copy(), value.copy()
+        key_l[1, S - 4:], value_l[1, S - 4:] = key[1, :4], value[1, :4]
+        key_l[1, :S - 4], value_l[1, :S - 4] = np.nan, np.nan
+        module = _module("general", "local_p", window=1)
+        params = module.init(jax.random.key(0), *map(jnp.asarray, (query, key, value, right)))
+        ctx_r, w_r = module.apply(params, *map(jnp.asarray, (query, key, value, right)))
+        ctx_l, w_l = module.apply(params, *map(jnp.asarray, (query, key_l, value_l, left)))
+        ref.assert_close(ctx_l, ctx_r)
+        ref.assert_close(np.asarray(w_l)[1, :, S - 4:], np.asarray(w_r)[1, :, :4])
+        np.testing.assert_array_equal(np.asarray(w_l)[1, :, :S - 4], 0.0)
+
+    @parameterized.product(mode=luong.LUONG_MODES, sizes=((T, 0), (0, S), (0, 0)))
+    def test_empty_sequences(self, mode, sizes):
+        num_queries, num_keys = sizes
+        module = _module("location", mode)
+        params = module.init(jax.random.key(0), jnp.ones((B, T, DQ)), jnp.ones((B, S, DK)))
+        ctx, weights = module.apply(params, jnp.ones((B, num_queries, DQ)), jnp.ones((B, num_keys, DK)),
+                                    jnp.ones((B, num_keys, DV)))
+        chex.assert_shape((ctx, weights), ((B, num_queries, DV), (B, num_queries, num_keys)))
+        np.testing.assert_array_equal(ctx, 0.0)
+
+    def test_bad_options_and_inputs(self):
+        with _raises(ValueError, "'cosine'", "general"):
+            LuongAttention(score="cosine")
+        with _raises(ValueError, "features", "-1"):
+            LuongAttention(features=-1)
+        with _raises(ValueError, "max_source_len", "location"):
+            LuongAttention(score="location")
+        module = _module("general", "global")
+        query, key, value = _inputs("general")
+        params = module.init(jax.random.key(0), jnp.asarray(query), jnp.asarray(key))
+        with _raises(TypeError, "key", "list"):
+            module.apply(params, jnp.asarray(query), key.tolist())
+        with _raises(ValueError, "feature", (B, T, 0)):
+            module.apply(params, jnp.zeros((B, T, 0)), jnp.asarray(key))
+        with _raises(ValueError, "dot", (B, T, DQ), (B, S, DK)):
+            _module("dot", "global").init(jax.random.key(0), jnp.asarray(query), jnp.asarray(key))
+        with _raises(ValueError, "max_source_len=8", (B, S_MAX + 1, DK)):
+            _module("location", "global").init(jax.random.key(0), jnp.asarray(query), jnp.zeros((B, S_MAX + 1, DK)))
+
+
+if __name__ == "__main__":
+    absltest.main()
