@@ -12,7 +12,10 @@ another's output (no atomics):
   3. dQ: one program per (query tile, batch, query head), walking key tiles: dQ += dS K * scale.
 
 `lse2` is the saved lse times log2(e), with +inf on rows that have no valid key: every logit of such a row
-is -inf after masking, and exp2(-inf - inf) = 0 gives them zero gradients without a NaN.
+is -inf after masking, and exp2(-inf - inf) = 0 gives them zero gradients without a NaN. As in the forward,
+masked logits are replaced with `where`; the products dS K, dS^T Q and dO V^T of a masked pair still multiply
+P = dS = 0 by the row, so they rely on `flash.py` having zeroed every dead query, key and value row
+(`masking.zero_dead_rows`).
 """
 
 from __future__ import annotations

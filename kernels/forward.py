@@ -8,7 +8,12 @@ log-sum-exp lse = (m + log2 l) * ln 2 that the backward and `attention_weights` 
 
 Grid: (T / block_q, B, N). Query head n reads key/value head n // G, so grouped-query attention never
 repeats keys or values. Inputs are already padded (T, S to tile multiples, H to 64/128/256) and sanitised
-(dead query, key and value rows zeroed) by `kernels/flash.py`.
+by `kernels/flash.py` (`masking.zero_dead_rows`: every query with no valid key and every key/value no valid
+query attends is zero).
+
+NaN safety: a masked logit is replaced with `where` (never added to or multiplied by a mask), so a NaN or inf
+logit of a masked pair becomes -inf and P = 0 there. P V still multiplies that 0 by the value row, which is
+why dead value rows must be zero rather than merely masked; live rows holding NaN propagate it, as in xla.
 """
 
 from __future__ import annotations
