@@ -19,6 +19,7 @@ Shape letters as in the package docstring; N = heads.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -28,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from attention_jax import _checks
-from attention_jax.layers.multihead import MultiHeadAttention, _check_heads
+from attention_jax.layers.multihead import MultiHeadAttention
 
 __all__ = [
     "GatedMultiHeadAttention",
@@ -45,6 +46,9 @@ ZETA = 1.1
 
 
 def _check_stretch(beta: float | None, gamma: float, zeta: float) -> None:
+    for name, value in (("beta", beta), ("gamma", gamma), ("zeta", zeta)):
+        if (name != "beta" or value is not None) and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
+            raise ValueError(f"{name} must be a real number, got {value!r}")
     if beta is not None and not beta > 0:
         raise ValueError(f"beta must be > 0, got {beta=}")
     if not (gamma < 0 and zeta > 1):
@@ -249,7 +253,7 @@ class GatedMultiHeadAttention(MultiHeadAttention):
     zeta: float = ZETA
 
     def __post_init__(self):
-        _check_heads("num_heads", self.num_heads)
+        _checks.int_at_least("num_heads", self.num_heads, 1)
         if self.num_kv_heads is not None and self.num_kv_heads != self.num_heads:
             raise ValueError(
                 f"GatedMultiHeadAttention supports only num_kv_heads == num_heads; got "
@@ -265,20 +269,25 @@ class GatedMultiHeadAttention(MultiHeadAttention):
     def __call__(
         self,
         inputs_q: jax.Array,
-        inputs_kv: jax.Array | None = None,
+        inputs_k: jax.Array | None = None,
+        inputs_v: jax.Array | None = None,
         *,
+        inputs_kv: jax.Array | None = None,
         mask: jax.Array | None = None,
         is_causal: bool = False,
-        deterministic: bool = True,
+        deterministic: bool | None = None,
     ) -> tuple[jax.Array, jax.Array]:
-        """Gated multi-head attention from `inputs_q` to `inputs_kv` (or itself), arXiv:1905.09418 §4.
+        """Gated multi-head attention from `inputs_q` to `inputs_k`/`inputs_v` (or itself), arXiv:1905.09418 §4.
 
         Args:
           inputs_q: [B, T, Dq] floating.
-          inputs_kv: [B, S, Dkv] floating, or None for self-attention (S = T).
+          inputs_k: [B, S, Dk] floating, or None for self-attention (S = T).
+          inputs_v: [B, S, Dv] floating, or None for inputs_k.
+          inputs_kv: [B, S, Dkv] floating, keys' and values' input (flax's older keyword); not with inputs_k.
           mask: None or [B or 1, N or 1, T, S] bool, True = attend.
-          is_causal: key s is masked for query t when s > t.
-          deterministic: if True use the test-time gates; else sample them with the "gates" rng.
+          is_causal: a bool; key s is masked for query t when s > t.
+          deterministic: a bool: if True use the test-time gates (and no dropout); else sample them with the
+            "gates" rng. None takes the attribute (True when that is None too).
 
         Returns:
           (output, l0_penalty): output [B, T, D_out] in the compute dtype; l0_penalty [] float32, the
@@ -287,14 +296,17 @@ class GatedMultiHeadAttention(MultiHeadAttention):
         Raises:
           ValueError: for inputs that are not rank 3, batch sizes that differ, Dq not a multiple of N without
             head_dim, or a mask shape that does not fit.
-          TypeError: for non-floating inputs or a non-boolean mask.
+          TypeError: for inputs that are not floating arrays, a non-boolean mask, or flags that are not bools.
         """
+        deterministic = self._deterministic(deterministic)
         log_alpha = self.param("log_alpha", self.log_alpha_init, (self.num_heads,), self.param_dtype)  # [N]
         kw = dict(gamma=self.gamma, zeta=self.zeta)
         if deterministic:
             gates = hard_concrete_deterministic(log_alpha, **kw)  # [N]
         else:
             gates = hard_concrete_sample(log_alpha, self.make_rng("gates"), beta=self.beta, **kw)  # [N]
-        output = super().__call__(inputs_q, inputs_kv, mask=mask, is_causal=is_causal, deterministic=deterministic,
-                                  head_gates=gates)  # [B, T, D_out]
+        output = super().__call__(
+            inputs_q, inputs_k, inputs_v, inputs_kv=inputs_kv, mask=mask, is_causal=is_causal,
+            deterministic=None if self.deterministic is not None else deterministic,  # merged above already
+            head_gates=gates)  # [B, T, D_out]
         return output, expected_l0(log_alpha, beta=self.beta, **kw)

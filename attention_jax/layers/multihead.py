@@ -12,7 +12,6 @@ signature) runs under the same parameters.
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Callable
 from typing import Any
 
@@ -33,19 +32,20 @@ __all__ = ["MultiHeadAttention", "RELATIVE_POSITIONS"]
 RELATIVE_POSITIONS = ("rope", "alibi", "shaw")
 
 
-def _check_heads(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-
-
 def dense_projection(module: nn.Module, features: Any, axis: Any, name: str) -> nn.DenseGeneral:
     """A DenseGeneral configured from `module`'s use_bias, dtype, param_dtype, kernel_init and bias_init.
 
-    Shared as the `_dense` method of the attention modules that project into and out of heads.
+    Shared as the `_dense` method of the attention modules that project into and out of heads. The "out"
+    projection takes `module.out_kernel_init` / `out_bias_init` when the module has them and they are set, and
+    every projection takes `module.precision` when the module has it (flax's MultiHeadDotProductAttention).
     """
+    kernel_init, bias_init = module.kernel_init, module.bias_init
+    if name == "out":
+        kernel_init = getattr(module, "out_kernel_init", None) or kernel_init
+        bias_init = getattr(module, "out_bias_init", None) or bias_init
     return nn.DenseGeneral(
         features=features, axis=axis, use_bias=module.use_bias, dtype=module.dtype, param_dtype=module.param_dtype,
-        kernel_init=module.kernel_init, bias_init=module.bias_init, name=name,
+        kernel_init=kernel_init, bias_init=bias_init, precision=getattr(module, "precision", None), name=name,
     )
 
 
@@ -70,17 +70,37 @@ class MultiHeadAttention(nn.Module):
     `cache_index + T > S_max` cannot be detected, and then `lax.dynamic_update_slice` clamps the write to the
     last T slots, silently overwriting them. Keep the total number of tokens <= S_max.
 
+    Drop-in for `flax.linen.MultiHeadDotProductAttention`: the attributes and call arguments that have a flax
+    counterpart carry its name and meaning (num_heads, qkv_features, out_features, dropout_rate,
+    broadcast_dropout, deterministic, precision, kernel_init, out_kernel_init, bias_init, out_bias_init,
+    use_bias, attention_fn, decode, normalize_qk, dtype, param_dtype; inputs_q, inputs_k, inputs_v, inputs_kv,
+    mask, deterministic, dropout_rng, sow_weights). Differences: `attention_fn` has `dot_product_attention`'s
+    signature (not flax's); logits and softmax always run in float32 (flax's force_fp32_for_softmax); a
+    module built with neither `deterministic` nor a call argument is deterministic (flax raises when
+    dropout_rate > 0); broadcast_dropout defaults to False (one dropout draw per batch row and head).
+
     Attributes:
       num_heads: N, the query heads.
       num_kv_heads: K, the key/value heads; None means N. N % K must be 0.
-      head_dim: H; None means Dq // N (Dq must then be a multiple of N).
+      head_dim: H; None means qkv_features // N, or Dq // N without qkv_features (which must then divide).
+      qkv_features: N * H, flax's name for the total query width; None means N * head_dim, or Dq. Must be a
+        multiple of N, and equal N * head_dim when both are given.
       out_features: D_out; None means Dq.
-      dropout_rate: dropout on the attention weights, used when `deterministic=False` (rng "dropout").
+      dropout_rate: dropout on the attention weights, used when not deterministic (rng "dropout", or the
+        call's `dropout_rng`).
+      broadcast_dropout: one dropout mask [T, S] shared by every batch row and head (flax's meaning); then the
+        output is computed here from the weights `attention_fn` returns, so it costs a [B, N, T, S] array.
+      deterministic: None, or the default of the call argument (setting both raises, as in flax).
       use_bias: whether the four projections have biases.
       dtype: the compute dtype of the projections; None infers it from inputs and params.
       param_dtype: the parameter dtype, float32 by default.
+      precision: the `jax.lax.Precision` of the projections.
       kernel_init: initialiser of the projection kernels.
+      out_kernel_init: initialiser of the "out" kernel; None means kernel_init.
       bias_init: initialiser of the projection biases.
+      out_bias_init: initialiser of the "out" bias; None means bias_init.
+      normalize_qk: apply a LayerNorm without bias to each head's queries and keys ("query_ln", "key_ln"),
+        Dehghani et al. 2023, arXiv:2302.05442, §3.1.1.
       attention_fn: (query [B,T,N,H], key [B,S,K,H], value [B,S,K,H], bias, mask, *, dropout_rate,
         dropout_rng, return_weights, implementation) -> output [B,T,N,H], or (output, weights [B,N,T,S]) when
         return_weights; `dot_product_attention` by default. `mask` is an `AttentionMask` (causality, lengths,
@@ -102,20 +122,30 @@ class MultiHeadAttention(nn.Module):
       shaw_max_distance: k, the clipping distance of the Shaw tables.
 
     Raises:
-      ValueError: at construction, if N or K is not a positive int, N % K != 0, the dropout rate is not in
-        [0, 1), positions is not None or one of `RELATIVE_POSITIONS`, or shaw_max_distance < 0.
+      ValueError: at construction, if N, K, head_dim, qkv_features or out_features is not a positive int,
+        N % K != 0, qkv_features is not N * head_dim, the dropout rate is not in [0, 1), positions is not None
+        or one of `RELATIVE_POSITIONS`, or shaw_max_distance < 0.
+      TypeError: at construction, if use_bias, decode, broadcast_dropout, normalize_qk or deterministic (when
+        set) is not a bool.
     """
 
     num_heads: int
     num_kv_heads: int | None = None
     head_dim: int | None = None
+    qkv_features: int | None = None
     out_features: int | None = None
     dropout_rate: float = 0.0
+    broadcast_dropout: bool = False
+    deterministic: bool | None = None
     use_bias: bool = True
     dtype: Any = None
     param_dtype: Any = jnp.float32
+    precision: Any = None
     kernel_init: Callable[..., Any] = nn.initializers.lecun_normal()
+    out_kernel_init: Callable[..., Any] | None = None
     bias_init: Callable[..., Any] = nn.initializers.zeros_init()
+    out_bias_init: Callable[..., Any] | None = None
+    normalize_qk: bool = False
     attention_fn: Callable[..., Any] = dot_product_attention
     implementation: str | None = None
     decode: bool = False
@@ -124,46 +154,88 @@ class MultiHeadAttention(nn.Module):
     shaw_max_distance: int = 16
 
     def __post_init__(self):
-        _check_heads("num_heads", self.num_heads)
+        _checks.int_at_least("num_heads", self.num_heads, 1)
         if self.num_kv_heads is not None:
-            _check_heads("num_kv_heads", self.num_kv_heads)
+            _checks.int_at_least("num_kv_heads", self.num_kv_heads, 1)
             if self.num_heads % self.num_kv_heads != 0:
                 raise ValueError(
                     f"num_heads N={self.num_heads} must be a multiple of num_kv_heads K={self.num_kv_heads}"
                 )
-        if self.head_dim is not None:
-            _check_heads("head_dim", self.head_dim)
-        if not isinstance(self.dropout_rate, numbers.Real) or not 0.0 <= self.dropout_rate < 1.0:
-            raise ValueError(f"dropout_rate must be a float in [0, 1), got {self.dropout_rate!r}")
+        for name in ("head_dim", "qkv_features", "out_features"):
+            if getattr(self, name) is not None:
+                _checks.int_at_least(name, getattr(self, name), 1)
+        if self.qkv_features is not None:
+            if self.qkv_features % self.num_heads != 0:
+                raise ValueError(f"qkv_features={self.qkv_features} must be a multiple of num_heads N={self.num_heads}")
+            if self.head_dim is not None and self.qkv_features != self.num_heads * self.head_dim:
+                raise ValueError(f"qkv_features={self.qkv_features} must equal num_heads * head_dim = "
+                                 f"{self.num_heads} * {self.head_dim} when both are given")
+        _checks.rate("dropout_rate", self.dropout_rate)
+        for name in ("use_bias", "decode", "broadcast_dropout", "normalize_qk"):
+            _checks.flag(name, getattr(self, name))
+        if self.deterministic is not None:
+            _checks.flag("deterministic", self.deterministic)
         if self.positions is not None and self.positions not in RELATIVE_POSITIONS:
             raise ValueError(f"positions must be None or one of {RELATIVE_POSITIONS}, got {self.positions!r}")
-        if isinstance(self.shaw_max_distance, bool) or not isinstance(self.shaw_max_distance, numbers.Integral) \
-                or self.shaw_max_distance < 0:
-            raise ValueError(f"shaw_max_distance must be an int >= 0, got {self.shaw_max_distance!r}")
+        _checks.int_at_least("shaw_max_distance", self.shaw_max_distance, 0)
         super().__post_init__()
 
+    def _head_dim(self, features: int) -> int:
+        """H from head_dim, qkv_features or the query features Dq (checked at construction and here)."""
+        if self.head_dim is not None:
+            return self.head_dim
+        width = features if self.qkv_features is None else self.qkv_features
+        if width % self.num_heads != 0:
+            raise ValueError(
+                f"without head_dim, the query features Dq={features} (or qkv_features={self.qkv_features}) must be "
+                f"a multiple of num_heads N={self.num_heads}"
+            )
+        return width // self.num_heads
+
     _dense = dense_projection
+
+    def _deterministic(self, deterministic: bool | None) -> bool:
+        """Merges the attribute and the call argument as flax does (both set raises); neither means True."""
+        if self.deterministic is not None and deterministic is not None:
+            raise ValueError(
+                f"deterministic is set both as an attribute ({self.deterministic!r}) and in the call "
+                f"({deterministic!r}); set one, as in flax.linen.MultiHeadDotProductAttention"
+            )
+        if deterministic is None:
+            deterministic = True if self.deterministic is None else self.deterministic
+        return _checks.flag("deterministic", deterministic)
 
     @nn.compact
     def __call__(
         self,
         inputs_q: jax.Array,
-        inputs_kv: jax.Array | None = None,
+        inputs_k: jax.Array | None = None,
+        inputs_v: jax.Array | None = None,
         *,
+        inputs_kv: jax.Array | None = None,
         mask: jax.Array | None = None,
         bias: jax.Array | None = None,
         is_causal: bool = False,
         key_lengths: jax.Array | None = None,
         segment_ids: jax.Array | tuple[jax.Array, jax.Array] | None = None,
-        deterministic: bool = True,
+        deterministic: bool | None = None,
+        dropout_rng: jax.Array | None = None,
         return_weights: bool = False,
+        sow_weights: bool = False,
         head_gates: jax.Array | None = None,
     ) -> jax.Array | tuple[jax.Array, jax.Array]:
-        """Attends from `inputs_q` to `inputs_kv` (or to itself), MultiHead(Q, K, V) of arXiv:1706.03762 §3.2.2.
+        """Attends from `inputs_q` to `inputs_k`/`inputs_v` (or to itself), MultiHead(Q, K, V) of arXiv:1706.03762 §3.2.2.
+
+        Empty sequences: T = 0 gives an empty output [B, 0, D_out]; S = 0 gives, on every backend, the output
+        projection of zero heads (the "out" bias) and zero weights, as `dot_product_attention` does.
 
         Args:
-          inputs_q: [B, T, Dq] floating.
-          inputs_kv: [B, S, Dkv] floating, or None for self-attention (S = T). Must be None when decoding.
+          inputs_q: [B, T, Dq] floating, Dq >= 1.
+          inputs_k: [B, S, Dk] floating (Dk >= 1), the keys' input, or None for self-attention (S = T). Must be
+            None when decoding. The second positional argument, as in flax.
+          inputs_v: [B, S, Dv] floating, the values' input, or None for inputs_k.
+          inputs_kv: [B, S, Dkv] floating, one input for keys and values (flax's older keyword); give it or
+            inputs_k, not both.
           mask: None or [B or 1, N or 1, T, S] bool, True = attend. When decoding, S = S_max (cache slots).
           bias: None or [B or 1, N or 1, T, S] floating, added to the scaled logits (S = S_max when decoding).
           is_causal: key s is masked for query t when s > t (top-left, as in `dot_product_attention`).
@@ -172,8 +244,12 @@ class MultiHeadAttention(nn.Module):
           segment_ids: None, a pair (q_segment_ids [B, T], kv_segment_ids [B, S]) integer, or one [B, T] integer
             array for self-attention: query t sees key s only within the same segment (packed sequences;
             forwarded to `attention_fn`). Not available when decoding.
-          deterministic: if False and dropout_rate > 0, drop attention weights with the "dropout" rng.
+          deterministic: a bool; if False and dropout_rate > 0, drop attention weights. None takes the
+            attribute (True when that is None too).
+          dropout_rng: a PRNG key for the dropout; None draws one from the "dropout" rng collection.
           return_weights: also return the attention weights.
+          sow_weights: store the weights [B, N, T, S] in the "intermediates" collection as "attention_weights"
+            (flax's name), for inspection with `mutable=["intermediates"]`.
           head_gates: None or [N] floating; head i's context is multiplied by head_gates[i] before the output
             projection, Concat(g_1 head_1, ..., g_N head_N) W^O (Voita et al. 2019, arXiv:1905.09418, §4).
             A zero gate removes the head (see `attention_jax.layers.head_gates`).
@@ -183,13 +259,29 @@ class MultiHeadAttention(nn.Module):
           float32 after dropout; rows with no valid key are 0).
 
         Raises:
-          ValueError: for inputs that are not rank 3, batch sizes that differ, Dq not a multiple of N without
-            head_dim, inputs_kv while decoding, T > S_max or a batch that differs from the cache's, mask,
-            bias or key_lengths shapes that do not fit, `positions` with cross-attention (inputs_kv given),
-            "rope" with an odd head dim, segment_ids while decoding, and segment id shapes that do not fit
-            (raised by `dot_product_attention`).
-          TypeError: for non-floating inputs or bias, a non-boolean mask or non-integer key_lengths.
+          ValueError: for inputs that are not rank 3, batch sizes or key/value lengths that differ, a zero
+            feature size, Dq not a multiple of N without head_dim, inputs_kv together with inputs_k, key/value
+            inputs while decoding, T > S_max or a batch that differs from the cache's, mask, bias or
+            key_lengths shapes that do not fit, `positions` with cross-attention, "rope" with an odd head dim,
+            segment_ids while decoding, deterministic set both here and as an attribute, and segment id shapes
+            that do not fit (raised by `dot_product_attention`).
+          TypeError: for inputs that are not floating arrays, a non-floating bias, a non-boolean mask,
+            non-integer key_lengths, or flags (is_causal, deterministic, return_weights, sow_weights) that are
+            not bools.
         """
+        is_causal = _checks.flag("is_causal", is_causal)
+        return_weights = _checks.flag("return_weights", return_weights)
+        sow_weights = _checks.flag("sow_weights", sow_weights)
+        deterministic = self._deterministic(deterministic)
+        if inputs_kv is not None:
+            if inputs_k is not None or inputs_v is not None:
+                given = "inputs_k" if inputs_k is not None else "inputs_v"
+                raise ValueError(f"give inputs_kv or inputs_k/inputs_v, not both: got inputs_kv.shape="
+                                 f"{jnp.shape(inputs_kv)} and {given}")
+            inputs_k = inputs_kv
+        if inputs_v is not None and inputs_k is None:
+            raise ValueError(f"inputs_v needs inputs_k: {jnp.shape(inputs_v)=}")
+        inputs_kv = inputs_k  # the keys' input; the values' input is inputs_v (inputs_k when None)
         if self.positions is not None and inputs_kv is not None:
             raise ValueError(
                 f"positions={self.positions!r} is for self-attention; got inputs_kv.shape={jnp.shape(inputs_kv)} "
@@ -203,16 +295,22 @@ class MultiHeadAttention(nn.Module):
                 f"with inputs_q.shape={jnp.shape(inputs_q)}"
             )
         inputs_kv = _checks.attention_inputs(inputs_q, inputs_kv)
+        if inputs_v is None:
+            inputs_v = inputs_kv
+        else:
+            _checks.rank("inputs_v", inputs_v, 3)
+            _checks.floating("inputs_v", inputs_v)
+            if jnp.shape(inputs_v)[:2] != jnp.shape(inputs_kv)[:2]:
+                raise ValueError(f"inputs_k and inputs_v must share [B, S]: {jnp.shape(inputs_kv)=} "
+                                 f"{jnp.shape(inputs_v)=}")
+        if 0 in (jnp.shape(inputs_q)[-1], jnp.shape(inputs_kv)[-1], jnp.shape(inputs_v)[-1]):
+            raise ValueError(f"inputs need at least one feature: {jnp.shape(inputs_q)=} {jnp.shape(inputs_kv)=} "
+                             f"{jnp.shape(inputs_v)=}")
         batch, num_queries, features = jnp.shape(inputs_q)
         num_keys = jnp.shape(inputs_kv)[1]
         heads = self.num_heads
         kv_heads = heads if self.num_kv_heads is None else self.num_kv_heads
-        if self.head_dim is None and features % heads != 0:
-            raise ValueError(
-                f"without head_dim, the query features Dq={features} must be a multiple of num_heads N={heads}: "
-                f"{jnp.shape(inputs_q)=}"
-            )
-        head_dim = features // heads if self.head_dim is None else self.head_dim
+        head_dim = self._head_dim(features)
         out_features = features if self.out_features is None else self.out_features
         if head_gates is not None:
             _checks.floating("head_gates", head_gates)
@@ -238,7 +336,12 @@ class MultiHeadAttention(nn.Module):
 
         query = self._dense((heads, head_dim), -1, "query")(inputs_q)  # [B, T, N, H]
         key = self._dense((kv_heads, head_dim), -1, "key")(inputs_kv)  # [B, S, K, H]
-        value = self._dense((kv_heads, head_dim), -1, "value")(inputs_kv)  # [B, S, K, H]
+        value = self._dense((kv_heads, head_dim), -1, "value")(inputs_v)  # [B, S, K, H]
+        if self.normalize_qk:  # arXiv:2302.05442 §3.1.1: LayerNorm (no bias) over each head's H features
+            layer_norm = lambda name: nn.LayerNorm(use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype,
+                                                   name=name)
+            query = layer_norm("query_ln")(query)  # [B, T, N, H]
+            key = layer_norm("key_ln")(key)  # [B, S, K, H]
 
         start = self._cache_start() if cache_ready else jnp.zeros((), jnp.int32)
         query_pos = start + jnp.arange(num_queries)  # [T] absolute positions of the queries (and new keys)
@@ -271,7 +374,12 @@ class MultiHeadAttention(nn.Module):
 
         need_weights = return_weights or shaw_ids is not None
         rate = 0.0 if deterministic else float(self.dropout_rate)
-        dropout_rng = self.make_rng("dropout") if rate > 0.0 else None
+        if rate > 0.0 and dropout_rng is None:
+            dropout_rng = self.make_rng("dropout")
+        broadcast = rate > 0.0 and self.broadcast_dropout
+        if broadcast:  # one [T, S] mask for every row and head: dropped here, on the weights attention_fn returns
+            rate, broadcast_rng, dropout_rng = 0.0, dropout_rng, None
+        need_weights = need_weights or sow_weights or broadcast
         spec = spec.bind(query, key, value)
         implementation = self.implementation
         if self.decode and mask is not None and implementation is not None and self.attention_fn is dot_product_attention:
@@ -287,6 +395,16 @@ class MultiHeadAttention(nn.Module):
             return_weights=need_weights, implementation=implementation,
         )
         context, weights = (result[0], result[1]) if need_weights else (result, None)  # [B, T, N, H]
+        if broadcast:
+            keep = jax.random.bernoulli(broadcast_rng, 1.0 - self.dropout_rate, weights.shape[2:])  # [T, S]
+            weights = jnp.where(keep, weights / (1.0 - self.dropout_rate), 0.0)  # [B, N, T, S]
+            grouped = weights.reshape(batch, kv_heads, heads // kv_heads, num_queries, -1)  # [B, K, G, T, S]
+            live = jnp.any(grouped > 0, axis=(2, 3))  # [B, K, S]: a value row nobody attends may hold NaN
+            live_value = jnp.where(jnp.swapaxes(live, 1, 2)[..., None], value.astype(jnp.float32), 0.0)
+            context = jnp.einsum("BKGTS,BSKH->BTKGH", grouped, live_value)
+            context = context.reshape(batch, num_queries, heads, head_dim).astype(result[0].dtype)  # [B, T, N, H]
+        if sow_weights:
+            self.sow("intermediates", "attention_weights", weights)
         if shaw_ids is not None:
             context = context + shaw_values(weights, table_v, shaw_ids).astype(context.dtype)  # eq. 3
         if head_gates is not None:

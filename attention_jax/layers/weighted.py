@@ -17,7 +17,6 @@ and FFN_i are stacked parameters indexed by the branch letter M in the einsums b
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Callable
 from typing import Any
 
@@ -102,11 +101,6 @@ def _uniform(key, shape, dtype=_F32):
     return jnp.full(shape, 1.0 / shape[-1], dtype)
 
 
-def _check_positive(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-
-
 class WeightedBranchAttention(nn.Module):
     """Branched attention of the Weighted Transformer, sum_i alpha_i FFN_i(kappa_i head_i W^{O_i}).
 
@@ -143,11 +137,9 @@ class WeightedBranchAttention(nn.Module):
     bias_init: Callable[..., Any] = nn.initializers.zeros_init()
 
     def __post_init__(self):
-        _check_positive("num_branches", self.num_branches)
-        _check_positive("head_dim", self.head_dim)
-        _check_positive("d_ff", self.d_ff)
-        if not isinstance(self.dropout_rate, numbers.Real) or not 0.0 <= self.dropout_rate < 1.0:
-            raise ValueError(f"dropout_rate must be a float in [0, 1), got {self.dropout_rate!r}")
+        for name in ("num_branches", "head_dim", "d_ff"):
+            _checks.int_at_least(name, getattr(self, name), 1)
+        _checks.rate("dropout_rate", self.dropout_rate)
         super().__post_init__()
 
     def _param(self, name, init, shape):
@@ -169,17 +161,24 @@ class WeightedBranchAttention(nn.Module):
           inputs_q: [B, T, D] floating.
           inputs_kv: [B, S, Dkv] floating, or None for self-attention (S = T, Dkv = D).
           mask: None or [B or 1, M or 1, T, S] bool, True = attend (M or 1: per branch or shared).
-          is_causal: key s is masked for query t when s > t (top-left, as in `dot_product_attention`).
-          deterministic: if False and dropout_rate > 0, drop attention weights with the "dropout" rng.
+          is_causal: a bool; key s is masked for query t when s > t (top-left, as in `dot_product_attention`).
+          deterministic: a bool; if False and dropout_rate > 0, drop attention weights with the "dropout" rng.
 
         Returns:
-          [B, T, D] in the compute dtype (the inputs' and params' promoted dtype unless `dtype` is set).
+          [B, T, D] in the compute dtype (the inputs' and params' promoted dtype unless `dtype` is set). T = 0
+          gives an empty output; S = 0 gives the branches' FFN of zero heads (their biases), as
+          `dot_product_attention` returns zeros for S = 0.
 
         Raises:
-          ValueError: for inputs that are not rank 3, batch sizes that differ, or a mask shape that does not fit.
-          TypeError: for non-floating inputs or a non-boolean mask.
+          ValueError: for inputs that are not rank 3, batch sizes that differ, a zero feature size, or a mask
+            shape that does not fit.
+          TypeError: for inputs that are not floating arrays, a non-boolean mask, or flags that are not bools.
         """
+        is_causal = _checks.flag("is_causal", is_causal)
+        deterministic = _checks.flag("deterministic", deterministic)
         inputs_kv = _checks.attention_inputs(inputs_q, inputs_kv)
+        if jnp.shape(inputs_q)[-1] == 0 or jnp.shape(inputs_kv)[-1] == 0:
+            raise ValueError(f"inputs need at least one feature: {jnp.shape(inputs_q)=} {jnp.shape(inputs_kv)=}")
         batch, num_queries, features = jnp.shape(inputs_q)
         num_keys = jnp.shape(inputs_kv)[1]
         branches, head_dim, hidden = self.num_branches, self.head_dim, self.d_ff

@@ -333,5 +333,191 @@ class BadInputTest(absltest.TestCase):
             _module(2).init(jax.random.PRNGKey(0), xq, xkv, mask=jnp.ones((B, 1, T, S)))
 
 
+
+def _raises_type(*fragments):
+    pattern = "".join(f"(?=[\\s\\S]*{re.escape(str(f))})" for f in fragments)
+    return pytest.raises(TypeError, match=pattern)
+
+
+class FlaxDropInTest(parameterized.TestCase):
+    """MultiHeadAttention takes flax.linen.MultiHeadDotProductAttention's attribute and argument names (issue 9)."""
+
+    @parameterized.parameters(False, True)
+    def test_flax_params_and_names_give_flax_output(self, normalize_qk):
+        kw = dict(num_heads=N, qkv_features=12, out_features=6, normalize_qk=normalize_qk,
+                  bias_init=nn.initializers.normal(0.3))
+        rng = np.random.default_rng(20)
+        xq, xk, xv = (jnp.asarray(rng.normal(size=(B, t, d)), jnp.float32) for t, d in ((T, D), (S, 5), (S, 7)))
+        mask = rng.random((B, 1, T, S)) < 0.7
+        mask[..., 0] = True  # flax gives masked-out rows uniform weights; keep every row alive
+        flax_module = nn.MultiHeadDotProductAttention(**kw)
+        params = flax_module.init(jax.random.key(0), xq, xk, xv, mask=jnp.asarray(mask))
+        ours = MultiHeadAttention(**kw)
+        self.assertEqual(jax.tree.map(jnp.shape, ours.init(jax.random.key(0), xq, xk, xv)),
+                         jax.tree.map(jnp.shape, params))
+        want = flax_module.apply(params, xq, xk, xv, mask=jnp.asarray(mask))
+        got = ours.apply(params, xq, xk, xv, mask=jnp.asarray(mask))
+        chex.assert_trees_all_close(got, want, atol=1e-5, rtol=1e-5)
+
+    def test_inputs_kv_keyword_is_inputs_k_and_v(self):
+        # flax's older keyword: one input for keys and values.
+        xq, xkv = _inputs(26)
+        module = _module(2)
+        variables = module.init(jax.random.key(0), xq, xkv)
+        chex.assert_trees_all_close(module.apply(variables, xq, inputs_kv=xkv), module.apply(variables, xq, xkv, xkv))
+        chex.assert_trees_all_close(module.apply(variables, xq, inputs_kv=xkv), module.apply(variables, xq, xkv))
+
+    def test_qkv_features_sets_the_head_dim(self):
+        xq, xkv = _inputs(21)
+        params = MultiHeadAttention(num_heads=N, qkv_features=16).init(jax.random.key(0), xq, xkv)["params"]
+        chex.assert_shape(params["query"]["kernel"], (D, N, 4))
+        with _raises("qkv_features=10", "N=4"):
+            MultiHeadAttention(num_heads=N, qkv_features=10)
+        with _raises("qkv_features=16", "4 * 2"):
+            MultiHeadAttention(num_heads=N, qkv_features=16, head_dim=2)
+
+    def test_out_kernel_and_bias_init(self):
+        xq, xkv = _inputs(22)
+        module = MultiHeadAttention(num_heads=N, out_kernel_init=nn.initializers.zeros_init(),
+                                    out_bias_init=nn.initializers.ones_init())
+        out, variables = module.init_with_output(jax.random.key(0), xq, xkv)
+        np.testing.assert_array_equal(out, 1.0)
+        self.assertTrue(np.any(np.asarray(variables["params"]["query"]["kernel"]) != 0.0))
+
+    def test_deterministic_attribute_call_argument_and_dropout_rng(self):
+        xq, xkv = _inputs(23)
+        variables = _module(N, dropout_rate=0.5).init(jax.random.key(0), xq, xkv)
+        clean = _module(N, dropout_rate=0.5).apply(variables, xq, xkv)  # neither set: deterministic
+        by_attr = _module(N, dropout_rate=0.5, deterministic=False).apply(
+            variables, xq, xkv, dropout_rng=jax.random.key(1))
+        by_call = _module(N, dropout_rate=0.5).apply(variables, xq, xkv, deterministic=False,
+                                                     dropout_rng=jax.random.key(1))
+        by_rngs = _module(N, dropout_rate=0.5).apply(variables, xq, xkv, deterministic=False,
+                                                     rngs={"dropout": jax.random.key(7)})
+        chex.assert_trees_all_close(by_attr, by_call)
+        self.assertGreater(float(jnp.max(jnp.abs(by_call - clean))), 1e-3)
+        self.assertGreater(float(jnp.max(jnp.abs(by_call - by_rngs))), 1e-3)
+        chex.assert_trees_all_close(_module(N, dropout_rate=0.5, deterministic=True).apply(variables, xq, xkv), clean)
+        with _raises("deterministic", "attribute", "call"):
+            _module(N, dropout_rate=0.5, deterministic=True).apply(variables, xq, xkv, deterministic=False)
+
+    @parameterized.parameters(N, 2)
+    def test_broadcast_dropout_shares_one_mask_and_matches_its_weights(self, kv_heads):
+        xq, xkv = _inputs(24)
+        module = _module(kv_heads, dropout_rate=0.5, broadcast_dropout=True)
+        variables = module.init(jax.random.key(0), xq, xkv)
+        out, weights = module.apply(variables, xq, xkv, deterministic=False, return_weights=True,
+                                    dropout_rng=jax.random.key(3))
+        dropped = np.asarray(weights) == 0.0  # [B, N, T, S]; the softmax weights are all positive
+        self.assertTrue(dropped.any() and not dropped.all())
+        np.testing.assert_array_equal(dropped, np.broadcast_to(dropped[:1, :1], dropped.shape))
+        # The output is the out projection of those (dropped, rescaled) weights times the values.
+        p = jax.tree.map(lambda a: np.asarray(a, np.float64), variables["params"])
+        value = np.einsum("bsd,dkh->bskh", np.asarray(xkv, np.float64), p["value"]["kernel"]) + p["value"]["bias"]
+        value = np.repeat(value, N // kv_heads, axis=2)  # [B, S, N, H]
+        context = np.einsum("bnts,bsnh->btnh", np.asarray(weights, np.float64), value)
+        want = np.einsum("btnh,nhd->btd", context, p["out"]["kernel"]) + p["out"]["bias"]
+        np.testing.assert_allclose(out, want, atol=1e-5, rtol=1e-5)
+        # Each kept weight is the clean weight / (1 - rate).
+        _, clean = module.apply(variables, xq, xkv, return_weights=True)
+        np.testing.assert_allclose(np.asarray(weights)[~dropped], 2.0 * np.asarray(clean)[~dropped], rtol=1e-5)
+
+    def test_sow_weights(self):
+        xq, xkv = _inputs(25)
+        module = _module(2)
+        variables = module.init(jax.random.key(0), xq, xkv)
+        (_, weights), state = module.apply(variables, xq, xkv, return_weights=True, sow_weights=True,
+                                           mutable=["intermediates"])
+        chex.assert_trees_all_close(state["intermediates"]["attention_weights"], (weights,))
+
+
+class FlagsAndBadInputTest(parameterized.TestCase):
+    """Flags must be bools, lists are rejected by name, zero sizes are ValueErrors (issue 9)."""
+
+    def setUp(self):
+        super().setUp()
+        self.xq, self.xkv = _inputs(30)
+        self.module = _module(2)
+        self.variables = self.module.init(jax.random.key(0), self.xq, self.xkv)
+
+    @parameterized.parameters(("is_causal", "no"), ("is_causal", 1), ("return_weights", "yes"),
+                              ("deterministic", "False"), ("sow_weights", np.array(True)))
+    def test_call_flags_must_be_bools(self, name, bad):
+        # Before the fix, is_causal="no" was truthy and silently causal.
+        with _raises_type(name, repr(bad)):
+            self.module.apply(self.variables, self.xq, self.xkv, **{name: bad})
+
+    @parameterized.parameters(("use_bias", "yes"), ("decode", 1), ("broadcast_dropout", "no"), ("normalize_qk", 0),
+                              ("deterministic", "x"))
+    def test_attribute_flags_must_be_bools(self, name, bad):
+        with _raises_type(name, repr(bad)):
+            MultiHeadAttention(num_heads=N, **{name: bad})
+
+    def test_lists_are_rejected_by_name(self):
+        with _raises_type("inputs_q", "list"):
+            self.module.apply(self.variables, np.asarray(self.xq).tolist(), self.xkv)
+        with _raises_type("inputs_kv", "list"):
+            self.module.apply(self.variables, self.xq, np.asarray(self.xkv).tolist())
+        with _raises_type("inputs_v", "list"):
+            self.module.apply(self.variables, self.xq, self.xkv, np.asarray(self.xkv).tolist())
+        with _raises_type("mask", "list"):
+            self.module.apply(self.variables, self.xq, self.xkv, mask=np.ones((B, 1, T, S), bool).tolist())
+        with _raises_type("key_lengths", "list"):
+            self.module.apply(self.variables, self.xq, self.xkv, key_lengths=[S, S])
+        with _raises_type("head_gates", "list"):
+            self.module.apply(self.variables, self.xq, self.xkv, head_gates=[1.0] * N)
+
+    @parameterized.parameters("num_heads", "head_dim", "out_features", "qkv_features")
+    def test_zero_sizes_at_construction(self, name):
+        kw = {"num_heads": N, name: 0}
+        with _raises(name, "0"):
+            MultiHeadAttention(**kw)
+
+    def test_zero_features_and_conflicting_inputs(self):
+        with _raises("feature", (B, T, 0)):
+            self.module.init(jax.random.key(0), jnp.zeros((B, T, 0)))
+        with _raises("feature", (B, S, 0)):
+            self.module.init(jax.random.key(0), self.xq, jnp.zeros((B, S, 0)))
+        with _raises("inputs_kv", "inputs_k"):
+            self.module.apply(self.variables, self.xq, self.xkv, inputs_kv=self.xkv)
+        with _raises("inputs_v", (B, S + 1, D)):
+            self.module.apply(self.variables, self.xq, self.xkv, jnp.zeros((B, S + 1, D)))
+
+
+def _implementations():
+    from attention_jax.dot_product import BlockwiseBackend, FlashBackend
+    from attention_jax.kernels import BlockSizes
+    return (("auto", None), ("xla", "xla"), ("blockwise", BlockwiseBackend(block_k=4)),
+            ("flash_interpreted", FlashBackend(interpret=True, block_sizes=BlockSizes(16, 16, 16, 16, 16, 16))))
+
+
+class EmptySequenceTest(parameterized.TestCase):
+    """T = 0 gives an empty output; S = 0 the out bias of a zero context, on every backend (issue 9)."""
+
+    @parameterized.product(backend=[name for name, _ in _implementations()], sizes=((0, S), (T, 0), (0, 0)))
+    def test_empty(self, backend, sizes):
+        implementation = dict(_implementations())[backend]
+        num_queries, num_keys = sizes
+        module = _module(2, implementation=implementation)
+        xq, xkv = _inputs(40)
+        variables = module.init(jax.random.key(0), xq, xkv)  # parameters from non-empty inputs
+        xq, xkv = xq[:, :num_queries], xkv[:, :num_keys]
+
+        def loss(variables, xq, xkv):
+            if backend == "flash_interpreted":  # the flash backend returns no weights
+                out, weights = module.apply(variables, xq, xkv), None
+            else:
+                out, weights = module.apply(variables, xq, xkv, return_weights=True)
+            return jnp.sum(out ** 2), (out, weights)
+
+        (_, (out, weights)), grads = jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True)(variables, xq, xkv)
+        chex.assert_shape(out, (B, num_queries, D))
+        out_bias = np.asarray(variables["params"]["out"]["bias"])
+        np.testing.assert_allclose(out, np.broadcast_to(out_bias, out.shape), atol=1e-6)
+        if weights is not None:
+            chex.assert_shape(weights, (B, N, num_queries, num_keys))
+        chex.assert_tree_all_finite(grads)
+
+
 if __name__ == "__main__":
     absltest.main()
