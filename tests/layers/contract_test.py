@@ -1,0 +1,407 @@
+"""Every attention layer of attention_jax.layers through the layer contract suite (tests/layers/contract.py).
+
+One small subclass per layer configuration: BahdanauAttention (plain and with cached projected keys),
+LuongAttention (global with every score, local-m, local-p), MultiHeadAttention (self, cross, GQA, RoPE, ALiBi,
+Shaw), RelativeMultiHeadAttention, MultiStepAttention, WeightedBranchAttention, GatedMultiHeadAttention and
+Aaren. Tiny sizes (B=2, T=5, S=6, D=8) keep the file fast; the models are in tests/models/contract_test.py.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl.testing import absltest
+
+from attention_jax.layers import aaren as aaren_lib
+from attention_jax.layers import luong as luong_lib
+from attention_jax.layers.bahdanau import BahdanauAttention
+from attention_jax.layers.head_gates import GatedMultiHeadAttention
+from attention_jax.layers.multihead import MultiHeadAttention
+from attention_jax.layers.multistep import MultiStepAttention
+from attention_jax.layers.relative import RelativeMultiHeadAttention
+from attention_jax.layers.weighted import WeightedBranchAttention
+from tests.layers import contract
+from tests.layers.contract import Poison
+
+B, T, S, D = 2, 5, 6, 8
+# Row 0 sees every key; row 1 only the first 3 (keys 3.. are padding).
+KEY_LENGTHS = np.array([S, 3], np.int32)
+
+
+def _normal(rng: np.random.Generator, *shape: int) -> jax.Array:
+    return jnp.asarray(rng.standard_normal(shape), jnp.float32)
+
+
+def _valid(lengths: np.ndarray, length: int) -> jax.Array:
+    """[B, length] bool, True below each row's length."""
+    return jnp.asarray(np.arange(length)[None, :] < np.asarray(lengths)[:, None])
+
+
+NO_STEP_ROWS = ("{name} has no decoding step of its own: every query row is computed independently, and the "
+                "model that decodes with it ({model}) runs the step check in tests/models/contract_test.py")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Bahdanau and Luong: keys and values are the layer's inputs.
+
+
+class _KeyInputs(contract.LayerContract):
+    """Layers called as (query [B, T, Dq], key [B, S, Dk], value [B, S, Dv], mask [B, S])."""
+
+    DQ = DK = 6
+    DV = 3
+    MODEL = "Seq2Seq"
+    SKIP = {"masked_inputs": "its keys and values are its raw inputs, which test_masked_never_leak_keys poisons"}
+
+    def setUp(self):
+        self.SKIP = {**self.SKIP, "step": NO_STEP_ROWS.format(name=type(self).__name__, model=self.MODEL)}
+        super().setUp()
+
+    def make_inputs(self, rng):
+        return dict(query=_normal(rng, B, T, self.DQ), key=_normal(rng, B, S, self.DK),
+                    value=_normal(rng, B, S, self.DV), mask=_valid(KEY_LENGTHS, S))
+
+    def masked_keys(self, inputs):
+        dead = ~inputs["mask"][..., None]  # [B, S, 1]
+        return [Poison("key", dead), Poison("value", dead)]
+
+    def bad_inputs(self, inputs):
+        q, k, v, mask = inputs["query"], inputs["key"], inputs["value"], inputs["mask"]
+        return [
+            ("query of rank 2", {**inputs, "query": q[:, 0]}, ("query", (B, self.DQ))),
+            ("mask of another length", {**inputs, "mask": mask[:, :-1]}, ("mask", (B, S - 1))),
+            ("value of another length", {**inputs, "value": v[:, :-1]}, ("value", (B, S - 1, self.DV))),
+            ("key of another batch", {**inputs, "key": k[:1], "value": v[:1], "mask": mask[:1]},
+             ("key", (1, S, self.DK))),
+        ]
+
+
+class BahdanauAttentionContractTest(_KeyInputs):
+    def make_module(self):
+        return BahdanauAttention(features=5)
+
+
+class BahdanauProjectedKeysContractTest(BahdanauAttentionContractTest):
+    """The decoder's path: U_a h_j computed once by `project_keys` and passed back as projected_keys."""
+
+    def apply(self, module, variables, inputs):
+        def call(m, query, key, value, mask):
+            return m(query, key, value, mask, projected_keys=m.project_keys(key))
+
+        return module.apply(variables, **inputs, method=call)
+
+
+class _Luong(_KeyInputs):
+    SCORE = "general"
+    MODE = "global"
+
+    def make_module(self):
+        return luong_lib.LuongAttention(score=self.SCORE, mode=self.MODE, window=2, features=5, max_source_len=S)
+
+
+for _score in luong_lib.LUONG_SCORES:
+    _name = f"LuongGlobal{_score.title()}ContractTest"
+    globals()[_name] = type(_name, (_Luong,), {"SCORE": _score, "__module__": __name__})
+del _score, _name
+
+
+class LuongLocalMContractTest(_Luong):
+    MODE = "local_m"
+
+    def make_inputs(self, rng):
+        # Decoding positions t (as Seq2Seq passes them), so windows [t - 2, t + 2] reach into the padding.
+        positions = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
+        return {**super().make_inputs(rng), "query_positions": positions}
+
+
+class LuongLocalPContractTest(_Luong):
+    SCORE = "concat"
+    MODE = "local_p"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# MultiHeadAttention and its variants: keys and values are projections of the inputs.
+
+
+def _kv_sites(dead: jax.Array, prefix: str = "") -> list[Poison]:
+    """The "key" and "value" projections [B, S, K, H] at dead [B, S] positions."""
+    dead = dead[:, :, None, None]
+    return [Poison(module=prefix + "key", dead=dead), Poison(module=prefix + "value", dead=dead)]
+
+
+class MultiHeadSelfAttentionContractTest(contract.LayerContract):
+    """Self-attention over padded sequences (key_lengths), with a key/value cache for decoding."""
+
+    NUM_HEADS = 2
+    NUM_KV_HEADS = None
+    POSITIONS = None
+    SKIP = {"masked_inputs": "in self-attention a masked key position is also a live query row, so its raw input "
+                             "must stay finite; test_masked_never_leak_keys poisons the projected keys and values"}
+
+    def make_module(self):
+        return MultiHeadAttention(num_heads=self.NUM_HEADS, num_kv_heads=self.NUM_KV_HEADS, positions=self.POSITIONS,
+                                  shaw_max_distance=2, bias_init=nn.initializers.normal(0.3))
+
+    def make_inputs(self, rng):
+        return dict(inputs_q=_normal(rng, B, T, D), key_lengths=jnp.asarray([T, 3], jnp.int32))
+
+    def masked_keys(self, inputs):
+        return _kv_sites(~_valid(np.asarray(inputs["key_lengths"]), T))
+
+    def step_init(self, module, variables, inputs):
+        x = inputs["inputs_q"]
+        cache = jax.eval_shape(lambda: module.clone(decode=True).init(jax.random.PRNGKey(0), x)["cache"])
+        return jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), cache)
+
+    def step(self, module, variables, inputs, carry, t):
+        x_t = jax.lax.dynamic_slice_in_dim(inputs["inputs_q"], t, 1, axis=1)  # [B, 1, D]
+        out, updated = module.clone(decode=True).apply({"params": variables["params"], "cache": carry}, x_t,
+                                                       mutable=["cache"])
+        return updated["cache"], out[:, 0]
+
+    def num_steps(self, inputs):
+        return inputs["inputs_q"].shape[1]
+
+    def step_reference(self, module, variables, inputs):
+        return module.apply(variables, inputs["inputs_q"], is_causal=True)
+
+    def bad_inputs(self, inputs):
+        x, lengths = inputs["inputs_q"], inputs["key_lengths"]
+        return [
+            ("inputs_q of rank 2", {**inputs, "inputs_q": x[:, 0]}, ("inputs_q", (B, D))),
+            ("key_lengths of another batch", {**inputs, "key_lengths": jnp.concatenate([lengths, lengths])},
+             ("key_lengths", (2 * B,))),
+            ("mask of another key length", {**inputs, "mask": jnp.ones((B, 1, T, T + 1), bool)},
+             ("mask", (B, 1, T, T + 1))),
+        ]
+
+
+class MultiHeadGQAContractTest(MultiHeadSelfAttentionContractTest):
+    NUM_HEADS = 4
+    NUM_KV_HEADS = 2
+
+
+class MultiHeadRopeContractTest(MultiHeadSelfAttentionContractTest):
+    POSITIONS = "rope"
+
+
+class MultiHeadAlibiContractTest(MultiHeadSelfAttentionContractTest):
+    POSITIONS = "alibi"
+
+
+class MultiHeadShawContractTest(MultiHeadSelfAttentionContractTest):
+    POSITIONS = "shaw"
+
+
+class MultiHeadCrossAttentionContractTest(contract.LayerContract):
+    """Cross-attention from [B, T, D] queries to padded [B, S, Dkv] inputs (key_lengths)."""
+
+    SKIP = {"step": "decode=True is self-attention only; the cached decoder with cross-attention is stepped "
+                    "through Transformer.decode_next in tests/models/contract_test.py"}
+
+    def make_module(self):
+        return MultiHeadAttention(num_heads=2, bias_init=nn.initializers.normal(0.3))
+
+    def make_inputs(self, rng):
+        return dict(inputs_q=_normal(rng, B, T, D), inputs_kv=_normal(rng, B, S, D + 2),
+                    key_lengths=jnp.asarray(KEY_LENGTHS))
+
+    def masked_keys(self, inputs):
+        return _kv_sites(~_valid(KEY_LENGTHS, S))
+
+    def masked_inputs(self, inputs):
+        return [Poison("inputs_kv", ~_valid(KEY_LENGTHS, S)[..., None])]
+
+    def bad_inputs(self, inputs):
+        kv = inputs["inputs_kv"]
+        return [
+            ("inputs_kv of another batch", {**inputs, "inputs_kv": kv[:1]}, ("inputs_kv", (1, S, D + 2))),
+            ("inputs_kv of rank 2", {**inputs, "inputs_kv": kv[:, 0]}, ("inputs_kv", (B, D + 2))),
+            ("mask of another key length", {**inputs, "mask": jnp.ones((B, 1, T, S - 1), bool)},
+             ("mask", (B, 1, T, S - 1))),
+        ]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Transformer-XL's relative attention over [memory; segment].
+
+M = 3  # memory length
+
+
+class RelativeMultiHeadAttentionContractTest(contract.LayerContract):
+    """Relative attention with a memory whose first two slots are padding in batch row 1 (masked for all queries)."""
+
+    STEP_FIXED_SHAPES = False
+    STEP_RETRACE_REASON = ("one token per step attends to a memory of every earlier token, which grows by one "
+                           "position per step (segment-level recurrence)")
+
+    def make_module(self):
+        return RelativeMultiHeadAttention(num_heads=2, head_dim=4)
+
+    def _dead_memory(self) -> np.ndarray:
+        dead = np.zeros((B, M), bool)
+        dead[1, :2] = True
+        return dead
+
+    def make_inputs(self, rng):
+        keep = np.concatenate([~self._dead_memory(), np.ones((B, T), bool)], axis=1)  # [B, M + T]
+        mask = np.broadcast_to(keep[:, None, None, :], (B, 1, T, M + T))
+        return dict(h=_normal(rng, B, T, D), memory=_normal(rng, B, M, D), mask=jnp.asarray(mask))
+
+    def masked_keys(self, inputs):
+        dead = np.concatenate([self._dead_memory(), np.zeros((B, T), bool)], axis=1)  # [B, M + T]
+        return _kv_sites(jnp.asarray(dead))
+
+    def masked_inputs(self, inputs):
+        return [Poison("memory", jnp.asarray(self._dead_memory())[..., None])]
+
+    def step_init(self, module, variables, inputs):
+        return None
+
+    def step(self, module, variables, inputs, carry, t):
+        h = inputs["h"]
+        out = module.apply(variables, h[:, t:t + 1], memory=h[:, :t] if t else None)
+        return carry, out[:, 0]
+
+    def num_steps(self, inputs):
+        return 3  # one trace per step, so a few positions suffice
+
+    def step_reference(self, module, variables, inputs):
+        return module.apply(variables, inputs["h"])
+
+    def bad_inputs(self, inputs):
+        h, memory = inputs["h"], inputs["memory"]
+        return [
+            ("h of rank 2", {**inputs, "h": h[:, 0]}, ("h", (B, D))),
+            ("memory of another width", {**inputs, "memory": jnp.zeros((B, M, D + 1))}, ("memory", (B, M, D + 1))),
+            ("mask without the memory", {**inputs, "mask": inputs["mask"][..., M:]}, ("mask", (B, 1, T, T))),
+        ]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# ConvS2S multi-step attention: the memory is the input.
+
+
+class MultiStepAttentionContractTest(contract.LayerContract):
+    C, E = 7, 6
+    SKIP = {"masked_inputs": "its keys and values (encoder_out, encoder_in) are its raw inputs, which "
+                             "test_masked_never_leak_keys poisons",
+            "step": NO_STEP_ROWS.format(name="MultiStepAttention", model="ConvS2S")}
+
+    def make_module(self):
+        return MultiStepAttention()
+
+    def make_inputs(self, rng):
+        return dict(decoder_state=_normal(rng, B, T, self.C), target_embedding=_normal(rng, B, T, self.E),
+                    encoder_out=_normal(rng, B, S, self.E), encoder_in=_normal(rng, B, S, self.E),
+                    mask=_valid(KEY_LENGTHS, S))
+
+    def masked_keys(self, inputs):
+        dead = ~inputs["mask"][..., None]
+        return [Poison("encoder_out", dead), Poison("encoder_in", dead)]
+
+    def bad_inputs(self, inputs):
+        return [
+            ("decoder_state of rank 2", {**inputs, "decoder_state": inputs["decoder_state"][:, 0]},
+             ("decoder_state", (B, self.C))),
+            ("encoder_in of another length", {**inputs, "encoder_in": inputs["encoder_in"][:, :-1]},
+             ("encoder_in", (B, S - 1, self.E))),
+            ("mask of another length", {**inputs, "mask": inputs["mask"][:, :-1]}, ("mask", (B, S - 1))),
+        ]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Weighted Transformer branches and gated heads: dense masks.
+
+
+def _dense_key_mask() -> jax.Array:
+    """[B, 1, T, S] bool: the padded keys of KEY_LENGTHS masked for every query."""
+    return jnp.broadcast_to(_valid(KEY_LENGTHS, S)[:, None, None, :], (B, 1, T, S))
+
+
+class _DenseMaskCross(contract.LayerContract):
+    """Cross-attention layers called as (inputs_q [B, T, D], inputs_kv [B, S, D], mask [B, 1, T, S])."""
+
+    def make_inputs(self, rng):
+        return dict(inputs_q=_normal(rng, B, T, D), inputs_kv=_normal(rng, B, S, D), mask=_dense_key_mask())
+
+    def masked_keys(self, inputs):
+        return _kv_sites(~_valid(KEY_LENGTHS, S))
+
+    def masked_inputs(self, inputs):
+        return [Poison("inputs_kv", ~_valid(KEY_LENGTHS, S)[..., None])]
+
+    def bad_inputs(self, inputs):
+        x = inputs["inputs_q"]
+        return [
+            ("inputs_q of rank 2", {**inputs, "inputs_q": x[:, 0]}, ("inputs_q", (B, D))),
+            ("mask of another key length", {**inputs, "mask": jnp.ones((B, 1, T, S + 1), bool)},
+             ("mask", (B, 1, T, S + 1))),
+        ]
+
+
+class WeightedBranchAttentionContractTest(_DenseMaskCross):
+    SKIP = {"step": "WeightedBranchAttention keeps no key/value cache, so it has no decoding step"}
+
+    def make_module(self):
+        return WeightedBranchAttention(num_branches=2, head_dim=4, d_ff=8)
+
+
+class GatedMultiHeadAttentionContractTest(_DenseMaskCross):
+    SKIP = {"step": "GatedMultiHeadAttention rejects decode=True at construction, so it has no decoding step"}
+
+    def make_module(self):
+        return GatedMultiHeadAttention(num_heads=2, bias_init=nn.initializers.normal(0.3))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Aaren: a learned query over every prefix, with an O(1) step.
+
+
+class AarenContractTest(contract.LayerContract):
+    NUM_HEADS, HEAD_DIM = 2, 4
+
+    def make_module(self):
+        return aaren_lib.Aaren(num_heads=self.NUM_HEADS, head_dim=self.HEAD_DIM)
+
+    def _mask(self) -> jax.Array:
+        mask = np.ones((B, S), bool)
+        mask[0, 1] = False  # a hole in the middle
+        mask[1, 3:] = False  # trailing padding
+        return jnp.asarray(mask)
+
+    def make_inputs(self, rng):
+        return dict(x=_normal(rng, B, S, D), mask=self._mask())
+
+    def masked_keys(self, inputs):
+        return _kv_sites(~inputs["mask"])
+
+    def masked_inputs(self, inputs):
+        # The query is a learned token, so a masked position's input is only ever a key and a value.
+        return [Poison("x", ~inputs["mask"][..., None])]
+
+    def step_init(self, module, variables, inputs):
+        return aaren_lib.aaren_init(B, self.NUM_HEADS, self.HEAD_DIM)
+
+    def step(self, module, variables, inputs, carry, t):
+        x_t = jax.lax.dynamic_index_in_dim(inputs["x"], t, axis=1, keepdims=False)  # [B, D]
+        valid_t = jax.lax.dynamic_index_in_dim(inputs["mask"], t, axis=1, keepdims=False)  # [B]
+        return module.apply(variables, carry, x_t, valid_t, method=aaren_lib.Aaren.step)
+
+    def num_steps(self, inputs):
+        return inputs["x"].shape[1]
+
+    def step_reference(self, module, variables, inputs):
+        return self.apply(module, variables, inputs)
+
+    def bad_inputs(self, inputs):
+        return [
+            ("x of rank 2", {**inputs, "x": inputs["x"][:, 0]}, ("x", (B, D))),
+            ("mask of another length", {**inputs, "mask": inputs["mask"][:, :-1]}, ("mask", (B, S - 1))),
+        ]
+
+
+if __name__ == "__main__":
+    absltest.main()
