@@ -32,6 +32,7 @@ __all__ = [
     "attention_scale",
     "broadcast_key_mask",
     "check_attention_inputs",
+    "check_lengths",
     "empty_attention",
     "padding_mask",
     "window_bounds",
@@ -161,6 +162,19 @@ def attention_scale(scale: Any, head_dim: int) -> float:
             or not np.isfinite(scale):
         raise ValueError(f"scale must be a finite Python float or None, got {scale!r}")
     return float(scale)
+
+
+def check_lengths(name: str, lengths: Any, batch: int) -> None:
+    """Checks sequence lengths: a [B] integer array (what `AttentionMask` checks its lengths with).
+
+    Raises:
+      TypeError: for a non-array (a Python list, say) or a non-integer dtype, naming `name`.
+      ValueError: for a shape other than (B,), naming `name`, the shape and B.
+    """
+    _require_array(name, lengths)
+    _checks.integer(name, lengths)
+    if tuple(lengths.shape) != (batch,):
+        raise ValueError(f"{name} must have shape [B]=({batch},), got {name}.shape={tuple(lengths.shape)}")
 
 
 def _signature(*arrays: Any) -> tuple | None:
@@ -517,9 +531,8 @@ def _check_fit(spec: AttentionMask, shape: tuple[int, int, int, int]) -> None:
                 f"S={num_keys}, got mask.shape={got}"
             )
     for name in ("query_seq_lengths", "key_value_seq_lengths"):
-        lengths = getattr(spec, name)
-        if lengths is not None and tuple(lengths.shape) != (batch,):
-            raise ValueError(f"{name} must have shape [B]=({batch},), got {name}.shape={tuple(lengths.shape)}")
+        if getattr(spec, name) is not None:
+            check_lengths(name, getattr(spec, name), batch)
     if spec.q_segment_ids is not None:
         if spec.q_segment_ids is spec.kv_segment_ids and num_queries != num_keys:
             raise ValueError(

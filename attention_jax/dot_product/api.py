@@ -21,6 +21,7 @@ import types
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 from absl import logging
 
 from attention_jax import _checks
@@ -123,9 +124,9 @@ def auto_order(call: AttentionCall | None = None, *, platform: str | None = None
     """The order `implementation=None` tries the backends in, for a platform and a call.
 
     Built-in backends come in `_AUTO_ORDER`'s order for the platform: GPU cudnn, xla, flash, blockwise; TPU
-    xla, flash, blockwise; CPU (and any other) xla, blockwise (flash and cudnn cannot run there). Once the call's float32 [B, N, T, S] logits would
-    exceed 2 GiB, the O(S)-memory backend moves just ahead of xla (blockwise on the CPU, flash on GPU/TPU).
-    Registered backends follow, in registration order.
+    xla, flash, blockwise; CPU (and any other) xla, blockwise (flash and cudnn cannot run there). Once the
+    call's float32 [B, N, T, S] logits would exceed 2 GiB, the O(S)-memory backend moves just ahead of xla
+    (blockwise on the CPU, flash on GPU/TPU). Registered backends follow, in registration order.
 
     Args:
       call: None, or the call (only its shapes are read).
@@ -344,29 +345,12 @@ def dot_product_attention(
     if call.mask.is_empty:
         # No (query, key) pair: the same zeros on every backend (see the docstring), no kernel launched.
         output, lse = masks.empty_attention(query, value)
-        weights = jax.numpy.zeros(call.mask.shape, jax.numpy.float32)
+        weights = jnp.zeros(call.mask.shape, jnp.float32)
     else:
         output, weights, lse = backend(call)
     if return_residual:
-        return output, jax.numpy.transpose(lse, (0, 2, 1))
+        return output, jnp.transpose(lse, (0, 2, 1))
     if not (call.return_weights or call.return_lse):
         return output
     return DotProductAttentionOutput(output, weights if call.return_weights else None,
                                      lse if call.return_lse else None)
-
-
-# Kept for the layers that checked bias and mask shapes through the old private helpers.
-def _check_bias_and_mask(bias: Any, mask: Any, batch: int, heads: int, num_queries: int, num_keys: int) -> None:
-    """bias (floating) and mask (bool), each None or [B or 1, N or 1, T, S]; raises TypeError / ValueError."""
-    check_bias(bias, batch, heads, num_queries, num_keys)
-    if mask is not None and not isinstance(mask, AttentionMask):
-        AttentionMask(mask).fit(batch, heads, num_queries, num_keys)
-
-
-def _check_lengths(name: str, lengths: Any, batch: int) -> None:
-    """[B] integer lengths; raises TypeError / ValueError naming `name`."""
-    if not (hasattr(lengths, "shape") and hasattr(lengths, "dtype")):
-        raise TypeError(f"{name} must be a jax or numpy array, got {type(lengths).__name__}")
-    _checks.integer(name, lengths)
-    if tuple(lengths.shape) != (batch,):
-        raise ValueError(f"{name} must have shape [B]=({batch},), got {name}.shape={tuple(lengths.shape)}")

@@ -21,8 +21,8 @@ import jax.numpy as jnp
 from absl import logging
 
 from attention_jax import _checks
-from attention_jax.core.masks import AttentionMask
-from attention_jax.dot_product.api import _check_lengths, dot_product_attention, supports
+from attention_jax.core.masks import AttentionMask, check_lengths
+from attention_jax.dot_product.api import dot_product_attention, supports
 from attention_jax.dot_product.base import check_bias
 from attention_jax.core.positional import alibi_slopes, apply_rope, shaw_logits, shaw_values
 
@@ -329,7 +329,7 @@ class MultiHeadAttention(nn.Module):
                 )
         check_bias(bias, batch, heads, num_queries, num_keys)
         if key_lengths is not None:
-            _check_lengths("key_lengths", key_lengths, batch)
+            check_lengths("key_lengths", key_lengths, batch)
         # Every mask source checked once, before any projection; the spec goes to attention_fn bound.
         spec = AttentionMask(mask, is_causal=is_causal, key_value_seq_lengths=key_lengths,
                              segment_ids=segment_ids).fit(batch, heads, num_queries, num_keys)

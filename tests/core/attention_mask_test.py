@@ -204,6 +204,15 @@ class InputChecksTest(absltest.TestCase):
             with _raises(exc, *fragments):
                 fn()
 
+    def test_check_lengths(self):
+        masks.check_lengths("key_lengths", jnp.array([1, 2]), 2)
+        with _raises(ValueError, "key_lengths", "(3,)", "(2,)"):
+            masks.check_lengths("key_lengths", jnp.array([1, 2, 3]), 2)
+        with _raises(TypeError, "key_lengths", "list"):
+            masks.check_lengths("key_lengths", [1, 2], 2)
+        with _raises(TypeError, "key_lengths", "float32"):
+            masks.check_lengths("key_lengths", jnp.array([1.0, 2.0]), 2)
+
     def test_scale(self):
         self.assertAlmostEqual(masks.attention_scale(None, 16), 0.25)
         self.assertEqual(masks.attention_scale(2, 16), 2.0)
