@@ -2,25 +2,34 @@
 
 It stands beside the backend conformance suite (`tests/dot_product/conformance.py`): a base class whose test
 methods are driven by hooks, and one small subclass per layer or model configuration. This module is not
-collected by pytest (its name does not end in ``_test``); only the subclasses in ``*_contract_test.py`` run.
+collected by pytest (its name does not end in ``_test``); the subclasses live in tests/layers/contract_test.py
+(every layer, plus `ContractSelfTest`, which shows each check failing on a deliberately broken toy layer) and
+tests/models/contract_test.py (every model).
 
-The contract (issue 9, "A layer contract suite"):
+The contract (issue 9, "A layer contract suite"); the names in brackets are the keys of ``SKIP``:
 
-  test_jit_equals_eager             the jitted call equals the eager one.
-  test_masked_keys_never_leak       NaN, +inf or -inf written into the keys/values the attention reads at
-                                    masked positions leave the live outputs, and the gradients w.r.t. the
-                                    inputs and every parameter, finite and equal to the clean ones. A positive
-                                    control writes the same poison at live positions too and must reach the
-                                    outputs (so a hook that poisons nothing fails).
-  test_masked_inputs_never_leak     the same with the poison in the layer's raw inputs at positions the layer
-                                    is told are masked (e.g. cross-attention inputs_kv rows beyond key
-                                    lengths): the stronger check, since NaN there also meets the projections.
-  test_no_retrace_per_step          a jitted call traces once across calls with new values of the same
-                                    shapes, and so does a jitted decoding step across steps.
-  test_step_equals_full_pass        decoding step by step equals the full pass, wherever the layer has a step
-                                    (MultiHeadAttention's key/value cache, Aaren's O(1) step, the models'
-                                    `decode_next`, Transformer-XL's segment recurrence).
-  test_bad_shapes_raise_value_error each bad-shape call raises ValueError whose message names the shapes.
+  test_jit_equals_eager [jit]          the jitted call equals the eager one (and the eager outputs are finite).
+  test_masked_never_leak_keys          NaN, +inf and -inf written into the keys/values the attention reads, at
+    [masked_keys]                      masked positions, leave the live outputs and the gradients w.r.t. every
+                                       floating input and every parameter finite and equal to the clean ones.
+                                       A positive control writes NaN at the live positions of the same sites
+                                       too and must reach the outputs, so sites that poison nothing fail.
+  test_masked_never_leak_inputs        the same with the poison in the layer's raw inputs at positions the
+    [masked_inputs]                    layer is told are masked (cross-attention inputs_kv rows beyond the key
+                                       lengths, a masked Aaren token, a model's memory): stronger, since NaN
+                                       there also meets the key/value projections (d W = x^T dy).
+  test_no_retrace_per_step [retrace]   a jitted call traces once across calls with new values of the same
+                                       shapes, and a jitted decoding step once across all steps.
+  test_step_equals_full_pass [step]    decoding step by step equals the full pass, wherever the layer has a step
+                                       (MultiHeadAttention's key/value cache, Aaren's O(1) step, the models'
+                                       `decode_next` through `decoding.prepare`, Transformer-XL's segments).
+  test_bad_shapes_raise_value_error    each bad-shape call raises ValueError whose message names the offending
+    [bad_shapes]                       shapes, while tracing (before any compute).
+
+`ModelContract` (the encoder-decoders) adds: test_is_decodable, test_padding_tokens_change_nothing (other
+ids at padded source positions change neither the outputs nor any parameter gradient; a live id does) and
+test_greedy_decode_through_protocol (`decoding.prepare` + `decoding.greedy_decode` emit the argmax of the
+teacher-forced logits on their own prefix).
 
 How to add a layer (or a model):
 
@@ -47,6 +56,28 @@ How to add a layer (or a model):
      ``init_variables`` (default: parameters of ``module.init``'s structure drawn from 0.3 N(0, 1), so zero
      biases and unit LayerNorm scales are exercised too), ``live`` (the outputs that must stay clean; default all).
   4. Later variants of a layer subclass its contract class and change only what differs.
+  5. A check that fails because of a known defect being fixed elsewhere is marked, never weakened:
+     ``XFAIL = {"test_masked_never_leak_inputs": "issue 9: <the defect>"}`` wraps those inherited tests in a
+     strict ``pytest.mark.xfail``, so the mark must go once the fix lands.
+
+For example, a self-attention layer over padded sequences with a key/value cache:
+
+    class MyAttentionContractTest(contract.LayerContract):
+        SKIP = {"masked_inputs": "self-attention: a masked key is also a live query row"}
+
+        def make_module(self):
+            return MyAttention(num_heads=2)
+
+        def make_inputs(self, rng):
+            return dict(inputs_q=jnp.asarray(rng.standard_normal((2, 5, 8)), jnp.float32),
+                        key_lengths=jnp.array([5, 3], jnp.int32))
+
+        def masked_keys(self, inputs):
+            dead = jnp.arange(5)[None, :] >= inputs["key_lengths"][:, None]  # [B, S]
+            return [Poison(module=kv, dead=dead[:, :, None, None]) for kv in ("key", "value")]
+
+        # step_init / step / num_steps / step_reference: see MultiHeadSelfAttentionContractTest.
+        # bad_inputs: [("inputs_q of rank 2", {**inputs, "inputs_q": x[:, 0]}, ("inputs_q", (2, 8))), ...]
 
 Tolerances: jit vs eager and step vs full pass 1e-5 (``TOL``; models set their own); clean vs poisoned 1e-6.
 """
@@ -55,6 +86,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import functools
 import re
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -204,9 +236,21 @@ class LayerContract(parameterized.TestCase):
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         cls.__test__ = not cls.__name__.startswith("_")
+        for name, reason in cls.__dict__.get("XFAIL", {}).items():
+            inherited = getattr(cls, name, None)
+            if not name.startswith("test") or not callable(inherited):
+                raise TypeError(f"{cls.__name__}.XFAIL names {name!r}, which is not a test method")
 
-    # check name -> the reason it does not apply to this layer.
+            @functools.wraps(inherited)
+            def expected_failure(self, _inherited=inherited):
+                return _inherited(self)
+
+            setattr(cls, name, pytest.mark.xfail(strict=True, reason=reason)(expected_failure))
+
+    # check name (see CHECKS) -> the reason it does not apply to this layer.
     SKIP: dict[str, str] = {}
+    # test method name -> the known defect that makes it fail for now (a strict xfail; see the module docstring).
+    XFAIL: dict[str, str] = {}
     # jit vs eager and step vs full pass tolerance (relative and absolute).
     TOL: float = 1e-5
     # False when the step carry changes shape by design (then t is static, each step traces anew, and only the
@@ -428,8 +472,11 @@ class LayerContract(parameterized.TestCase):
     def _check_no_leak(self, check: str) -> None:
         module, inputs, variables = self._setup()
         del module, variables
-        if not getattr(self, check)(inputs):  # also raises when the hook is missing
+        sites = getattr(self, check)(inputs)  # raises when the hook is missing
+        if not sites:
             self.fail(f"{type(self).__name__}.{check} returned no Poison site")
+        for site in sites:
+            self.assertTrue(bool(np.any(np.asarray(site.dead))), f"{site} marks no position as masked")
         outputs_and_grads, checks, clean = self._leak_fn()
         self.assertIsNotNone(clean, "the layer returned no floating output")
         for leaf in jax.tree_util.tree_leaves(clean):

@@ -8,6 +8,8 @@ Aaren. Tiny sizes (B=2, T=5, S=6, D=8) keep the file fast; the models are in tes
 
 from __future__ import annotations
 
+import unittest
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -401,6 +403,111 @@ class AarenContractTest(contract.LayerContract):
             ("x of rank 2", {**inputs, "x": inputs["x"][:, 0]}, ("x", (B, D))),
             ("mask of another length", {**inputs, "mask": inputs["mask"][:, :-1]}, ("mask", (B, S - 1))),
         ]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The contract itself: it passes a correct toy layer and fails each deliberately broken one.
+
+
+class _ToyAttention(nn.Module):
+    """One-head dot-product attention over (query [B, T, D], key, value [B, S, D], mask [B, S]), with defects."""
+
+    leak: bool = False  # mask the logits but leave NaN keys and values in place (0 * NaN reaches the output)
+    check_shapes: bool = True
+
+    @nn.compact
+    def __call__(self, query, key, value, mask, temperature=1.0):
+        if self.check_shapes and mask.shape != key.shape[:2]:
+            raise ValueError(f"mask must be [B, S]: {mask.shape=} {key.shape=}")
+        w = self.param("w", nn.initializers.lecun_normal(), (query.shape[-1], key.shape[-1]))
+        if not self.leak:
+            key = jnp.where(mask[..., None], key, 0.0)
+            value = jnp.where(mask[..., None], value, 0.0)
+        logits = jnp.einsum("BTD,DE,BSE->BTS", query, w, key) / temperature
+        weights = jax.nn.softmax(jnp.where(mask[:, None, :], logits, -1e30), axis=-1)
+        return jnp.einsum("BTS,BSD->BTD", weights, value)
+
+
+class _ToyContract(contract.LayerContract):
+    LEAK = False
+    CHECK_SHAPES = True
+    STATIC_TEMPERATURE = False  # a Python float drawn per call: every new value retraces
+    STEP_SHIFT = 0  # step t reads query row t + STEP_SHIFT
+    SKIP = {"masked_inputs": "keys and values are the inputs"}
+
+    def make_module(self):
+        return _ToyAttention(leak=self.LEAK, check_shapes=self.CHECK_SHAPES)
+
+    def make_inputs(self, rng):
+        inputs = dict(query=_normal(rng, B, T, D), key=_normal(rng, B, S, D), value=_normal(rng, B, S, D),
+                      mask=_valid(KEY_LENGTHS, S))
+        if self.STATIC_TEMPERATURE:
+            inputs["temperature"] = float(rng.uniform(1.0, 2.0))
+        return inputs
+
+    def masked_keys(self, inputs):
+        dead = ~inputs["mask"][..., None]
+        return [Poison("key", dead), Poison("value", dead)]
+
+    def step_init(self, module, variables, inputs):
+        return None
+
+    def step(self, module, variables, inputs, carry, t):
+        row = jnp.minimum(t + self.STEP_SHIFT, T - 1)
+        query_t = jax.lax.dynamic_slice_in_dim(inputs["query"], row, 1, axis=1)
+        return carry, module.apply(variables, **{**inputs, "query": query_t})[:, 0]
+
+    def num_steps(self, inputs):
+        return T
+
+    def step_reference(self, module, variables, inputs):
+        return self.apply(module, variables, inputs)
+
+    def bad_inputs(self, inputs):
+        return [("mask of another length", {**inputs, "mask": inputs["mask"][:, :-1]}, ("mask", (B, S - 1)))]
+
+
+class _LeakyToy(_ToyContract):
+    LEAK = True
+
+
+class _RetracingToy(_ToyContract):
+    STATIC_TEMPERATURE = True
+
+
+class _MisSteppingToy(_ToyContract):
+    STEP_SHIFT = 1
+
+
+class _UncheckedToy(_ToyContract):
+    CHECK_SHAPES = False
+
+
+class ContractSelfTest(absltest.TestCase):
+    """Each check of the contract can fail: it passes a correct layer and catches the defect it is about."""
+
+    CHECKS = ("test_jit_equals_eager", "test_masked_never_leak_keys", "test_no_retrace_per_step",
+              "test_step_equals_full_pass", "test_bad_shapes_raise_value_error")
+
+    def _failed(self, case_cls) -> set[str]:
+        failed = set()
+        for name in self.CHECKS:
+            result = unittest.TestResult()
+            case_cls(name).run(result)
+            self.assertEmpty(result.skipped, f"{case_cls.__name__}.{name} skipped")
+            if result.failures or result.errors:
+                failed.add(name)
+        return failed
+
+    def test_a_correct_layer_passes(self):
+        self.assertEqual(self._failed(_ToyContract), set())
+
+    def test_each_defect_fails_its_check(self):
+        for case_cls, check in ((_LeakyToy, "test_masked_never_leak_keys"), (_RetracingToy, "test_no_retrace_per_step"),
+                                (_MisSteppingToy, "test_step_equals_full_pass"),
+                                (_UncheckedToy, "test_bad_shapes_raise_value_error")):
+            with self.subTest(case_cls.__name__):
+                self.assertIn(check, self._failed(case_cls))
 
 
 if __name__ == "__main__":
