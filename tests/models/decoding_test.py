@@ -1,4 +1,4 @@
-"""Tests for attention_jax/decoding.py: greedy decoding and length-normalised beam search.
+"""Tests for attention_jax/models/decoding.py: the step-function protocol, greedy decoding and beam search.
 
 The oracles are exhaustive enumerations of every hypothesis under small step functions written in float64
 numpy, plus hand-made distributions whose best sequence is known. The beam search is the shrinking beam of
@@ -303,6 +303,69 @@ class Seq2SeqDecodingTest(parameterized.TestCase):
                 n = seq.index(EOS) + 1 if EOS in seq else max_len
                 total = sum(logp[b, i, seq[i]] for i in range(n))
                 np.testing.assert_allclose(scores[b, k], total / n**alpha, atol=1e-4, rtol=1e-4)
+
+
+class ToyDecodable:
+    """ToyRNN behind the `decoding.Decodable` protocol: the variables are ignored, the source sets the batch."""
+
+    def __init__(self, toy):
+        self.toy = toy
+
+    def init_decode(self, variables, src, src_lengths, *, max_len):
+        del variables, src_lengths, max_len
+        assert src.shape[0] == self.toy.batch
+        return self.toy.memory(), self.toy.state()
+
+    def decode_next(self, variables, memory, state, tokens, t):
+        del variables
+        return self.toy.step_fn(memory, state, tokens, t)
+
+
+class ProtocolTest(parameterized.TestCase):
+    """`decoding.prepare` and `decoding.bind` over any `Decodable` (the models' own runs are in contract_test)."""
+
+    def setUp(self):
+        super().setUp()
+        self.toy = ToyRNN(vocab=5, batch=2, seed=3)
+        self.src = jnp.zeros((2, 4), jnp.int32)
+        self.lengths = jnp.array([4, 2], jnp.int32)
+
+    def test_prepare_feeds_the_decoders_as_the_raw_step_function_does(self):
+        model = ToyDecodable(self.toy)
+        self.assertIsInstance(model, decoding.Decodable)
+        step_fn, memory, state = decoding.prepare(model, {}, self.src, self.lengths, max_len=4)
+        self.assertIsInstance(step_fn, decoding.StepFn)
+        got, got_aux = _greedy(step_fn, memory, state, 2, 4)
+        want, want_aux = _greedy(self.toy.step_fn, self.toy.memory(), self.toy.state(), 2, 4)
+        np.testing.assert_array_equal(got, want)
+        chex.assert_trees_all_close(got_aux, want_aux)
+        beams, _ = _beam(decoding.bind(model, {}), memory, state, 2, 2, 4)
+        want_beams, _ = _beam(self.toy.step_fn, memory, state, 2, 2, 4)
+        np.testing.assert_array_equal(beams, want_beams)
+
+    def test_bind_is_a_plain_function_that_traces_once(self):
+        step_fn = jax.jit(chex.assert_max_traces(decoding.bind(ToyDecodable(self.toy), {}), n=1))
+        memory, state = self.toy.memory(), self.toy.state()
+        tokens = jnp.full((2,), BOS, jnp.int32)
+        for t in range(3):
+            logits, state, _ = step_fn(memory, state, tokens, jnp.int32(t))
+            tokens = jnp.argmax(logits, -1).astype(jnp.int32)
+        chex.clear_trace_counter()
+
+    def test_prepare_rejects_what_is_not_decodable(self):
+        class EncodeOnly:
+            def init_decode(self, variables, src, src_lengths, *, max_len):
+                return {}, {}
+
+        with _raises(TypeError, "EncodeOnly", "decode_next"):
+            decoding.prepare(EncodeOnly(), {}, self.src, self.lengths, max_len=3)
+        with _raises(TypeError, "object", "init_decode", "decode_next"):
+            decoding.bind(object(), {})
+
+    @parameterized.parameters((0,), (2.0,), (True,))
+    def test_prepare_rejects_bad_max_len(self, max_len):
+        with _raises(ValueError, "max_len", repr(max_len)):
+            decoding.prepare(ToyDecodable(self.toy), {}, self.src, self.lengths, max_len=max_len)
 
 
 class ArgumentTest(parameterized.TestCase):
