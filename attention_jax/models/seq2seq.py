@@ -370,17 +370,20 @@ class Seq2Seq(nn.Module):
             train: enables dropout.
 
         Returns:
-            memory: dict ``annotations`` [B,S,He] f32, ``mask`` [B,S] bool, ``lengths`` [B] int32,
-            ``summary`` [B,He] f32 and, for "bahdanau", ``projected_keys`` [B,S,A] f32.
+            memory: dict ``annotations`` [B,S,He] f32 (zeros at padded positions), ``mask`` [B,S] bool,
+            ``lengths`` [B] int32, ``summary`` [B,He] f32 and, for "bahdanau", ``projected_keys`` [B,S,A] f32.
 
         Raises:
             ValueError / TypeError: bad shapes or dtypes (see `Encoder`).
         """
         annotations, summary = self.encoder(src, src_lengths, train)
         lengths = src_lengths.astype(jnp.int32)
+        mask = masks.padding_mask(lengths, src.shape[1])  # [B,S]
+        # Zeros at padded positions whatever the encoder emits, so no NaN there meets U_a (0 * NaN in d U_a).
+        annotations = jnp.where(mask[..., None], annotations, 0.0)  # [B,S,He]
         memory = {
             "annotations": annotations,
-            "mask": masks.padding_mask(lengths, src.shape[1]),
+            "mask": mask,
             "lengths": lengths,
             "summary": summary,
         }

@@ -480,7 +480,8 @@ class Transformer(nn.Module):
         """Runs the decoder stack on a target prefix (teacher forcing, or one step when `decode` is set).
 
         Args:
-          memory: the output of `encode`.
+          memory: the output of `encode`; rows of "encoded" at s >= lengths[b] are ignored (even NaN there
+            reaches no output and no gradient).
           tgt_in: [B, T] integer target inputs (BOS first).
           train: enables dropout.
           positions: None (0 .. T - 1) or [B, T] integer absolute positions of tgt_in (decoding).
@@ -496,6 +497,10 @@ class Transformer(nn.Module):
         encoded, lengths = memory["encoded"], memory["lengths"]
         _checks.same_batch(tgt_in=tgt_in, encoded=encoded)
         batch, num_queries = jnp.shape(tgt_in)
+        # The memory's padded rows (anything, even NaN, in a memory built elsewhere) never reach the cross-attention
+        # projections: their keys are masked anyway, but 0 * NaN would reach d W_k and d W_v.
+        valid = jnp.arange(jnp.shape(encoded)[1])[None, :] < lengths[:, None]  # [B, S]
+        encoded = jnp.where(valid[..., None], encoded, jnp.zeros((), encoded.dtype))  # [B, S, D]
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(num_queries), (batch, num_queries))
         y = self._embed(tgt_in, positions, "target", train)  # [B, T, D]
