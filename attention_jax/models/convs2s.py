@@ -192,6 +192,7 @@ class ConvS2S(nn.Module):
                      "kernel_size", "max_len"):
             _checks.int_at_least(what, getattr(self, what), 1)
         _checks.rate("dropout_rate", self.dropout_rate)
+        _checks.flag("scale_context", self.scale_context)
         super().__post_init__()
 
     def setup(self):
@@ -231,8 +232,9 @@ class ConvS2S(nn.Module):
 
         Raises:
           ValueError: src not 2-D, src_lengths not [B], S > max_len.
-          TypeError: non-integer src or src_lengths.
+          TypeError: non-integer src or src_lengths, or a train flag that is not a bool.
         """
+        _checks.flag("train", train)
         _checks.tokens("src", src, 2)
         _checks.tokens("src_lengths", src_lengths, 1)
         if src_lengths.shape[0] != src.shape[0]:
@@ -382,8 +384,9 @@ class ConvS2S(nn.Module):
 
         Raises:
           ValueError: tokens not 2-D, batch sizes that differ, S or T > max_len.
-          TypeError: non-integer tokens or lengths.
+          TypeError: non-integer tokens or lengths, or a train flag that is not a bool.
         """
+        _checks.flag("train", train)
         _checks.tokens("src", src, 2)
         _checks.tokens("tgt_in", tgt_in, 2)
         if tgt_in.shape[0] != src.shape[0]:

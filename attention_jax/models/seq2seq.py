@@ -100,6 +100,7 @@ class Encoder(nn.Module):
         _checks.int_at_least("hidden_size", self.hidden_size, 1)
         _checks.int_at_least("num_layers", self.num_layers, 1)
         _checks.rate("dropout_rate", self.dropout_rate)
+        _checks.flag("bidirectional", self.bidirectional)
         super().__post_init__()
 
     @property
@@ -138,10 +139,12 @@ class Encoder(nn.Module):
                 with length 0 get zeros.
 
         Raises:
-            ValueError / TypeError: tokens not [B, S] integer, lengths not [B].
+            ValueError / TypeError: tokens not [B, S] integer, lengths not a [B] integer array, train not a bool.
         """
+        _checks.flag("train", train)
         _checks.tokens("tokens", tokens, 2)
-        if not hasattr(lengths, "shape") or lengths.shape != tokens.shape[:1]:
+        _checks.integer("lengths", lengths)
+        if lengths.shape != tokens.shape[:1]:
             raise ValueError(f"lengths must be [B]: {tokens.shape=} {getattr(lengths, 'shape', None)=}")
         lengths = lengths.astype(jnp.int32)
         valid = masks.padding_mask(lengths, tokens.shape[1])  # [B,S]
@@ -323,6 +326,8 @@ class Seq2Seq(nn.Module):
             _checks.int_at_least(what, getattr(self, what), 1)
         _checks.int_at_least("attention_features", self.attention_features, 0)
         _checks.rate("dropout_rate", self.dropout_rate)
+        for what in ("bidirectional", "input_feeding"):
+            _checks.flag(what, getattr(self, what))
         if self.attention == "luong":
             check_luong_options(self.score, self.mode, self.window, self.max_source_len)
             if self.score == "dot" and self.bidirectional:
@@ -370,20 +375,17 @@ class Seq2Seq(nn.Module):
             train: enables dropout.
 
         Returns:
-            memory: dict ``annotations`` [B,S,He] f32 (zeros at padded positions), ``mask`` [B,S] bool,
-            ``lengths`` [B] int32, ``summary`` [B,He] f32 and, for "bahdanau", ``projected_keys`` [B,S,A] f32.
+            memory: dict ``annotations`` [B,S,He] f32, ``mask`` [B,S] bool, ``lengths`` [B] int32,
+            ``summary`` [B,He] f32 and, for "bahdanau", ``projected_keys`` [B,S,A] f32.
 
         Raises:
             ValueError / TypeError: bad shapes or dtypes (see `Encoder`).
         """
         annotations, summary = self.encoder(src, src_lengths, train)
         lengths = src_lengths.astype(jnp.int32)
-        mask = masks.padding_mask(lengths, src.shape[1])  # [B,S]
-        # Zeros at padded positions whatever the encoder emits, so no NaN there meets U_a (0 * NaN in d U_a).
-        annotations = jnp.where(mask[..., None], annotations, 0.0)  # [B,S,He]
         memory = {
             "annotations": annotations,
-            "mask": mask,
+            "mask": masks.padding_mask(lengths, src.shape[1]),
             "lengths": lengths,
             "summary": summary,
         }

@@ -61,16 +61,6 @@ _RELATIVE = ("shaw", "rope", "alibi")
 HEAD_GATES = ("none", "encoder", "all")
 
 
-def _check_rate(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= value < 1.0:
-        raise ValueError(f"{name} must be a float in [0, 1), got {value!r}")
-
-
-def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
-
-
 # ----------------------------------------------------------------------------------------------------------
 # Loss and learning rate.
 
@@ -104,7 +94,7 @@ def label_smoothed_cross_entropy(
     _checks.shape("labels", labels, tuple(jnp.shape(logits)[:2]))
     if mask is not None:
         _checks.shape("mask", mask, tuple(jnp.shape(logits)[:2]))
-    _check_rate("smoothing", smoothing)
+    _checks.rate("smoothing", smoothing)
     log_p = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)  # [B, T, V]
     nll = -jnp.take_along_axis(log_p, labels[..., None].astype(jnp.int32), axis=-1)[..., 0]  # [B, T]
     if smoothing > 0.0:
@@ -378,10 +368,12 @@ class Transformer(nn.Module):
         if self.num_kv_heads is not None and self.num_heads % _checks.positive_int("num_kv_heads", self.num_kv_heads):
             raise ValueError(f"num_heads={self.num_heads} must be a multiple of num_kv_heads={self.num_kv_heads}")
         for name in ("dropout_rate", "attention_dropout_rate", "relu_dropout_rate"):
-            _check_rate(name, getattr(self, name))
-        _check_choice("norm", self.norm, NORMS)
-        _check_choice("positions", self.positions, POSITIONS)
-        _check_choice("head_gates", self.head_gates, HEAD_GATES)
+            _checks.rate(name, getattr(self, name))
+        _checks.choice("norm", self.norm, NORMS)
+        _checks.choice("positions", self.positions, POSITIONS)
+        _checks.choice("head_gates", self.head_gates, HEAD_GATES)
+        for name in ("share_embeddings", "decode"):
+            _checks.flag(name, getattr(self, name))
         if self.positions == "rope" and head_dim % 2:
             raise ValueError(f"positions='rope' needs an even head dim, got {head_dim} (d_model={self.d_model}, "
                              f"num_heads={self.num_heads}, head_dim={self.head_dim})")
@@ -438,8 +430,7 @@ class Transformer(nn.Module):
         return self.output_proj(y).astype(jnp.float32)
 
     def _check_tokens(self, name: str, tokens: Any) -> None:
-        _checks.rank(name, tokens, 2)
-        _checks.integer(name, tokens)
+        _checks.tokens(name, tokens, 2)
         if self.positions == "learned" and jnp.shape(tokens)[1] > self.max_len:
             raise ValueError(f"{name} has {jnp.shape(tokens)[1]} positions, more than the learned table's "
                              f"max_len={self.max_len}: {name}.shape={jnp.shape(tokens)}")
@@ -460,8 +451,9 @@ class Transformer(nn.Module):
         Raises:
           ValueError: if src is not [B, S], src_lengths is not [B], or S exceeds max_len with learned
             positions.
-          TypeError: for non-integer src or src_lengths.
+          TypeError: for non-integer src or src_lengths, or a train flag that is not a bool.
         """
+        _checks.flag("train", train)
         self._check_tokens("src", src)
         _checks.rank("src_lengths", src_lengths, 1)
         _checks.integer("src_lengths", src_lengths)
@@ -480,8 +472,7 @@ class Transformer(nn.Module):
         """Runs the decoder stack on a target prefix (teacher forcing, or one step when `decode` is set).
 
         Args:
-          memory: the output of `encode`; rows of "encoded" at s >= lengths[b] are ignored (even NaN there
-            reaches no output and no gradient).
+          memory: the output of `encode`.
           tgt_in: [B, T] integer target inputs (BOS first).
           train: enables dropout.
           positions: None (0 .. T - 1) or [B, T] integer absolute positions of tgt_in (decoding).
@@ -497,10 +488,6 @@ class Transformer(nn.Module):
         encoded, lengths = memory["encoded"], memory["lengths"]
         _checks.same_batch(tgt_in=tgt_in, encoded=encoded)
         batch, num_queries = jnp.shape(tgt_in)
-        # The memory's padded rows (anything, even NaN, in a memory built elsewhere) never reach the cross-attention
-        # projections: their keys are masked anyway, but 0 * NaN would reach d W_k and d W_v.
-        valid = jnp.arange(jnp.shape(encoded)[1])[None, :] < lengths[:, None]  # [B, S]
-        encoded = jnp.where(valid[..., None], encoded, jnp.zeros((), encoded.dtype))  # [B, S, D]
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(num_queries), (batch, num_queries))
         y = self._embed(tgt_in, positions, "target", train)  # [B, T, D]
@@ -526,6 +513,7 @@ class Transformer(nn.Module):
         Raises:
           ValueError, TypeError: see `encode` and `decode_logits`.
         """
+        _checks.flag("train", train)
         return self.decode_logits(self.encode(src, src_lengths, train), tgt_in, train)
 
     def decode_step(self, memory: Mapping[str, Array], tokens: Array, t: Array) -> tuple[Array, Array]:

@@ -100,6 +100,10 @@ class TransformerXLLayer(nn.Module):
       dropout_rate: dropout on the attention output, the FFN hidden layer and the FFN output.
       pre_norm: LayerNorm before each sub-layer instead of after the residual.
       param_dtype: the parameter dtype.
+
+    Raises:
+      ValueError: at construction, for sizes that are not ints >= 1 or a dropout rate outside [0, 1).
+      TypeError: at construction, if pre_norm is not a bool.
     """
 
     num_heads: int
@@ -108,6 +112,13 @@ class TransformerXLLayer(nn.Module):
     dropout_rate: float = 0.0
     pre_norm: bool = False
     param_dtype: Any = jnp.float32
+
+    def __post_init__(self):
+        for name in ("num_heads", "head_dim", "d_inner"):
+            _checks.int_at_least(name, getattr(self, name), 1)
+        _checks.rate("dropout_rate", self.dropout_rate)
+        _checks.flag("pre_norm", self.pre_norm)
+        super().__post_init__()
 
     @nn.compact
     def __call__(self, h: jax.Array, memory: jax.Array | None = None, *, train: bool = False) -> jax.Array:
@@ -123,15 +134,13 @@ class TransformerXLLayer(nn.Module):
           [B, T, D] in h's dtype.
 
         Raises:
-          ValueError: for wrong ranks, memory and h that disagree on B or D, d_inner < 1 or a dropout rate outside
-            [0, 1).
-          TypeError: for non-floating inputs.
+          ValueError: for wrong ranks, or memory and h that disagree on B or D.
+          TypeError: for non-floating inputs, or a train flag that is not a bool.
         """
+        _checks.flag("train", train)
         _checks.rank("h", h, 3)
         _checks.floating("h", h)
-        d_inner = _checks.positive_int("d_inner", self.d_inner)
-        if not 0.0 <= self.dropout_rate < 1.0:
-            raise ValueError(f"dropout_rate must be in [0, 1), got {self.dropout_rate=}")
+        d_inner = self.d_inner
         features = jnp.shape(h)[-1]
         drop = nn.Dropout(self.dropout_rate, deterministic=not train)
         attention = RelativeMultiHeadAttention(self.num_heads, self.head_dim, causal=True,
@@ -176,6 +185,11 @@ class TransformerXLLM(nn.Module):
       dropout_rate: dropout on the embeddings, inside each block and before the output projection.
       pre_norm: pre-LayerNorm blocks plus a final LayerNorm (the paper's blocks are post-LN).
       param_dtype: the parameter dtype.
+
+    Raises:
+      ValueError: at construction, for sizes that are not ints >= 1 (mem_len >= 0) or a dropout rate outside
+        [0, 1).
+      TypeError: at construction, if pre_norm is not a bool.
     """
 
     vocab_size: int
@@ -188,6 +202,14 @@ class TransformerXLLM(nn.Module):
     dropout_rate: float = 0.0
     pre_norm: bool = False
     param_dtype: Any = jnp.float32
+
+    def __post_init__(self):
+        for name in ("vocab_size", "num_layers", "num_heads", "head_dim", "d_model", "d_inner"):
+            _checks.int_at_least(name, getattr(self, name), 1)
+        _checks.int_at_least("mem_len", self.mem_len, 0)
+        _checks.rate("dropout_rate", self.dropout_rate)
+        _checks.flag("pre_norm", self.pre_norm)
+        super().__post_init__()
 
     def init_memories(self, batch: int, mem_len: int | None = None, dtype: Any = jnp.float32) -> list[jax.Array]:
         """Zero memories, one [B, M, D] array per layer (the reference TF code starts from zeros too).
@@ -231,13 +253,10 @@ class TransformerXLLM(nn.Module):
           ValueError: for tokens not of rank 2, memories of the wrong count or shape, or bad sizes.
           TypeError: for non-integer tokens, memories that are not a list or not floating.
         """
+        _checks.flag("train", train)
         _checks.rank("tokens", tokens, 2)
         _checks.integer("tokens", tokens)
-        for name in ("vocab_size", "num_layers", "num_heads", "head_dim", "d_model", "d_inner"):
-            _checks.positive_int(name, getattr(self, name))
         mem_len = _checks.positive_int("mem_len", self.mem_len if mem_len is None else mem_len, allow_zero=True)
-        if not 0.0 <= self.dropout_rate < 1.0:
-            raise ValueError(f"dropout_rate must be in [0, 1), got {self.dropout_rate=}")
         batch = jnp.shape(tokens)[0]
         memories = _as_memory_list(memories, self.num_layers, batch, self.d_model)
         embed = nn.Embed(self.vocab_size, self.d_model, embedding_init=nn.initializers.normal(stddev=0.02),

@@ -294,6 +294,23 @@ class AarenModuleTest(chex.TestCase):
         with _raises(ValueError, "head_dim", 0):
             Aaren(num_heads=N, head_dim=0)
 
+    def test_empty_sequence_lists_and_zero_features(self):
+        module, params, x = self._setup()
+        chex.assert_shape(module.apply(params, x[:, :0]), (B, 0, D))
+        chex.assert_shape(aaren_scan(*(jnp.zeros(s) for s in ((B, N, H), (B, 0, N, H), (B, 0, N, H)))), (B, 0, N, H))
+        with _raises(TypeError, "x", "list"):
+            module.apply(params, np.asarray(x).tolist())
+        with _raises(TypeError, "mask", "list"):
+            module.apply(params, x, np.ones((B, S), bool).tolist())
+        with _raises(ValueError, "feature", (B, S, 0)):
+            module.init(jax.random.PRNGKey(0), jnp.zeros((B, S, 0)))
+        with _raises(ValueError, "H", "0"):
+            aaren_scan(*(jnp.zeros(s) for s in ((B, N, 0), (B, S, N, 0), (B, S, N, 0))))
+        with _raises(ValueError, "out_features", "0"):
+            Aaren(num_heads=N, head_dim=H, out_features=0)
+        with _raises(TypeError, "use_bias", "'no'"):
+            Aaren(num_heads=N, head_dim=H, use_bias="no")
+
     def test_module_exports(self):
         for name in ("Aaren", "AarenState", "aaren_init", "aaren_scan", "aaren_step"):
             self.assertTrue(hasattr(aaren, name), name)

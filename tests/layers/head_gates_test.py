@@ -211,3 +211,26 @@ def test_module_and_prune_reject_bad_inputs():
     gqa = MultiHeadAttention(num_heads=4, num_kv_heads=2, head_dim=H).init(jax.random.PRNGKey(0), xq)["params"]
     with _raises("num_kv_heads == num_heads", "(8, 2, 3)", "(8, 4, 3)"):
         prune_heads(gqa, np.ones(4, bool))
+
+
+@pytest.mark.parametrize("name,bad", [("is_causal", "no"), ("deterministic", "True")])
+def test_gated_call_flags_must_be_bools(name, bad):
+    module, params = _gated_params(LOG_ALPHA[:N])
+    xq, xkv = _inputs(7)
+    with pytest.raises(TypeError, match=f"{name} must be a bool, got {bad!r}"):
+        module.apply({"params": params}, xq, xkv, **{name: bad})
+
+
+def test_gated_deterministic_attribute_and_empty_sequences():
+    module, params = _gated_params(LOG_ALPHA[:N])
+    xq, xkv = _inputs(8)
+    det = GatedMultiHeadAttention(num_heads=N, head_dim=H, out_features=D_OUT, deterministic=True)
+    np.testing.assert_allclose(det.apply({"params": params}, xq, xkv)[0], module.apply({"params": params}, xq, xkv)[0],
+                               atol=1e-6)
+    with _raises("deterministic", "attribute"):
+        det.apply({"params": params}, xq, xkv, deterministic=False)
+    for num_queries, num_keys in ((0, S), (T, 0)):
+        out, l0 = module.apply({"params": params}, xq[:, :num_queries], xkv[:, :num_keys])
+        assert out.shape == (B, num_queries, D_OUT)
+        np.testing.assert_allclose(out, np.broadcast_to(params["out"]["bias"], out.shape), atol=1e-6)
+        np.testing.assert_allclose(l0, _np_expected_l0(LOG_ALPHA[:N]), rtol=1e-5)

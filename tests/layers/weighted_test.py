@@ -304,3 +304,42 @@ def test_rejects_bad_inputs_naming_shapes():
 def test_rejects_bad_attributes(kwargs, fragment):
     with _raises(fragment):
         WeightedBranchAttention(**kwargs)
+
+
+@pytest.mark.parametrize("name,bad", [("is_causal", "no"), ("is_causal", 1), ("deterministic", "False")])
+def test_call_flags_must_be_bools(name, bad):
+    # Before the fix, is_causal="no" was truthy and silently causal.
+    module = _module()
+    xq, xkv = _inputs(40)
+    params = module.init(jax.random.PRNGKey(0), xq, xkv)
+    with _raises(name, repr(bad), error=TypeError):
+        module.apply(params, xq, xkv, **{name: bad})
+
+
+def test_lists_and_zero_features_are_named():
+    module = _module()
+    xq, xkv = _inputs(41)
+    params = module.init(jax.random.PRNGKey(0), xq, xkv)
+    with _raises("inputs_q", "list", error=TypeError):
+        module.apply(params, np.asarray(xq).tolist(), xkv)
+    with _raises("mask", "list", error=TypeError):
+        module.apply(params, xq, xkv, np.ones((B, 1, T, S), bool).tolist())
+    with _raises("feature", (B, S, 0)):
+        module.init(jax.random.PRNGKey(0), xq, jnp.zeros((B, S, 0)))
+
+
+@pytest.mark.parametrize("num_queries,num_keys", [(0, S), (T, 0), (0, 0)])
+def test_empty_sequences(num_queries, num_keys):
+    # T = 0: an empty output. S = 0: every branch sees a zero head (dot_product_attention's zeros for S = 0), so
+    # the output is sum_i alpha_i FFN_i(0) = sum_i alpha_i (relu(b1_i) W2_i + b2_i).
+    module = _module()
+    xq, xkv = _inputs(42)
+    params = _params(module, xq, xkv)
+    xq, xkv = xq[:, :num_queries], xkv[:, :num_keys]
+    out = module.apply(params, xq, xkv)
+    assert out.shape == (B, num_queries, D)
+    p = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), params["params"])
+    ffn_of_zero = np.einsum("mf,mfd->md", np.maximum(p["ffn_in_bias"], 0.0), p["ffn_out_kernel"]) + p["ffn_out_bias"]
+    np.testing.assert_allclose(out, np.broadcast_to(p["alpha"] @ ffn_of_zero, out.shape), atol=ATOL)
+    grads = jax.grad(lambda p: jnp.sum(module.apply(p, xq, xkv) ** 2))(params)
+    assert all(np.all(np.isfinite(np.asarray(g))) for g in jax.tree_util.tree_leaves(grads))
