@@ -119,6 +119,15 @@ def rate(name: str, value: Any) -> float:
     return float(value)
 
 
+def positive_real(name: str, value: Any, allow_zero: bool = False) -> float:
+    """Returns `value` as float, raising ValueError unless it is a real number (not bool) > 0 (>= 0 with allow_zero)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (
+            value >= 0 if allow_zero else value > 0):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name} must be a real number {bound}, got {value!r}")
+    return float(value)
+
+
 def flag(name: str, value: Any) -> bool:
     """Returns `value`, raising TypeError unless it is a real bool (Python or numpy), never a string or int."""
     if not isinstance(value, (bool, np.bool_)):

@@ -7,8 +7,6 @@ Weights are float32 and rows whose keys are all masked are all zero, with zero g
 
 from __future__ import annotations
 
-import numbers
-
 import jax
 import jax.numpy as jnp
 
@@ -238,8 +236,7 @@ def gaussian_window(position: jax.Array, num_keys: int, sigma: float) -> jax.Arr
     """
     _check_position(position)
     num_keys = _checks.positive_int("num_keys", num_keys, allow_zero=True)
-    if isinstance(sigma, bool) or not isinstance(sigma, numbers.Real) or not sigma > 0:
-        raise ValueError(f"sigma must be a real number > 0, got {sigma!r}")
+    sigma = _checks.positive_real("sigma", sigma)
     keys = jnp.arange(num_keys, dtype=_F32)[None, None, :]  # [1, 1, S]
     return jnp.exp(-jnp.square(keys - position.astype(_F32)[:, :, None]) / (2.0 * sigma * sigma))
 

@@ -46,12 +46,10 @@ ZETA = 1.1
 
 
 def _check_stretch(beta: float | None, gamma: float, zeta: float) -> None:
-    for name, value in (("beta", beta), ("gamma", gamma), ("zeta", zeta)):
-        if (name != "beta" or value is not None) and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
-            raise ValueError(f"{name} must be a real number, got {value!r}")
-    if beta is not None and not beta > 0:
-        raise ValueError(f"beta must be > 0, got {beta=}")
-    if not (gamma < 0 and zeta > 1):
+    if beta is not None:
+        _checks.positive_real("beta", beta)
+    if isinstance(gamma, bool) or isinstance(zeta, bool) or not isinstance(gamma, numbers.Real) \
+            or not isinstance(zeta, numbers.Real) or not (gamma < 0 and zeta > 1):
         raise ValueError(f"the stretch needs gamma < 0 < 1 < zeta, got {gamma=} {zeta=}")
 
 

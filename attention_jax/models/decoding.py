@@ -34,7 +34,6 @@ stops early once every sentence has finished. Tokens after EOS are ``PAD_ID`` = 
 
 from __future__ import annotations
 
-import numbers
 from typing import Any, Protocol, runtime_checkable
 
 import jax
@@ -305,8 +304,7 @@ def beam_search(
     max_len = _check_int("max_len", max_len, 1)
     bos_id = _check_int("bos_id", bos_id, 0)
     eos_id = _check_int("eos_id", eos_id, 0)
-    if isinstance(length_penalty, bool) or not isinstance(length_penalty, numbers.Real) or length_penalty < 0:
-        raise ValueError(f"length_penalty must be a float >= 0, got {length_penalty!r}")
+    _checks.positive_real("length_penalty", length_penalty, allow_zero=True)
     _check_leading("memory", memory, batch)
     _check_leading("state", state, batch)
 

@@ -21,7 +21,6 @@ F = d_ff, V vocabulary.
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -125,8 +124,7 @@ def transformer_schedule(d_model: int, warmup_steps: int = 4000, scale: float = 
     """
     d_model = _checks.positive_int("d_model", d_model)
     warmup_steps = _checks.positive_int("warmup_steps", warmup_steps)
-    if isinstance(scale, bool) or not isinstance(scale, numbers.Real) or scale <= 0:
-        raise ValueError(f"scale must be a positive float, got {scale!r}")
+    scale = _checks.positive_real("scale", scale)
 
     def schedule(step):
         n = jnp.asarray(step, jnp.float32) + 1.0
