@@ -210,9 +210,9 @@ class DecoderCell(nn.Module):
             self.readout = nn.Dense(self.hidden_size)  # one tanh layer of the deep output
         self.w_out = nn.Dense(self.vocab_size)  # W_s of eq. 6 / W_o of A.2.2
 
-    def project_keys(self, annotations: Array) -> Array:
+    def project_keys(self, annotations: Array, mask: Array) -> Array:
         """U_a h_j of the Bahdanau attention, [B, S, A] float32, computed once per sentence in `encode`."""
-        return self.attn.project_keys(annotations)
+        return self.attn.project_keys(annotations, mask)
 
     def _run_stack(self, carries: tuple, x: Array, train: bool) -> tuple[tuple, Array]:
         new = []
@@ -390,7 +390,7 @@ class Seq2Seq(nn.Module):
             "summary": summary,
         }
         if self.attention == "bahdanau":
-            memory["projected_keys"] = self.decoder.project_keys(annotations)
+            memory["projected_keys"] = self.decoder.project_keys(annotations, mask)
         return memory
 
     def init_state(self, memory: Mapping[str, Array]) -> dict[str, Any]:

@@ -90,7 +90,7 @@ class BahdanauProjectedKeysContractTest(BahdanauAttentionContractTest):
 
     def apply(self, module, variables, inputs):
         def call(m, query, key, value, mask):
-            return m(query, key, value, mask, projected_keys=m.project_keys(key))
+            return m(query, key, value, mask, projected_keys=m.project_keys(key, mask))
 
         return module.apply(variables, **inputs, method=call)
 
