@@ -22,6 +22,7 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from absl import logging
 
 from attention_jax import _checks
@@ -148,10 +149,11 @@ def auto_order(call: AttentionCall | None = None, *, platform: str | None = None
 def _mask_spec(mask: Any, sources: dict[str, Any]) -> AttentionMask:
     """The call's one `AttentionMask`: `mask` itself when it is one (then no other source may be given)."""
     if isinstance(mask, AttentionMask):
-        given = {name: value for name, value in sources.items() if value is not None and value is not False}
+        given = [name for name, value in sources.items()
+                 if value is not None and not (isinstance(value, (bool, np.bool_)) and not value)]
         if given:
             raise ValueError(f"mask is an AttentionMask, so give every mask source inside it, not as keywords; "
-                             f"got {sorted(given)}")
+                             f"got {given}")
         return mask
     return AttentionMask(mask, **sources)
 
