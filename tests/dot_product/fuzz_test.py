@@ -224,12 +224,12 @@ class BackendsAgreeTest(absltest.TestCase):
                 np.testing.assert_allclose(got, want, rtol=grad_tol, atol=grad_tol * scale,
                                            err_msg=f"{label} of {name} vs {names[0]}: {case}")
 
-    @settings(max_examples=10, **SETTINGS)
+    @settings(max_examples=8, **SETTINGS)
     @given(calls(flash=True))
     def test_xla_blockwise_and_flash_agree(self, case):
         self._check(case, ("xla", "blockwise", "flash"))
 
-    @settings(max_examples=15, **SETTINGS)
+    @settings(max_examples=12, **SETTINGS)
     @given(calls(flash=False))
     def test_xla_and_blockwise_agree_with_dense_masks_and_bias(self, case):
         arrays = _arrays(case)
