@@ -1,7 +1,7 @@
 """Every attention layer of attention_jax.layers through the layer contract suite (tests/layers/contract.py).
 
 One small subclass per layer configuration: BahdanauAttention (plain and with cached projected keys),
-LuongAttention (global with every score, local-m, local-p), MultiHeadAttention (self, cross, GQA, RoPE, ALiBi,
+LuongAttention (every mode x every score), MultiHeadAttention (self, cross, GQA, RoPE, ALiBi,
 Shaw), RelativeMultiHeadAttention, MultiStepAttention, WeightedBranchAttention, GatedMultiHeadAttention and
 Aaren. Tiny sizes (B=2, T=5, S=6, D=8) keep the file fast; the models are in tests/models/contract_test.py.
 """
@@ -102,25 +102,20 @@ class _Luong(_KeyInputs):
     def make_module(self):
         return luong_lib.LuongAttention(score=self.SCORE, mode=self.MODE, window=2, features=5, max_source_len=S)
 
-
-for _score in luong_lib.LUONG_SCORES:
-    _name = f"LuongGlobal{_score.title()}ContractTest"
-    globals()[_name] = type(_name, (_Luong,), {"SCORE": _score, "__module__": __name__})
-del _score, _name
-
-
-class LuongLocalMContractTest(_Luong):
-    MODE = "local_m"
-
     def make_inputs(self, rng):
-        # Decoding positions t (as Seq2Seq passes them), so windows [t - 2, t + 2] reach into the padding.
-        positions = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
-        return {**super().make_inputs(rng), "query_positions": positions}
+        inputs = super().make_inputs(rng)
+        if self.MODE == "local_m":
+            # Decoding positions t (as Seq2Seq passes them), so windows [t - 2, t + 2] reach into the padding.
+            inputs["query_positions"] = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
+        return inputs
 
 
-class LuongLocalPContractTest(_Luong):
-    SCORE = "concat"
-    MODE = "local_p"
+# One class per (mode, score): LuongGlobalDotContractTest, ..., LuongLocalPLocationContractTest.
+for _mode in luong_lib.LUONG_MODES:
+    for _score in luong_lib.LUONG_SCORES:
+        _name = f"Luong{_mode.title().replace('_', '')}{_score.title()}ContractTest"
+        globals()[_name] = type(_name, (_Luong,), {"SCORE": _score, "MODE": _mode, "__module__": __name__})
+del _mode, _score, _name
 
 
 # ----------------------------------------------------------------------------------------------------------
