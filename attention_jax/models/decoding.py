@@ -88,8 +88,6 @@ class Decodable(Protocol):
 PAD_ID = 0
 
 
-_check_int = _checks.int_at_least
-
 
 def _check_leading(what: str, tree: PyTree, batch: int) -> None:
     for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
@@ -137,7 +135,7 @@ def prepare(model: Decodable, variables: PyTree, src: Array, src_lengths: Array,
         shapes or dtypes, max_len beyond the model's positions).
     """
     _check_decodable(model)
-    max_len = _check_int("max_len", max_len, 1)
+    max_len = _checks.int_at_least("max_len", max_len, 1)
     memory, state = model.init_decode(variables, src, src_lengths, max_len=max_len)
     return bind(model, variables), memory, state
 
@@ -208,10 +206,10 @@ def greedy_decode(
       ValueError: non-integer or out-of-range sizes, leaves without the batch as leading axis, a step_fn
         whose logits are not [B, V] or whose state changes structure.
     """
-    batch = _check_int("batch_size", batch_size, 1)
-    max_len = _check_int("max_len", max_len, 1)
-    bos_id = _check_int("bos_id", bos_id, 0)
-    eos_id = _check_int("eos_id", eos_id, 0)
+    batch = _checks.int_at_least("batch_size", batch_size, 1)
+    max_len = _checks.int_at_least("max_len", max_len, 1)
+    bos_id = _checks.int_at_least("bos_id", bos_id, 0)
+    eos_id = _checks.int_at_least("eos_id", eos_id, 0)
     _check_leading("memory", memory, batch)
     _check_leading("state", state, batch)
     _, aux_shape = _check_step(step_fn, memory, state, batch)
@@ -299,11 +297,11 @@ def beam_search(
       ValueError: non-integer or out-of-range sizes, a negative length_penalty, leaves without the batch
         as leading axis, a step_fn whose logits are not [B * K, V] or whose state changes structure.
     """
-    batch = _check_int("batch_size", batch_size, 1)
-    k = _check_int("beam_size", beam_size, 1)
-    max_len = _check_int("max_len", max_len, 1)
-    bos_id = _check_int("bos_id", bos_id, 0)
-    eos_id = _check_int("eos_id", eos_id, 0)
+    batch = _checks.int_at_least("batch_size", batch_size, 1)
+    k = _checks.int_at_least("beam_size", beam_size, 1)
+    max_len = _checks.int_at_least("max_len", max_len, 1)
+    bos_id = _checks.int_at_least("bos_id", bos_id, 0)
+    eos_id = _checks.int_at_least("eos_id", eos_id, 0)
     _checks.positive_real("length_penalty", length_penalty, allow_zero=True)
     _check_leading("memory", memory, batch)
     _check_leading("state", state, batch)
