@@ -88,7 +88,6 @@ class Decodable(Protocol):
 PAD_ID = 0
 
 
-
 def _check_leading(what: str, tree: PyTree, batch: int) -> None:
     for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
         shape = jnp.shape(leaf)
