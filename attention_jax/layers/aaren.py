@@ -320,6 +320,8 @@ class Aaren(nn.Module):
             _checks.boolean("mask", mask)
             if jnp.shape(mask) != jnp.shape(x)[:2]:
                 raise ValueError(f"mask must be [B, S]={jnp.shape(x)[:2]}: {jnp.shape(mask)=} {jnp.shape(x)=}")
+        if mask is not None:  # masked tokens (even NaN) never reach the key/value projections or their gradients
+            x = jnp.where(mask[..., None], x, jnp.zeros((), x.dtype))
         _, y = self._apply(x, lambda q, k, v: (None, aaren_scan(q, k, v, mask, scale=self.scale)))
         return y  # [B, S, D_out]
 
@@ -346,4 +348,6 @@ class Aaren(nn.Module):
         if jnp.shape(x_t)[-1] == 0:
             raise ValueError(f"x_t needs at least one feature: {jnp.shape(x_t)=}")
         _check_state_and_valid(state, valid_t, jnp.shape(x_t)[0], self.num_heads, self.head_dim)
+        if valid_t is not None:  # an invalid token (even NaN) never reaches the projections or their gradients
+            x_t = jnp.where(valid_t[:, None], x_t, jnp.zeros((), x_t.dtype))
         return self._apply(x_t, lambda q, k, v: aaren_step(state, q, k, v, valid_t, scale=self.scale))

@@ -25,6 +25,7 @@ from attention_jax.core.masks import AttentionMask, check_lengths
 from attention_jax.dot_product.api import dot_product_attention, supports
 from attention_jax.dot_product.base import check_bias
 from attention_jax.core.positional import alibi_slopes, apply_rope, shaw_logits, shaw_values
+from attention_jax.layers._common import live_rows, zero_dead
 
 __all__ = ["MultiHeadAttention", "RELATIVE_POSITIONS"]
 
@@ -334,6 +335,16 @@ class MultiHeadAttention(nn.Module):
         spec = AttentionMask(mask, is_causal=is_causal, key_value_seq_lengths=key_lengths,
                              segment_ids=segment_ids).fit(batch, heads, num_queries, num_keys)
 
+        if not self.decode:
+            # Input rows that no valid pair uses are zeroed before the projections: the backend keeps them out of
+            # the output, but NaN there would still reach d W (x^T dy = NaN * 0). Each copy is zeroed on its own
+            # rule, so in self-attention a masked key that is a live query keeps its query projection.
+            segments = segment_ids if segment_ids is None or isinstance(segment_ids, tuple) else \
+                (segment_ids, segment_ids)
+            live_q, live_k = live_rows(batch, num_queries, num_keys, mask=mask, key_lengths=key_lengths,
+                                       segment_ids=segments, is_causal=is_causal)
+            inputs_q, inputs_kv, inputs_v = zero_dead(inputs_q, live_q), zero_dead(inputs_kv, live_k), \
+                zero_dead(inputs_v, live_k)
         query = self._dense((heads, head_dim), -1, "query")(inputs_q)  # [B, T, N, H]
         key = self._dense((kv_heads, head_dim), -1, "key")(inputs_kv)  # [B, S, K, H]
         value = self._dense((kv_heads, head_dim), -1, "value")(inputs_v)  # [B, S, K, H]

@@ -290,7 +290,14 @@ class RelativeMultiHeadAttention(nn.Module):
             return nn.DenseGeneral((heads, head_dim), use_bias=False, kernel_init=self.kernel_init,
                                    param_dtype=self.param_dtype, name=name)
 
-        query = project("query")(h)  # [B, T, N, H]
+        if mask is not None:
+            # Rows no valid pair uses (padded memory slots, say) are zeroed before the projections: NaN there
+            # would reach d W as NaN * 0 even though the attention masks them.
+            h_query = jnp.where(jnp.any(mask, axis=(1, 3))[..., None], h, jnp.zeros((), h.dtype))  # [B, T, D]
+            context = jnp.where(jnp.any(mask, axis=(1, 2))[..., None], context, jnp.zeros((), context.dtype))
+        else:
+            h_query = h
+        query = project("query")(h_query)  # [B, T, N, H]
         key = project("key")(context)  # [B, L, N, H]
         value = project("value")(context)  # [B, L, N, H]
         encodings = relative_encodings(num_keys, features, dtype=h.dtype)  # [L, D]

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 from attention_jax import _checks
 from attention_jax.core.masks import AttentionMask
 from attention_jax.dot_product.api import dot_product_attention
+from attention_jax.layers._common import live_rows, zero_dead
 
 __all__ = ["WeightedBranchAttention", "project_branch_weights", "project_to_simplex"]
 
@@ -191,9 +192,11 @@ class WeightedBranchAttention(nn.Module):
                 kernel_init=self.kernel_init, bias_init=self.bias_init, name=name,
             )
 
-        query = dense("query")(inputs_q)  # [B, T, M, H]
-        key = dense("key")(inputs_kv)  # [B, S, M, H]
-        value = dense("value")(inputs_kv)  # [B, S, M, H]
+        # Rows no valid pair uses are zeroed before the projections (NaN there would reach d W as NaN * 0).
+        live_q, live_k = live_rows(batch, num_queries, num_keys, mask=mask, is_causal=is_causal)
+        query = dense("query")(zero_dead(inputs_q, live_q))  # [B, T, M, H]
+        key = dense("key")(zero_dead(inputs_kv, live_k))  # [B, S, M, H]
+        value = dense("value")(zero_dead(inputs_kv, live_k))  # [B, S, M, H]
 
         rate = 0.0 if deterministic else float(self.dropout_rate)
         dropout_rng = self.make_rng("dropout") if rate > 0.0 else None

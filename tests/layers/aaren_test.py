@@ -311,6 +311,23 @@ class AarenModuleTest(chex.TestCase):
         with _raises(TypeError, "use_bias", "'no'"):
             Aaren(num_heads=N, head_dim=H, use_bias="no")
 
+    def test_nan_in_masked_tokens_reaches_no_gradient(self):
+        # Before the fix the scan ignored them, but d W_k = x^T d k = NaN * 0 on the masked tokens.
+        module, params, x = self._setup()
+        mask = np.ones((B, S), bool)
+        mask[0, 1], mask[1, 4:] = False, False
+        poisoned = np.asarray(x).copy()
+        poisoned[~mask] = np.nan
+        grad = jax.value_and_grad(lambda p, x: jnp.sum(module.apply(p, x, jnp.asarray(mask)) ** 2), argnums=(0, 1))
+        got, want = grad(params, jnp.asarray(poisoned)), grad(params, x)
+        chex.assert_tree_all_finite(got)
+        chex.assert_trees_all_close(got, want, rtol=1e-5, atol=1e-6)
+        step = lambda p, x_t: jnp.sum(module.apply(p, aaren_init(B, N, H), x_t, jnp.asarray(mask[:, 1]),
+                                                   method=Aaren.step)[1] ** 2)
+        got = jax.grad(step)(params, jnp.asarray(poisoned[:, 1]))
+        chex.assert_tree_all_finite(got)
+        chex.assert_trees_all_close(got, jax.grad(step)(params, x[:, 1]), rtol=1e-5, atol=1e-6)
+
     def test_module_exports(self):
         for name in ("Aaren", "AarenState", "aaren_init", "aaren_scan", "aaren_step"):
             self.assertTrue(hasattr(aaren, name), name)

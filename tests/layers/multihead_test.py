@@ -519,5 +519,47 @@ class EmptySequenceTest(parameterized.TestCase):
         chex.assert_tree_all_finite(grads)
 
 
+class NanInputRowsTest(parameterized.TestCase):
+    """Raw input rows no valid pair uses (even NaN) reach neither the output nor any gradient (issue 9).
+
+    Before the fix the backend masked them, but d W_k = x^T d k = NaN * 0 on the padded rows of inputs_kv.
+    """
+
+    @parameterized.named_parameters(
+        ("key_lengths", dict(key_lengths=jnp.asarray([S, 3])), np.array([[False] * S, [False] * 3 + [True] * 3])),
+        ("dense_mask", dict(mask=jnp.asarray(np.broadcast_to(
+            np.arange(S)[None, None, None, :] < np.array([4, 2])[:, None, None, None], (B, 1, T, S)))),
+         np.array([[False] * 4 + [True] * 2, [False] * 2 + [True] * 4])),
+        ("segments", dict(segment_ids=(jnp.zeros((B, T), jnp.int32), jnp.asarray([[0, 0, 0, 0, 1, 1]] * B))),
+         np.array([[False] * 4 + [True] * 2] * B)),
+    )
+    def test_cross_attention(self, masks, dead):
+        xq, xkv = _inputs(50)
+        module = _module(2)
+        variables = module.init(jax.random.key(0), xq, xkv)
+        poisoned = np.asarray(xkv).copy()
+        poisoned[dead] = np.nan
+
+        def loss(variables, xq, xkv):
+            return jnp.sum(module.apply(variables, xq, xkv, **masks) ** 2)
+
+        grad = jax.value_and_grad(loss, argnums=(0, 1, 2))
+        got, want = grad(variables, xq, jnp.asarray(poisoned)), grad(variables, xq, xkv)
+        chex.assert_tree_all_finite(got)
+        chex.assert_trees_all_close(got, want, rtol=1e-5, atol=1e-6)
+
+    def test_self_attention_keeps_masked_keys_that_are_live_queries(self):
+        # A padded position is a dead key but a live query: its query projection must stay untouched.
+        x, _ = _inputs(51)
+        module = _module(2)
+        variables = module.init(jax.random.key(0), x)
+        lengths = jnp.asarray([T, 2])
+        out = module.apply(variables, x, key_lengths=lengths)
+        params = jax.tree.map(lambda a: np.asarray(a, np.float64), variables["params"])
+        want = _np_multihead(params, x, x, mask=np.asarray(np.arange(T)[None, None, None, :] < np.asarray(lengths)[
+            :, None, None, None]))
+        np.testing.assert_allclose(out, want, atol=ATOL)
+
+
 if __name__ == "__main__":
     absltest.main()

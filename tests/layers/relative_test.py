@@ -73,5 +73,28 @@ class RelativeAttentionReliabilityTest(absltest.TestCase):
                                                                   (N, 0), (N, 0))))
 
 
+class RelativeLayerNanMemoryTest(absltest.TestCase):
+
+    def test_padded_memory_slots_reach_no_gradient(self):
+        # Before the fix the attention masked them, but d W_k = [m; h]^T d k = NaN * 0 on the padded slots.
+        rng = np.random.default_rng(1)
+        h = jnp.asarray(rng.standard_normal((B, T, D)), jnp.float32)
+        memory = rng.standard_normal((B, M, D)).astype(np.float32)
+        layer = relative.RelativeMultiHeadAttention(num_heads=N, head_dim=H)
+        params = layer.init(jax.random.key(0), h, jnp.asarray(memory))
+        mask = np.ones((B, 1, T, L), bool)
+        mask[1, :, :, :M] = False  # row 1: its memory is padding
+        poisoned = memory.copy()
+        poisoned[1] = np.nan
+        grad = jax.value_and_grad(lambda p, h: jnp.sum(layer.apply(p, h, memory_, jnp.asarray(mask)) ** 2),
+                                  argnums=(0, 1))
+        memory_ = jnp.asarray(poisoned)
+        got = grad(params, h)
+        memory_ = jnp.asarray(memory)
+        want = grad(params, h)
+        chex.assert_tree_all_finite(got)
+        chex.assert_trees_all_close(got, want, rtol=1e-5, atol=1e-6)
+
+
 if __name__ == "__main__":
     absltest.main()

@@ -343,3 +343,18 @@ def test_empty_sequences(num_queries, num_keys):
     np.testing.assert_allclose(out, np.broadcast_to(p["alpha"] @ ffn_of_zero, out.shape), atol=ATOL)
     grads = jax.grad(lambda p: jnp.sum(module.apply(p, xq, xkv) ** 2))(params)
     assert all(np.all(np.isfinite(np.asarray(g))) for g in jax.tree_util.tree_leaves(grads))
+
+def test_nan_in_masked_input_rows_reaches_no_gradient():
+    # Before the fix d W_k = x^T d k = NaN * 0 on the masked rows of inputs_kv.
+    module = _module()
+    xq, xkv = _inputs(43)
+    params = module.init(jax.random.PRNGKey(0), xq, xkv)
+    mask = jnp.asarray(np.arange(S)[None, None, None, :] < np.array([S, 2])[:, None, None, None])  # [B, 1, 1, S]
+    mask = jnp.broadcast_to(mask, (B, 1, T, S))
+    poisoned = np.asarray(xkv).copy()
+    poisoned[1, 2:] = np.nan
+    grad = jax.value_and_grad(lambda p, kv: jnp.sum(module.apply(p, xq, kv, mask) ** 2), argnums=(0, 1))
+    got, want = grad(params, jnp.asarray(poisoned)), grad(params, xkv)
+    assert all(np.all(np.isfinite(np.asarray(g))) for g in jax.tree_util.tree_leaves(got))
+    for g, w in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
