@@ -383,9 +383,10 @@ class Seq2Seq(nn.Module):
         """
         annotations, summary = self.encoder(src, src_lengths, train)
         lengths = src_lengths.astype(jnp.int32)
+        mask = masks.padding_mask(lengths, src.shape[1])  # [B,S]
         memory = {
             "annotations": annotations,
-            "mask": masks.padding_mask(lengths, src.shape[1]),
+            "mask": mask,
             "lengths": lengths,
             "summary": summary,
         }

@@ -470,7 +470,8 @@ class Transformer(nn.Module):
         """Runs the decoder stack on a target prefix (teacher forcing, or one step when `decode` is set).
 
         Args:
-          memory: the output of `encode`.
+          memory: the output of `encode`; rows of "encoded" at s >= lengths[b] are ignored (even NaN there
+            reaches no output and no gradient: the cross-attentions take lengths as key lengths).
           tgt_in: [B, T] integer target inputs (BOS first).
           train: enables dropout.
           positions: None (0 .. T - 1) or [B, T] integer absolute positions of tgt_in (decoding).
