@@ -2,7 +2,7 @@
 
 * Perplexity: exp of the label-masked cross-entropy per target token (EOS included, padding and
   filler rows excluded), as reported by Luong et al. 2015 (arXiv:1508.04025, Table 4).
-* Decoding: beam search (or greedy for beam size 1) through `attention_jax.decoding`, one jit
+* Decoding: beam search (or greedy for beam size 1) through `attention_jax.models.decoding`, one jit
   compile per source bucket; hypotheses are detokenised with the SentencePiece tokenizer.
 * BLEU: sacrebleu corpus BLEU (13a tokenisation) against the raw reference sentences, overall and
   per source-length bucket (Bahdanau et al. 2014, arXiv:1409.0473, Fig. 2).
@@ -112,7 +112,7 @@ def make_decoder(model, *, beam_size: int, length_penalty: float = 1.0) -> Calla
     Raises:
       ValueError: if ``beam_size`` < 1.
     """
-    from attention_jax import decoding  # pylint: disable=import-outside-toplevel
+    from attention_jax.models import decoding  # pylint: disable=import-outside-toplevel
 
     if beam_size < 1:
         raise ValueError(f"beam_size must be >= 1, got {beam_size=}")

@@ -40,7 +40,7 @@ GPU (one command, from the repository root, on e.g. an H100 with jax 0.11 + CUDA
   around the call and `jax.block_until_ready` (host wall clock, dispatch included; negligible at these sizes)
   and the median is reported; such cells carry a `*`.
 
-CPU (`--mode=cpu`): `attention_jax.blockwise.blockwise_attention(block_k=--block_k)` against
+CPU (`--mode=cpu`): `attention_jax.dot_product.blockwise.blockwise_attention(block_k=--block_k)` against
   `attention_jax.dot_product_attention(implementation="xla")`, forward + backward: jit(jax.grad(sum(f(q, k, v)),
   argnums=(0, 1, 2))), B = 1, N = 8, H = 64, float32, S = T in `--seq_lens` (1k ... 32k). Each (impl, S) runs in
   a fresh child process (`--mode=cpu_child`) so its memory is its own:
@@ -489,7 +489,7 @@ def run_cpu_child() -> int:
     import jax.numpy as jnp
 
     from attention_jax import dot_product_attention
-    from attention_jax.blockwise import blockwise_attention
+    from attention_jax.dot_product.blockwise import blockwise_attention
 
     impl, seq_len = FLAGS.child_impl, FLAGS.child_seq_len
     batch, num_heads, head_dim = FLAGS.batch, FLAGS.num_heads, FLAGS.head_dim
