@@ -27,6 +27,8 @@ from absl import logging
 import ml_collections
 from ml_collections import config_flags
 
+from attention_jax.layers.luong import LUONG_MODES, LUONG_SCORES
+from attention_jax.models.seq2seq import ATTENTIONS, CELLS
 from experiments import configs
 from experiments import data
 from experiments import training
@@ -34,10 +36,9 @@ from experiments import training
 FLAGS = flags.FLAGS
 EXIT_USAGE = 2
 
-ATTENTIONS = ("none", "bahdanau", "luong")
-SCORES = ("dot", "general", "concat", "location")
-MODES = ("global", "local_m", "local_p")
-CELLS = ("lstm", "gru")
+# The choices come from the library, so a score added to the core registry is a valid flag value here too.
+SCORES = LUONG_SCORES
+MODES = LUONG_MODES
 
 
 def fail(message: str) -> NoReturn:
