@@ -3,6 +3,7 @@
   seq2seq.py         RNN encoder-decoders: RNNencdec, RNNsearch (Bahdanau), Luong global/local.
   transformer.py     the Transformer encoder-decoder (arXiv:1706.03762).
   transformer_xl.py  the Transformer-XL language model with segment memories (arXiv:1901.02860).
+  lm.py              a decoder-only causal Transformer LM (RoPE, pre-LN): the long-context, sequence-parallel model.
   convs2s.py         the convolutional sequence-to-sequence model (arXiv:1705.03122).
   decoding.py        greedy and beam-search decoding over the step-function protocol every model implements.
 """
