@@ -8,7 +8,8 @@ The package is layered, and imports run one way only (an import-linter contract 
     core         the math: scores (one registry), alignment (masked softmax, local windows), context, masks,
                  positional encodings. Every classic attention is score -> alignment -> context.
     kernels      the Pallas flash-attention kernels (loaded on first use; `import attention_jax` loads no Pallas).
-    dot_product  one operation, `dot_product_attention`, with its backends: xla, blockwise, flash, cudnn.
+    dot_product  one operation, `dot_product_attention`, with its backends: xla, blockwise, flash, cudnn, and
+                 the sequence-parallel ring (`RingBackend`) and ulysses (`UlyssesBackend`).
     layers       one mechanism per file, a pure function plus a thin Linen module.
     models       whole models (seq2seq, Transformer, Transformer-XL, ConvS2S) and decoding.
 
@@ -60,6 +61,8 @@ from attention_jax.core.scores import SCORE_PARAMS, compute_score
 from attention_jax.dot_product import (
     AttentionMask,
     DotProductAttentionOutput,
+    RingBackend,
+    UlyssesBackend,
     blockwise_attention,
     dot_product_attention,
     register_backend,
@@ -92,9 +95,11 @@ __all__ = [
     "MultiHeadAttention",
     "MultiStepAttention",
     "RelativeMultiHeadAttention",
+    "RingBackend",
     "Seq2Seq",
     "Transformer",
     "TransformerXLLM",
+    "UlyssesBackend",
     "WeightedBranchAttention",
     "attend",
     "attend_from_logits",

@@ -10,6 +10,10 @@
   flash.py      the "flash" backend: the adapter to the Pallas kernels of `attention_jax.kernels`
                 (`FlashBackend(interpret=True)` runs them in the interpreter on any device).
   cudnn.py      the "cudnn" backend: jax.nn's cuDNN attention.
+  ring.py       the "ring" backend: ring attention over a sequence mesh axis (ppermute K/V, zig-zag causal
+                load balancing, a custom_vjp over the whole ring).
+  ulysses.py    the "ulysses" backend: DeepSpeed-Ulysses, all_to_all from sequence to head sharding and back.
+  _sequence.py  what those two share: mesh layout, padding, the lse merge.
 
 The mask spec every backend takes, `AttentionMask`, lives in `attention_jax.core.masks` (the kernels, below
 this package, take it too) and is re-exported here.
@@ -31,6 +35,8 @@ from attention_jax.dot_product.api import (
 from attention_jax.dot_product.blockwise import BlockwiseBackend, blockwise_attention
 from attention_jax.dot_product.cudnn import CudnnBackend
 from attention_jax.dot_product.flash import FlashBackend
+from attention_jax.dot_product.ring import RingBackend
+from attention_jax.dot_product.ulysses import UlyssesBackend
 from attention_jax.dot_product.xla import XlaBackend
 
 __all__ = [
@@ -43,6 +49,8 @@ __all__ = [
     "CudnnBackend",
     "DotProductAttentionOutput",
     "FlashBackend",
+    "RingBackend",
+    "UlyssesBackend",
     "XlaBackend",
     "auto_order",
     "blockwise_attention",

@@ -9,7 +9,9 @@ arXiv:1911.02150) share each key/value head among G = N // K query heads; the qu
 `AttentionCall` whose mask is one `AttentionMask` (every mask source still separate, so a kernel can build its
 masks tile by tile and skip dead tiles) and hands it to a backend. The built-in backends form a fixed table,
 defined here, where the operation is: "xla" (`xla.XlaBackend`), "blockwise" (`blockwise.BlockwiseBackend`),
-"flash" (`flash.FlashBackend`, the adapter to `attention_jax.kernels`) and "cudnn" (`cudnn.CudnnBackend`).
+"flash" (`flash.FlashBackend`, the adapter to `attention_jax.kernels`), "cudnn" (`cudnn.CudnnBackend`), and the
+sequence-parallel "ring" (`ring.RingBackend`) and "ulysses" (`ulysses.UlyssesBackend`), which are never in
+`auto_order`.
 `register_backend` adds names and never replaces a built-in. With `implementation=None` the backends are
 tried in `auto_order` (per platform; see its docstring) and the first whose `supports` accepts the call runs;
 the choice and the reasons for skipping the others are logged once.
@@ -41,6 +43,8 @@ from attention_jax.dot_product.base import (
 from attention_jax.dot_product.blockwise import BlockwiseBackend
 from attention_jax.dot_product.cudnn import CudnnBackend
 from attention_jax.dot_product.flash import FlashBackend
+from attention_jax.dot_product.ring import RingBackend
+from attention_jax.dot_product.ulysses import UlyssesBackend
 from attention_jax.dot_product.xla import XlaBackend
 from attention_jax.kernels import platform as device_platform
 
@@ -63,6 +67,9 @@ BUILTIN_BACKENDS: types.MappingProxyType = types.MappingProxyType({
     "blockwise": BlockwiseBackend(),
     "flash": FlashBackend(),
     "cudnn": CudnnBackend(),
+    # Sequence-parallel (never in auto_order; callers name them): shard_map over the ambient mesh's "seq" axis.
+    "ring": RingBackend(),
+    "ulysses": UlyssesBackend(),
 })
 # Backends added with `register_backend`, in registration order.
 _REGISTERED: dict[str, Backend] = {}
@@ -94,8 +101,8 @@ def register_backend(name: str, backend: Backend | Callable[[AttentionCall], Bac
 
     Raises:
       ValueError: if `name` is not a non-empty string or is a built-in's name ("xla", "blockwise", "flash",
-        "cudnn": those are never replaced; register the variant under a new name, or pass the object as
-        `implementation=`), or the backend/supports_fn are not callable.
+        "cudnn", "ring", "ulysses": those are never replaced; register the variant under a new name, or pass
+        the object as `implementation=`), or the backend/supports_fn are not callable.
     """
     if not isinstance(name, str) or not name:
         raise ValueError(f"backend name must be a non-empty string, got {name!r}")
@@ -297,8 +304,9 @@ def dot_product_attention(
       key_value_seq_lengths: None or [B] integer; keys s >= key_value_seq_lengths[b] are masked.
       local_window_size: None, an int w >= 0 (the window (w, w)), or (left, right), each an int >= 0 or None
         (unbounded): query t sees keys s with t - left <= s <= t + right.
-      implementation: None, a backend name ("xla", "blockwise", "flash", "cudnn" or a registered one) or a
-        `Backend` object with its options (e.g. `FlashBackend(interpret=True)`, `BlockwiseBackend(block_k=256)`).
+      implementation: None, a backend name ("xla", "blockwise", "flash", "cudnn", "ring", "ulysses" or a
+        registered one) or a `Backend` object with its options (e.g. `FlashBackend(interpret=True)`,
+        `BlockwiseBackend(block_k=256)`, `RingBackend(mesh=mesh, inner="xla")`).
         None tries the backends in `auto_order()` (GPU: cudnn, xla, flash, blockwise; TPU: xla, flash,
         blockwise; CPU: xla, blockwise; once the [B, N, T, S] float32 logits would pass 2 GiB, flash
         (GPU/TPU) or blockwise (CPU) goes ahead of xla) and runs the first whose `supports` accepts the call,
@@ -307,7 +315,12 @@ def dot_product_attention(
         memory on any device, no dropout; "flash" is the Pallas kernel (`attention_jax.kernels.flash_attention`:
         compiled on GPU/TPU, interpreted anywhere with `FlashBackend(interpret=True)`; no bias, dense mask or
         dropout); "cudnn" is `jax.nn.dot_product_attention(implementation="cudnn")` (NVIDIA GPU, bf16/f16, no
-        segment ids, lse or dropout).
+        segment ids, lse or dropout). Sequence parallel, over a mesh axis (never picked by None; name them):
+        "ring" (`RingBackend(mesh=None, axis="seq", inner="blockwise", load_balance=True)`: K/V rotate around
+        the axis with ppermute, zig-zag load balancing for causal calls; no bias, dense mask, window or
+        dropout; causal needs T == S) and "ulysses" (`UlyssesBackend(...)`: all_to_all from sequence to head
+        sharding and back; the axis size must divide N; no bias, dense mask or dropout). Both take the ambient
+        mesh (`jax.set_mesh`) unless given `mesh=`, and a per-device `inner` backend.
       return_residual: a bool (jax.nn's); return (output, lse [B, T, N] float32). Not with return_weights or
         return_lse.
       segment_ids: None, a pair (q_segment_ids [B, T] integer, kv_segment_ids [B, S] integer), or one [B, T]
