@@ -23,7 +23,7 @@ from absl import logging
 from attention_jax import _checks
 from attention_jax.core.masks import AttentionMask, check_lengths
 from attention_jax.dot_product.api import dot_product_attention, supports
-from attention_jax.dot_product.base import check_bias
+from attention_jax.dot_product.base import Backend, check_bias
 from attention_jax.core.positional import alibi_slopes, apply_rope, shaw_logits, shaw_values
 from attention_jax.layers._common import live_rows, zero_dead
 
@@ -107,7 +107,8 @@ class MultiHeadAttention(nn.Module):
         return_weights; `dot_product_attention` by default. `mask` is an `AttentionMask` (causality, lengths,
         segment ids and the dense mask together) already bound to (query, key, value), so
         `dot_product_attention` and its backend check nothing again.
-      implementation: forwarded to `attention_fn` (a `dot_product_attention` backend name, or None).
+      implementation: forwarded to `attention_fn`: None, a `dot_product_attention` backend name, or a `Backend`
+        object (hashable), e.g. `RingBackend(mesh=mesh)` for sequence-parallel attention over a mesh axis.
       decode: key/value cache mode (see above).
       positions: None, or a relative position scheme applied inside self-attention, with query t at absolute
         position t (cache_index + t when decoding) and key s at s:
@@ -148,7 +149,7 @@ class MultiHeadAttention(nn.Module):
     out_bias_init: Callable[..., Any] | None = None
     normalize_qk: bool = False
     attention_fn: Callable[..., Any] = dot_product_attention
-    implementation: str | None = None
+    implementation: str | Backend | None = None
     decode: bool = False
     positions: str | None = None
     rope_base: float = 10000.0
