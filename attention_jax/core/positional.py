@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from attention_jax import _checks
+from attention_jax.core import axes
 
 _F32 = jnp.float32
 
@@ -160,7 +161,8 @@ class LearnedPositions(nn.Module):
                 f"positions must lie in [0, max_length={max_length}), got min {known.min()} max {known.max()} "
                 f"in positions.shape={known.shape}"
             )
-        table = self.param("table", self.embedding_init, (max_length, features), self.param_dtype)  # [L, D]
+        table = self.param("table", axes.partitioned(self.embedding_init, (None, axes.EMBED)), (max_length, features),
+                           self.param_dtype)  # [L, D]; the rows are never sharded
         return jnp.take(table, positions, axis=0, mode="clip")  # [B, T, D]
 
 
@@ -363,7 +365,7 @@ class ComplexOrderEmbedding(nn.Module):
         vocab = _checks.positive_int("vocab_size", self.vocab_size)
         features = _checks.positive_int("features", self.features)
         tables = [
-            self.param(name, init, (vocab, features), self.param_dtype)  # [V, D]
+            self.param(name, axes.partitioned(init, (axes.VOCAB, axes.EMBED)), (vocab, features), self.param_dtype)
             for name, init in (("amplitude", self.amplitude_init), ("frequency", self.frequency_init),
                                ("phase", self.phase_init))
         ]

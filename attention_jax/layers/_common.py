@@ -9,6 +9,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from attention_jax.core import axes as axes_lib
+
 Array = jax.Array
 
 
@@ -21,15 +23,22 @@ class Kernel(nn.Module):
 
     Lets a setup-style module expose several methods (here `BahdanauAttention.project_keys` and
     `__call__`) that share shape-inferred weights.
+
+    Attributes:
+      features: the output size.
+      param_dtype: the parameter dtype.
+      axes: the logical axis names of [Din, features] (`attention_jax.core.axes`).
     """
 
     features: int
     param_dtype: Any = jnp.float32
+    axes: tuple[str | None, str | None] = (axes_lib.EMBED, axes_lib.MLP)
 
     @nn.compact
     def __call__(self, in_features: int) -> Array:
         return self.param(
-            "kernel", nn.initializers.lecun_normal(), (in_features, self.features), self.param_dtype
+            "kernel", axes_lib.partitioned(nn.initializers.lecun_normal(), self.axes), (in_features, self.features),
+            self.param_dtype,
         )
 
 

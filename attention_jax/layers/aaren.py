@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from attention_jax import _checks
+from attention_jax.core import axes
 from attention_jax.core.alignment import EMPTY_ROW_LSE
 from attention_jax.layers.multihead import dense_projection
 
@@ -288,14 +289,20 @@ class Aaren(nn.Module):
     def _apply(self, x: jax.Array, core: Callable[..., Any]) -> tuple[Any, jax.Array]:
         """Projects x [B, ..., D], runs `core(query [B, N, H], key, value [B, ..., N, H]) -> (aux, outputs)`,
         and returns (aux, out-projected outputs [B, ..., D_out]); one place owns every parameter."""
-        query = self.param("query", self.query_init, (self.num_heads, self.head_dim), self.param_dtype)
+        query = self.param("query", axes.partitioned(self.query_init, (axes.HEADS, axes.HEAD_DIM)),
+                           (self.num_heads, self.head_dim), self.param_dtype)
         heads = (self.num_heads, self.head_dim)
-        key = self._dense(heads, -1, "key")(x)  # [B, ..., N, H]
-        value = self._dense(heads, -1, "value")(x)  # [B, ..., N, H]
+        names = (axes.EMBED, axes.HEADS, axes.HEAD_DIM)
+        key = self._dense(heads, -1, "key", names)(x)  # [B, ..., N, H]
+        value = self._dense(heads, -1, "value", names)(x)  # [B, ..., N, H]
+        if jnp.ndim(x) == 3:  # the scan over [B, S, D]; a step's [B, D] has no length axis
+            key = axes.constrain(key, (axes.BATCH, axes.LENGTH, axes.HEADS, axes.HEAD_DIM))
+            value = axes.constrain(value, (axes.BATCH, axes.LENGTH, axes.HEADS, axes.HEAD_DIM))
         query = jnp.broadcast_to(query, (jnp.shape(x)[0],) + query.shape)  # [B, N, H]
         aux, outputs = core(query, key, value)  # outputs [B, ..., N, H]
         features = self.out_features or jnp.shape(x)[-1]
-        return aux, self._dense(features, (-2, -1), "out")(outputs)  # [B, ..., D_out]
+        out = self._dense(features, (-2, -1), "out", (axes.HEADS, axes.HEAD_DIM, axes.EMBED))
+        return aux, out(outputs)  # [B, ..., D_out]
 
     def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
         """All prefix outputs of Aaren over `x`, by the parallel prefix scan (arXiv:2405.13956, §3.2-3.3).

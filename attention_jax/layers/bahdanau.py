@@ -16,6 +16,7 @@ from attention_jax import _checks
 from attention_jax.core import context as context_lib
 from attention_jax.core import masks
 from attention_jax.core import scores
+from attention_jax.core import axes
 from attention_jax.layers._common import Kernel, vector_init
 
 Array = jax.Array
@@ -49,7 +50,8 @@ class BahdanauAttention(nn.Module):
     def setup(self):
         self.w_q = Kernel(self.features, self.param_dtype)
         self.w_k = Kernel(self.features, self.param_dtype)
-        self.v = self.param("v", vector_init(self.features), (self.features,), self.param_dtype)
+        self.v = self.param("v", axes.partitioned(vector_init(self.features), (axes.MLP,)), (self.features,),
+                            self.param_dtype)
 
     def project_keys(self, key: Array, mask: Array | None = None) -> Array:
         """U_a h_j for every source position, to be reused at every decoder step.
@@ -77,7 +79,8 @@ class BahdanauAttention(nn.Module):
             valid = masks.broadcast_key_mask(mask, key.shape[0], num_queries, key.shape[1])  # [B, T, S]
             key = jnp.where(jnp.any(valid, axis=1)[..., None], key, jnp.zeros((), key.dtype))
         w_k = self.w_k(key.shape[-1])
-        return jnp.einsum("BSD,DA->BSA", key.astype(jnp.float32), w_k.astype(jnp.float32))
+        projected = jnp.einsum("BSD,DA->BSA", key.astype(jnp.float32), w_k.astype(jnp.float32))  # [B, S, A]
+        return axes.constrain(projected, (axes.BATCH, axes.LENGTH, axes.MLP))
 
     def __call__(
         self,

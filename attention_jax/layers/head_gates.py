@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from attention_jax import _checks
+from attention_jax.core import axes
 from attention_jax.layers.multihead import MultiHeadAttention
 
 __all__ = [
@@ -297,7 +298,8 @@ class GatedMultiHeadAttention(MultiHeadAttention):
           TypeError: for inputs that are not floating arrays, a non-boolean mask, or flags that are not bools.
         """
         deterministic = self._deterministic(deterministic)
-        log_alpha = self.param("log_alpha", self.log_alpha_init, (self.num_heads,), self.param_dtype)  # [N]
+        log_alpha = self.param("log_alpha", axes.partitioned(self.log_alpha_init, (axes.HEADS,)), (self.num_heads,),
+                               self.param_dtype)  # [N]
         kw = dict(gamma=self.gamma, zeta=self.zeta)
         if deterministic:
             gates = hard_concrete_deterministic(log_alpha, **kw)  # [N]

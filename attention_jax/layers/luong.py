@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from attention_jax import _checks
 from attention_jax.core import context as context_lib
 from attention_jax.core import scores
+from attention_jax.core import axes
 from attention_jax.layers._common import vector_init
 
 Array = jax.Array
@@ -37,6 +38,28 @@ def check_luong_options(score: Any, mode: Any, window: Any, max_source_len: Any)
         raise ValueError(
             f"score={score!r} needs max_source_len >= 1 (the size of W_a's output), got {max_source_len!r}"
         )
+
+
+# Logical axes of each score parameter (`attention_jax.core.axes`): Dq / Dq + Dk are the model width; the
+# attention hidden size A is "mlp"; Dk of "general" and the source length of "location" are never sharded.
+_AXES = {
+    ("general", "w_a"): (axes.EMBED, None),
+    ("concat", "w_a"): (axes.EMBED, axes.MLP),
+    ("concat", "v_a"): (axes.MLP,),
+    ("location", "w_a"): (axes.EMBED, None),
+    ("additive", "w_q"): (axes.EMBED, axes.MLP),
+    ("additive", "w_k"): (axes.EMBED, axes.MLP),
+    ("additive", "v"): (axes.MLP,),
+}
+
+
+def _param_axes(score: str, name: str) -> tuple[str | None, ...]:
+    """The logical axes of parameter `name` of `score` (local-p's w_p [Dq, A] and v_p [A] included)."""
+    if name == "w_p":
+        return axes.EMBED, axes.MLP
+    if name == "v_p":
+        return (axes.MLP,)
+    return _AXES[score, name]
 
 
 class LuongAttention(nn.Module):
@@ -124,8 +147,8 @@ class LuongAttention(nn.Module):
             shapes.update(w_p=(dq, a), v_p=(a,))
         params = {
             name: self.param(
-                name, nn.initializers.lecun_normal() if len(shape) == 2 else vector_init(shape[0]), shape,
-                self.param_dtype)
+                name, axes.partitioned(nn.initializers.lecun_normal() if len(shape) == 2 else vector_init(shape[0]),
+                                       _param_axes(self.score, name)), shape, self.param_dtype)
             for name, shape in shapes.items()
         }
         return context_lib.attend(

@@ -12,7 +12,7 @@ signature) runs under the same parameters.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -21,6 +21,7 @@ import jax.numpy as jnp
 from absl import logging
 
 from attention_jax import _checks
+from attention_jax.core import axes
 from attention_jax.core.masks import AttentionMask, check_lengths
 from attention_jax.dot_product.api import dot_product_attention, supports
 from attention_jax.dot_product.base import Backend, check_bias
@@ -33,20 +34,27 @@ __all__ = ["MultiHeadAttention", "RELATIVE_POSITIONS"]
 RELATIVE_POSITIONS = ("rope", "alibi", "shaw")
 
 
-def dense_projection(module: nn.Module, features: Any, axis: Any, name: str) -> nn.DenseGeneral:
+def dense_projection(module: nn.Module, features: Any, axis: Any, name: str,
+                     kernel_axes: Sequence[str | None]) -> nn.DenseGeneral:
     """A DenseGeneral configured from `module`'s use_bias, dtype, param_dtype, kernel_init and bias_init.
 
     Shared as the `_dense` method of the attention modules that project into and out of heads. The "out"
     projection takes `module.out_kernel_init` / `out_bias_init` when the module has them and they are set, and
     every projection takes `module.precision` when the module has it (flax's MultiHeadDotProductAttention).
+    The kernel is boxed with the logical names `kernel_axes` (one per axis of the full kernel, e.g. ("embed",
+    "heads", "head_dim")) and the bias with the names of its output axes (the last len(features) of them).
     """
     kernel_init, bias_init = module.kernel_init, module.bias_init
     if name == "out":
         kernel_init = getattr(module, "out_kernel_init", None) or kernel_init
         bias_init = getattr(module, "out_bias_init", None) or bias_init
+    kernel_axes = tuple(kernel_axes)
+    num_features = len(features) if isinstance(features, Sequence) else 1
     return nn.DenseGeneral(
         features=features, axis=axis, use_bias=module.use_bias, dtype=module.dtype, param_dtype=module.param_dtype,
-        kernel_init=kernel_init, bias_init=bias_init, precision=getattr(module, "precision", None), name=name,
+        kernel_init=axes.partitioned(kernel_init, kernel_axes),
+        bias_init=axes.partitioned(bias_init, kernel_axes[-num_features:]),
+        precision=getattr(module, "precision", None), name=name,
     )
 
 
@@ -346,12 +354,18 @@ class MultiHeadAttention(nn.Module):
                                        segment_ids=segments, is_causal=is_causal)
             inputs_q, inputs_kv, inputs_v = zero_dead(inputs_q, live_q), zero_dead(inputs_kv, live_k), \
                 zero_dead(inputs_v, live_k)
-        query = self._dense((heads, head_dim), -1, "query")(inputs_q)  # [B, T, N, H]
-        key = self._dense((kv_heads, head_dim), -1, "key")(inputs_kv)  # [B, S, K, H]
-        value = self._dense((kv_heads, head_dim), -1, "value")(inputs_v)  # [B, S, K, H]
+        q_names = (axes.EMBED, axes.HEADS, axes.HEAD_DIM)
+        kv_names = (axes.EMBED, axes.KV_HEADS, axes.HEAD_DIM)
+        query = self._dense((heads, head_dim), -1, "query", q_names)(inputs_q)  # [B, T, N, H]
+        key = self._dense((kv_heads, head_dim), -1, "key", kv_names)(inputs_kv)  # [B, S, K, H]
+        value = self._dense((kv_heads, head_dim), -1, "value", kv_names)(inputs_v)  # [B, S, K, H]
+        query = axes.constrain(query, (axes.BATCH, axes.LENGTH, axes.HEADS, axes.HEAD_DIM))
+        key = axes.constrain(key, (axes.BATCH, axes.LENGTH, axes.KV_HEADS, axes.HEAD_DIM))
+        value = axes.constrain(value, (axes.BATCH, axes.LENGTH, axes.KV_HEADS, axes.HEAD_DIM))
         if self.normalize_qk:  # arXiv:2302.05442 §3.1.1: LayerNorm (no bias) over each head's H features
-            layer_norm = lambda name: nn.LayerNorm(use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype,
-                                                   name=name)
+            layer_norm = lambda name: nn.LayerNorm(
+                use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype, name=name,
+                scale_init=axes.partitioned(nn.initializers.ones_init(), (axes.HEAD_DIM,)))
             query = layer_norm("query_ln")(query)  # [B, T, N, H]
             key = layer_norm("key_ln")(key)  # [B, S, K, H]
 
@@ -378,8 +392,9 @@ class MultiHeadAttention(nn.Module):
             bias = alibi if bias is None else bias.astype(jnp.float32) + alibi
         elif self.positions == "shaw":
             k = int(self.shaw_max_distance)
-            table_k = self.param("shaw_key", self.kernel_init, (2 * k + 1, head_dim), self.param_dtype)
-            table_v = self.param("shaw_value", self.kernel_init, (2 * k + 1, head_dim), self.param_dtype)
+            shaw_init = axes.partitioned(self.kernel_init, (None, axes.HEAD_DIM))
+            table_k = self.param("shaw_key", shaw_init, (2 * k + 1, head_dim), self.param_dtype)
+            table_v = self.param("shaw_value", shaw_init, (2 * k + 1, head_dim), self.param_dtype)
             shaw_ids = (jnp.clip(distance, -k, k) + k).astype(jnp.int32)  # [T, S]
             shaw = shaw_logits(query, table_k, shaw_ids, scale=1.0 / float(head_dim) ** 0.5)  # [B, N, T, S]
             bias = shaw if bias is None else bias.astype(jnp.float32) + shaw
@@ -421,7 +436,8 @@ class MultiHeadAttention(nn.Module):
             context = context + shaw_values(weights, table_v, shaw_ids).astype(context.dtype)  # eq. 3
         if head_gates is not None:
             context = context * head_gates[:, None].astype(context.dtype)  # [B, T, N, H]
-        output = self._dense(out_features, (-2, -1), "out")(context)  # [B, T, D_out]
+        output = self._dense(out_features, (-2, -1), "out", (axes.HEADS, axes.HEAD_DIM, axes.EMBED))(context)
+        output = axes.constrain(output, (axes.BATCH, axes.LENGTH, axes.EMBED))  # [B, T, D_out]
         return (output, weights) if return_weights else output
 
     def _cache_start(self) -> jax.Array:

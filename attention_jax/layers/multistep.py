@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from attention_jax import _checks
-from attention_jax.core import alignment, masks
+from attention_jax.core import alignment, axes, masks
 
 Array = jax.Array
 
@@ -148,7 +148,8 @@ class MultiStepAttention(nn.Module):
         if c == 0 or e == 0:
             raise ValueError(f"decoder_state and encoder_out need at least one feature: {decoder_state.shape=} "
                              f"{encoder_out.shape=}")
-        w_d = self.param("w_d", nn.initializers.lecun_normal(), (c, e), self.param_dtype)
-        b_d = self.param("b_d", nn.initializers.zeros, (e,), self.param_dtype)
+        w_d = self.param("w_d", axes.partitioned(nn.initializers.lecun_normal(), (axes.MLP, axes.EMBED)), (c, e),
+                         self.param_dtype)  # [C, E]
+        b_d = self.param("b_d", axes.partitioned(nn.initializers.zeros, (axes.EMBED,)), (e,), self.param_dtype)
         return multistep_attention(decoder_state, target_embedding, encoder_out, encoder_in, w_d=w_d, b_d=b_d,
                                    mask=mask, scale_context=self.scale_context)

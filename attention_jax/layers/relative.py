@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from attention_jax import _checks
+from attention_jax.core import axes
 from attention_jax.core.alignment import masked_softmax_with_lse
 from attention_jax.core.positional import sinusoidal_at
 
@@ -287,8 +288,11 @@ class RelativeMultiHeadAttention(nn.Module):
             mask = causal if mask is None else mask & causal
 
         def project(name: str) -> nn.DenseGeneral:
-            return nn.DenseGeneral((heads, head_dim), use_bias=False, kernel_init=self.kernel_init,
+            kernel_init = axes.partitioned(self.kernel_init, (axes.EMBED, axes.HEADS, axes.HEAD_DIM))
+            return nn.DenseGeneral((heads, head_dim), use_bias=False, kernel_init=kernel_init,
                                    param_dtype=self.param_dtype, name=name)
+
+        qkv_names = (axes.BATCH, axes.LENGTH, axes.HEADS, axes.HEAD_DIM)
 
         if mask is not None:
             # Rows no valid pair uses (padded memory slots, say) are zeroed before the projections: NaN there
@@ -297,14 +301,16 @@ class RelativeMultiHeadAttention(nn.Module):
             context = jnp.where(jnp.any(mask, axis=(1, 2))[..., None], context, jnp.zeros((), context.dtype))
         else:
             h_query = h
-        query = project("query")(h_query)  # [B, T, N, H]
-        key = project("key")(context)  # [B, L, N, H]
-        value = project("value")(context)  # [B, L, N, H]
+        query = axes.constrain(project("query")(h_query), qkv_names)  # [B, T, N, H]
+        key = axes.constrain(project("key")(context), qkv_names)  # [B, L, N, H]
+        value = axes.constrain(project("value")(context), qkv_names)  # [B, L, N, H]
         encodings = relative_encodings(num_keys, features, dtype=h.dtype)  # [L, D]
         rel_key = project("rel_key")(encodings)  # [L, N, H], W_R R
-        u = self.param("u", self.bias_init, (heads, head_dim), self.param_dtype)  # [N, H]
-        v = self.param("v", self.bias_init, (heads, head_dim), self.param_dtype)  # [N, H]
+        bias_init = axes.partitioned(self.bias_init, (axes.HEADS, axes.HEAD_DIM))
+        u = self.param("u", bias_init, (heads, head_dim), self.param_dtype)  # [N, H]
+        v = self.param("v", bias_init, (heads, head_dim), self.param_dtype)  # [N, H]
         out = relative_attention(query, key, value, rel_key, u, v, mask=mask)  # [B, T, N, H]
-        out = nn.DenseGeneral(features, axis=(-2, -1), use_bias=False, kernel_init=self.kernel_init,
+        out_init = axes.partitioned(self.kernel_init, (axes.HEADS, axes.HEAD_DIM, axes.EMBED))
+        out = nn.DenseGeneral(features, axis=(-2, -1), use_bias=False, kernel_init=out_init,
                               param_dtype=self.param_dtype, name="out")(out)  # [B, T, D]
-        return out.astype(h.dtype)
+        return axes.constrain(out.astype(h.dtype), (axes.BATCH, axes.LENGTH, axes.EMBED))

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from attention_jax import _checks
+from attention_jax.core import axes
 from attention_jax.core.masks import AttentionMask
 from attention_jax.dot_product.api import dot_product_attention
 from attention_jax.layers._common import live_rows, zero_dead
@@ -143,8 +144,8 @@ class WeightedBranchAttention(nn.Module):
         _checks.rate("dropout_rate", self.dropout_rate)
         super().__post_init__()
 
-    def _param(self, name, init, shape):
-        return self.param(name, init, shape, self.param_dtype)
+    def _param(self, name, init, shape, names):
+        return self.param(name, axes.partitioned(init, names), shape, self.param_dtype)
 
     @nn.compact
     def __call__(
@@ -189,14 +190,17 @@ class WeightedBranchAttention(nn.Module):
         def dense(name):
             return nn.DenseGeneral(
                 features=(branches, head_dim), axis=-1, dtype=self.dtype, param_dtype=self.param_dtype,
-                kernel_init=self.kernel_init, bias_init=self.bias_init, name=name,
+                kernel_init=axes.partitioned(self.kernel_init, (axes.EMBED, axes.HEADS, axes.HEAD_DIM)),
+                bias_init=axes.partitioned(self.bias_init, (axes.HEADS, axes.HEAD_DIM)), name=name,
             )
+
+        qkv_names = (axes.BATCH, axes.LENGTH, axes.HEADS, axes.HEAD_DIM)
 
         # Rows no valid pair uses are zeroed before the projections (NaN there would reach d W as NaN * 0).
         live_q, live_k = live_rows(batch, num_queries, num_keys, mask=mask, is_causal=is_causal)
-        query = dense("query")(zero_dead(inputs_q, live_q))  # [B, T, M, H]
-        key = dense("key")(zero_dead(inputs_kv, live_k))  # [B, S, M, H]
-        value = dense("value")(zero_dead(inputs_kv, live_k))  # [B, S, M, H]
+        query = axes.constrain(dense("query")(zero_dead(inputs_q, live_q)), qkv_names)  # [B, T, M, H]
+        key = axes.constrain(dense("key")(zero_dead(inputs_kv, live_k)), qkv_names)  # [B, S, M, H]
+        value = axes.constrain(dense("value")(zero_dead(inputs_kv, live_k)), qkv_names)  # [B, S, M, H]
 
         rate = 0.0 if deterministic else float(self.dropout_rate)
         dropout_rng = self.make_rng("dropout") if rate > 0.0 else None
@@ -204,13 +208,15 @@ class WeightedBranchAttention(nn.Module):
             query, key, value, mask=spec, dropout_rate=rate, dropout_rng=dropout_rng
         )  # [B, T, M, H]
 
-        w_out = self._param("out_kernel", self.kernel_init, (branches, head_dim, features))  # [M, H, D]
-        w_in = self._param("ffn_in_kernel", self.kernel_init, (branches, features, hidden))  # [M, D, F]
-        b_in = self._param("ffn_in_bias", self.bias_init, (branches, hidden))  # [M, F]
-        w_ffn = self._param("ffn_out_kernel", self.kernel_init, (branches, hidden, features))  # [M, F, D]
-        b_ffn = self._param("ffn_out_bias", self.bias_init, (branches, features))  # [M, D]
-        kappa = self._param("kappa", _uniform, (branches,))  # [M]
-        alpha = self._param("alpha", _uniform, (branches,))  # [M]
+        # The branches M play the part of heads (and are sharded like them); each branch's FFN is whole.
+        m, h, d, f = axes.HEADS, axes.HEAD_DIM, axes.EMBED, axes.MLP
+        w_out = self._param("out_kernel", self.kernel_init, (branches, head_dim, features), (m, h, d))  # [M, H, D]
+        w_in = self._param("ffn_in_kernel", self.kernel_init, (branches, features, hidden), (m, d, f))  # [M, D, F]
+        b_in = self._param("ffn_in_bias", self.bias_init, (branches, hidden), (m, f))  # [M, F]
+        w_ffn = self._param("ffn_out_kernel", self.kernel_init, (branches, hidden, features), (m, f, d))  # [M, F, D]
+        b_ffn = self._param("ffn_out_bias", self.bias_init, (branches, features), (m, d))  # [M, D]
+        kappa = self._param("kappa", _uniform, (branches,), (m,))  # [M]
+        alpha = self._param("alpha", _uniform, (branches,), (m,))  # [M]
         heads, w_out, w_in, b_in, w_ffn, b_ffn, kappa, alpha = nn.dtypes.promote_dtype(
             heads, w_out, w_in, b_in, w_ffn, b_ffn, kappa, alpha, dtype=self.dtype
         )
@@ -218,4 +224,4 @@ class WeightedBranchAttention(nn.Module):
         head_bar = jnp.einsum("BTMH,MHD->BTMD", heads, w_out) * kappa[:, None]  # [B, T, M, D]
         inner = nn.relu(jnp.einsum("BTMD,MDF->BTMF", head_bar, w_in) + b_in)  # [B, T, M, F]
         branch_out = jnp.einsum("BTMF,MFD->BTMD", inner, w_ffn) + b_ffn  # [B, T, M, D]
-        return jnp.einsum("BTMD,M->BTD", branch_out, alpha)  # [B, T, D]
+        return axes.constrain(jnp.einsum("BTMD,M->BTD", branch_out, alpha), (axes.BATCH, axes.LENGTH, axes.EMBED))

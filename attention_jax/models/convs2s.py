@@ -40,7 +40,7 @@ import jax
 import jax.numpy as jnp
 
 from attention_jax import _checks
-from attention_jax.core import masks
+from attention_jax.core import axes, masks
 from attention_jax.layers.multistep import MultiStepAttention
 from attention_jax.models import decoding
 
@@ -109,9 +109,12 @@ class GLUConv(nn.Module):
 
     def setup(self):
         std = math.sqrt(4.0 * self.retain / (self.kernel_size * self.in_features))
-        self.kernel = self.param("kernel", nn.initializers.normal(std),
+        # [W, C_in, 2C]: the width is never sharded; C_in and the 2C outputs are both conv channels ("mlp"
+        # names only one axis of an array, so the input side stays whole).
+        self.kernel = self.param("kernel", axes.partitioned(nn.initializers.normal(std), (None, None, axes.MLP)),
                                  (self.kernel_size, self.in_features, 2 * self.features), self.param_dtype)
-        self.bias = self.param("bias", nn.initializers.zeros, (2 * self.features,), self.param_dtype)
+        self.bias = self.param("bias", axes.partitioned(nn.initializers.zeros, (axes.MLP,)), (2 * self.features,),
+                               self.param_dtype)
 
     def __call__(self, x: Array, causal: bool) -> Array:
         """Convolves a whole sequence.
@@ -197,21 +200,24 @@ class ConvS2S(nn.Module):
 
     def setup(self):
         e, c, dt = self.embed_dim, self.hidden_size, self.param_dtype
-        embed_init = nn.initializers.normal(0.1)  # §3.5
+        normal = nn.initializers.normal(0.1)  # §3.5
+        word_init, pos_init = axes.embed_init(normal), axes.embed_init(normal, (None, axes.EMBED))
         retain = 1.0 - self.dropout_rate
-        self.src_embed = nn.Embed(self.vocab_size, e, embedding_init=embed_init, param_dtype=dt)
-        self.src_pos = nn.Embed(self.max_len, e, embedding_init=embed_init, param_dtype=dt)
-        self.tgt_embed = nn.Embed(self.vocab_size, e, embedding_init=embed_init, param_dtype=dt)
-        self.tgt_pos = nn.Embed(self.max_len, e, embedding_init=embed_init, param_dtype=dt)
-        self.enc_in = nn.Dense(c, param_dtype=dt)
+        self.src_embed = nn.Embed(self.vocab_size, e, embedding_init=word_init, param_dtype=dt)
+        self.src_pos = nn.Embed(self.max_len, e, embedding_init=pos_init, param_dtype=dt)
+        self.tgt_embed = nn.Embed(self.vocab_size, e, embedding_init=word_init, param_dtype=dt)
+        self.tgt_pos = nn.Embed(self.max_len, e, embedding_init=pos_init, param_dtype=dt)
+        # E is the embedding width ("embed"), C the convolution channels ("mlp").
+        to_c, to_e = axes.dense_inits(axes.EMBED, axes.MLP), axes.dense_inits(axes.MLP, axes.EMBED)
+        self.enc_in = nn.Dense(c, param_dtype=dt, **to_c)
         self.enc_convs = [GLUConv(c, c, self.kernel_size, retain, dt) for _ in range(self.num_encoder_layers)]
-        self.enc_out = nn.Dense(e, param_dtype=dt)
-        self.dec_in = nn.Dense(c, param_dtype=dt)
+        self.enc_out = nn.Dense(e, param_dtype=dt, **to_e)
+        self.dec_in = nn.Dense(c, param_dtype=dt, **to_c)
         self.dec_convs = [GLUConv(c, c, self.kernel_size, retain, dt) for _ in range(self.num_decoder_layers)]
         self.attention = [MultiStepAttention(self.scale_context, dt) for _ in range(self.num_decoder_layers)]
-        self.attn_out = [nn.Dense(c, param_dtype=dt) for _ in range(self.num_decoder_layers)]
-        self.dec_out = nn.Dense(e, param_dtype=dt)
-        self.logits_proj = nn.Dense(self.vocab_size, param_dtype=dt)
+        self.attn_out = [nn.Dense(c, param_dtype=dt, **to_c) for _ in range(self.num_decoder_layers)]
+        self.dec_out = nn.Dense(e, param_dtype=dt, **to_e)
+        self.logits_proj = nn.Dense(self.vocab_size, param_dtype=dt, **axes.dense_inits(axes.EMBED, axes.VOCAB))
         self.dropout = nn.Dropout(self.dropout_rate)
 
     def _check_length(self, what: str, length: int) -> None:
@@ -274,11 +280,13 @@ class ConvS2S(nn.Module):
         weights = None
         for l in range(self.num_decoder_layers):
             h = conv_fn(l, self.dropout(x, deterministic=not train))  # h_i^l, [B,T,C]
+            h = axes.constrain(h, (axes.BATCH, axes.LENGTH, axes.MLP))
             c, weights = self.attention[l](h, g, memory["encoder_out"], memory["encoder_in"], memory["mask"])
             h = (h + self.attn_out[l](c)) * _SQRT_HALF
             x = (h + x) * _SQRT_HALF
         out = self.dropout(self.dec_out(x), deterministic=not train)  # [B,T,E]
-        return self.logits_proj(out).astype(_F32), weights
+        logits = axes.constrain(self.logits_proj(out).astype(_F32), (axes.BATCH, axes.LENGTH, axes.VOCAB))
+        return logits, weights  # [B, T, V], [B, T, S]
 
     def decode_step(self, memory: Mapping[str, Array], state: Mapping[str, Any], tokens: Array, t: Array,
                     train: bool = False) -> tuple[Array, dict[str, Any], Array]:

@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 
 from attention_jax import _checks
-from attention_jax.core import masks
+from attention_jax.core import axes, masks
 from attention_jax.layers.bahdanau import BahdanauAttention
 from attention_jax.layers.luong import LUONG_MODES, LUONG_SCORES, LuongAttention, check_luong_options
 from attention_jax.models import decoding
@@ -52,9 +52,17 @@ CELLS = ("lstm", "gru")
 
 
 def _make_cell(cell: str, features: int, name: str | None = None) -> nn.RNNCellBase:
+    """An LSTM or GRU cell with flax's default initializers, boxed with logical axes.
+
+    Input kernels [Din, H] and recurrent kernels [H, H] shard their output (the state, "mlp") only: Din is the
+    embedding, an input-fed context or a lower layer's state, so it is not named.
+    """
+    inits = dict(kernel_init=axes.partitioned(nn.linear.default_kernel_init, (None, axes.MLP)),
+                 recurrent_kernel_init=axes.partitioned(nn.initializers.orthogonal(), (None, axes.MLP)),
+                 bias_init=axes.partitioned(nn.initializers.zeros_init(), (axes.MLP,)))
     if cell == "lstm":
-        return nn.LSTMCell(features, name=name)
-    return nn.GRUCell(features, name=name)
+        return nn.LSTMCell(features, name=name, **inits)
+    return nn.GRUCell(features, name=name, **inits)
 
 
 def _hidden(carry: PyTree, cell: str) -> Array:
@@ -108,7 +116,7 @@ class Encoder(nn.Module):
         return self.hidden_size * (2 if self.bidirectional else 1)
 
     def setup(self):
-        self.embed = nn.Embed(self.vocab_size, self.embed_dim)
+        self.embed = nn.Embed(self.vocab_size, self.embed_dim, embedding_init=axes.embed_init())
         layers = []
         for _ in range(self.num_layers):
             if self.bidirectional:
@@ -192,7 +200,7 @@ class DecoderCell(nn.Module):
     attention_features: int
 
     def setup(self):
-        self.embed = nn.Embed(self.vocab_size, self.embed_dim)
+        self.embed = nn.Embed(self.vocab_size, self.embed_dim, embedding_init=axes.embed_init())
         self.rnn = [_make_cell(self.cell, self.hidden_size) for _ in range(self.num_layers)]
         self.dropout = nn.Dropout(self.dropout_rate)
         if self.attention == "bahdanau":
@@ -205,10 +213,10 @@ class DecoderCell(nn.Module):
                 features=self.attention_features,
                 max_source_len=self.max_source_len,
             )
-            self.w_c = nn.Dense(self.hidden_size, use_bias=False)  # eq. 5
+            self.w_c = nn.Dense(self.hidden_size, use_bias=False, **axes.dense_inits(None, axes.MLP))  # eq. 5
         if self.attention in ("none", "bahdanau"):
-            self.readout = nn.Dense(self.hidden_size)  # one tanh layer of the deep output
-        self.w_out = nn.Dense(self.vocab_size)  # W_s of eq. 6 / W_o of A.2.2
+            self.readout = nn.Dense(self.hidden_size, **axes.dense_inits(None, axes.MLP))  # the deep output's tanh
+        self.w_out = nn.Dense(self.vocab_size, **axes.dense_inits(axes.MLP, axes.VOCAB))  # W_s eq. 6 / W_o A.2.2
 
     def project_keys(self, annotations: Array, mask: Array) -> Array:
         """U_a h_j of the Bahdanau attention, [B, S, A] float32, computed once per sentence in `encode`."""
@@ -253,7 +261,7 @@ class DecoderCell(nn.Module):
                 new_state["feed"] = out
         new_state["rnn"] = rnn
         out = self.dropout(out, deterministic=not train)
-        logits = self.w_out(out).astype(jnp.float32)  # [B,V]
+        logits = axes.constrain(self.w_out(out).astype(jnp.float32), (axes.BATCH, axes.VOCAB))  # [B,V]
         return logits, new_state, weights.astype(jnp.float32)
 
 
@@ -349,7 +357,7 @@ class Seq2Seq(nn.Module):
             self.dropout_rate,
         )
         parts = 2 if self.cell == "lstm" else 1
-        self.bridge = nn.Dense(self.num_layers * parts * self.hidden_size)
+        self.bridge = nn.Dense(self.num_layers * parts * self.hidden_size, **axes.dense_inits(None, axes.MLP))
         self.decoder = DecoderCell(
             vocab_size=self.vocab_size,
             embed_dim=self.embed_dim,

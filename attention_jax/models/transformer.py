@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import optax
 
 from attention_jax import _checks
+from attention_jax.core import axes
 from attention_jax.layers.head_gates import expected_l0, hard_concrete_deterministic, hard_concrete_sample
 from attention_jax.layers.multihead import MultiHeadAttention
 from attention_jax.core.positional import LearnedPositions, sinusoidal_at
@@ -156,9 +157,13 @@ class FeedForward(nn.Module):
     def __call__(self, x: Array, train: bool = False) -> Array:
         """[B, T, D] floating -> [B, T, D] in the compute dtype."""
         d_model = jnp.shape(x)[-1]
-        h = nn.relu(nn.Dense(self.d_ff, dtype=self.dtype, param_dtype=self.param_dtype, name="inner")(x))  # [B,T,F]
+        h = nn.relu(nn.Dense(self.d_ff, dtype=self.dtype, param_dtype=self.param_dtype, name="inner",
+                             **axes.dense_inits(axes.EMBED, axes.MLP))(x))  # [B, T, F]
+        h = axes.constrain(h, (axes.BATCH, axes.LENGTH, axes.MLP))
         h = nn.Dropout(self.dropout_rate)(h, deterministic=not train)
-        return nn.Dense(d_model, dtype=self.dtype, param_dtype=self.param_dtype, name="outer")(h)  # [B, T, D]
+        out = nn.Dense(d_model, dtype=self.dtype, param_dtype=self.param_dtype, name="outer",
+                       **axes.dense_inits(axes.MLP, axes.EMBED))(h)  # [B, T, D]
+        return axes.constrain(out, (axes.BATCH, axes.LENGTH, axes.EMBED))
 
 
 class _Sublayer(nn.Module):
@@ -171,16 +176,18 @@ class _Sublayer(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, fn: Callable[[Array], Any], train: bool) -> tuple[Array, Any]:
-        layer_norm = nn.LayerNorm(dtype=self.dtype, param_dtype=self.param_dtype, name="norm")
+        layer_norm = nn.LayerNorm(dtype=self.dtype, param_dtype=self.param_dtype, name="norm", **axes.norm_inits())
         out = fn(layer_norm(x) if self.norm == "pre" else x)
         out, extra = out if isinstance(out, tuple) else (out, None)
         y = x + nn.Dropout(self.dropout_rate)(out, deterministic=not train)
-        return (layer_norm(y) if self.norm == "post" else y), extra
+        y = layer_norm(y) if self.norm == "post" else y
+        return axes.constrain(y, (axes.BATCH, axes.LENGTH, axes.EMBED)), extra  # the residual stream [B, T, D]
 
 
 def _gates(module: nn.Module, name: str, heads: int, train: bool) -> tuple[Array, Array]:
     """Hard Concrete head gates [N] and their expected L0 [] (arXiv:1905.09418 §4); "gates" rng when training."""
-    log_alpha = module.param(name, nn.initializers.constant(3.0), (heads,), jnp.float32)  # [N]
+    log_alpha = module.param(name, axes.partitioned(nn.initializers.constant(3.0), (axes.HEADS,)), (heads,),
+                             jnp.float32)  # [N]
     gates = hard_concrete_sample(log_alpha, module.make_rng("gates")) if train else \
         hard_concrete_deterministic(log_alpha)
     return gates, expected_l0(log_alpha)
@@ -389,12 +396,13 @@ class Transformer(nn.Module):
                     param_dtype=self.param_dtype)
 
     def setup(self):
-        init = nn.initializers.normal(stddev=self.d_model ** -0.5)  # scaled by sqrt(D): unit-variance inputs
+        init = axes.embed_init(nn.initializers.normal(stddev=self.d_model ** -0.5))  # scaled by sqrt(D)
         self.embed = nn.Embed(self.vocab_size, self.d_model, embedding_init=init, param_dtype=self.param_dtype)
         if not self.share_embeddings:
             self.target_embed = nn.Embed(self.vocab_size, self.d_model, embedding_init=init,
                                          param_dtype=self.param_dtype)
-            self.output_proj = nn.Dense(self.vocab_size, use_bias=False, param_dtype=self.param_dtype)
+            self.output_proj = nn.Dense(self.vocab_size, use_bias=False, param_dtype=self.param_dtype,
+                                        **axes.dense_inits(axes.EMBED, axes.VOCAB))
         if self.positions == "learned":
             self.source_positions = LearnedPositions(self.max_len, self.d_model, param_dtype=self.param_dtype)
             self.target_positions = LearnedPositions(self.max_len, self.d_model, param_dtype=self.param_dtype)
@@ -404,8 +412,8 @@ class Transformer(nn.Module):
         self.decoder_layers = [DecoderLayer(**kwargs, head_gates=self.head_gates == "all", decode=self.decode,
                                             ) for i in range(self.num_decoder_layers)]
         if self.norm == "pre":
-            self.encoder_norm = nn.LayerNorm(dtype=self.dtype, param_dtype=self.param_dtype)
-            self.decoder_norm = nn.LayerNorm(dtype=self.dtype, param_dtype=self.param_dtype)
+            self.encoder_norm = nn.LayerNorm(dtype=self.dtype, param_dtype=self.param_dtype, **axes.norm_inits())
+            self.decoder_norm = nn.LayerNorm(dtype=self.dtype, param_dtype=self.param_dtype, **axes.norm_inits())
         self.embed_dropout = nn.Dropout(self.dropout_rate)
 
     # -- pieces ------------------------------------------------------------------------------------------
@@ -420,12 +428,15 @@ class Transformer(nn.Module):
             x = x + (self.source_positions if side == "source" else self.target_positions)(positions)
         if self.dtype is not None:
             x = x.astype(self.dtype)
+        x = axes.constrain(x, (axes.BATCH, axes.LENGTH, axes.EMBED))
         return self.embed_dropout(x, deterministic=not train)
 
     def _logits(self, y: Array) -> Array:
         if self.share_embeddings:
-            return self.embed.attend(y.astype(jnp.float32)).astype(jnp.float32)  # [B, T, V]
-        return self.output_proj(y).astype(jnp.float32)
+            logits = self.embed.attend(y.astype(jnp.float32)).astype(jnp.float32)  # [B, T, V]
+        else:
+            logits = self.output_proj(y).astype(jnp.float32)  # [B, T, V]
+        return axes.constrain(logits, (axes.BATCH, axes.LENGTH, axes.VOCAB))
 
     def _check_tokens(self, name: str, tokens: Any) -> None:
         _checks.tokens(name, tokens, 2)

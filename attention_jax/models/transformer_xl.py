@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from attention_jax import _checks
+from attention_jax.core import axes
 from attention_jax.layers.relative import RelativeMultiHeadAttention, causal_memory_mask
 
 _F32 = jnp.float32
@@ -145,13 +146,15 @@ class TransformerXLLayer(nn.Module):
         drop = nn.Dropout(self.dropout_rate, deterministic=not train)
         attention = RelativeMultiHeadAttention(self.num_heads, self.head_dim, causal=True,
                                                param_dtype=self.param_dtype, name="attention")
-        attn_norm = nn.LayerNorm(param_dtype=self.param_dtype, name="attention_norm")
-        ffn_norm = nn.LayerNorm(param_dtype=self.param_dtype, name="ffn_norm")
+        attn_norm = nn.LayerNorm(param_dtype=self.param_dtype, name="attention_norm", **axes.norm_inits())
+        ffn_norm = nn.LayerNorm(param_dtype=self.param_dtype, name="ffn_norm", **axes.norm_inits())
 
         def ffn(x: jax.Array) -> jax.Array:
-            y = nn.Dense(d_inner, param_dtype=self.param_dtype, name="ffn_in")(x)  # [B, T, d_inner]
-            y = drop(nn.relu(y))
-            return nn.Dense(features, param_dtype=self.param_dtype, name="ffn_out")(y)  # [B, T, D]
+            y = nn.Dense(d_inner, param_dtype=self.param_dtype, name="ffn_in",
+                         **axes.dense_inits(axes.EMBED, axes.MLP))(x)  # [B, T, d_inner]
+            y = drop(nn.relu(axes.constrain(y, (axes.BATCH, axes.LENGTH, axes.MLP))))
+            return nn.Dense(features, param_dtype=self.param_dtype, name="ffn_out",
+                            **axes.dense_inits(axes.MLP, axes.EMBED))(y)  # [B, T, D]
 
         if self.pre_norm:
             normed_memory = None if memory is None else attn_norm(jax.lax.stop_gradient(memory))
@@ -160,7 +163,7 @@ class TransformerXLLayer(nn.Module):
         else:
             a = attn_norm(h + drop(attention(h, memory)))  # [B, T, D]
             out = ffn_norm(a + drop(ffn(a)))  # [B, T, D]
-        return out.astype(h.dtype)
+        return axes.constrain(out.astype(h.dtype), (axes.BATCH, axes.LENGTH, axes.EMBED))
 
 
 class TransformerXLLM(nn.Module):
@@ -259,11 +262,11 @@ class TransformerXLLM(nn.Module):
         mem_len = _checks.positive_int("mem_len", self.mem_len if mem_len is None else mem_len, allow_zero=True)
         batch = jnp.shape(tokens)[0]
         memories = _as_memory_list(memories, self.num_layers, batch, self.d_model)
-        embed = nn.Embed(self.vocab_size, self.d_model, embedding_init=nn.initializers.normal(stddev=0.02),
+        embed = nn.Embed(self.vocab_size, self.d_model, embedding_init=axes.embed_init(nn.initializers.normal(0.02)),
                          param_dtype=self.param_dtype, name="embed")
         drop = nn.Dropout(self.dropout_rate, deterministic=not train)
         x = embed(tokens) * jnp.asarray(math.sqrt(self.d_model), self.param_dtype)  # [B, T, D]
-        x = drop(x)
+        x = drop(axes.constrain(x, (axes.BATCH, axes.LENGTH, axes.EMBED)))
         new_memories = []
         for layer, memory in enumerate(memories):
             new_memories.append(update_memory(memory, x.astype(_F32), mem_len))  # [B, min(mem_len, M + T), D]
@@ -271,7 +274,7 @@ class TransformerXLLM(nn.Module):
                                    pre_norm=self.pre_norm, param_dtype=self.param_dtype,
                                    name=f"layer_{layer}")(x, memory, train=train)  # [B, T, D]
         if self.pre_norm:
-            x = nn.LayerNorm(param_dtype=self.param_dtype, name="final_norm")(x)
+            x = nn.LayerNorm(param_dtype=self.param_dtype, name="final_norm", **axes.norm_inits())(x)
         x = drop(x)
         logits = embed.attend(x.astype(self.param_dtype)).astype(_F32)  # [B, T, V], tied output projection
-        return logits, new_memories
+        return axes.constrain(logits, (axes.BATCH, axes.LENGTH, axes.VOCAB)), new_memories
