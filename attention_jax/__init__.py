@@ -123,3 +123,8 @@ __all__ = [
 
 
 __version__ = "0.1.0"
+
+# Above the models: meshes, logical-axis rules, sharded init and train steps (`aj.sharding.make_mesh`, ...).
+from attention_jax import sharding  # noqa: E402
+
+__all__ += ["sharding"]
