@@ -39,12 +39,15 @@ def mesh_size_from_argv(argv: list[str]) -> int:
     return product
 
 
-def simulate_devices_from_argv(argv: list[str] | None = None, environ: dict[str, str] | None = None) -> int | None:
+def simulate_devices_from_argv(argv: list[str] | None = None, environ: dict[str, str] | None = None, *,
+                               at_least: int = 1) -> int | None:
     """Sets the simulated CPU device count to the mesh size on the command line, if jax has not started.
 
     Args:
       argv: the command line (default sys.argv).
       environ: the environment to edit (default os.environ).
+      at_least: simulate at least this many devices (an experiment whose presets use a mesh, or that compiles
+        for several meshes, asks for its largest).
 
     Returns:
       The device count set, or None when nothing was set (no mesh flags, jax already imported, or a device
@@ -52,7 +55,7 @@ def simulate_devices_from_argv(argv: list[str] | None = None, environ: dict[str,
     """
     argv = sys.argv if argv is None else argv
     environ = os.environ if environ is None else environ
-    size = mesh_size_from_argv(argv)
+    size = max(mesh_size_from_argv(argv), at_least)
     if size <= 1 or "jax" in sys.modules:
         return None
     flags = environ.get("XLA_FLAGS", "")

@@ -36,6 +36,7 @@ RESUMABLE_FIELDS = (
     "train.eval_every",
     "train.checkpoint_every",
     "eval.",
+    "mesh.",  # a checkpoint restores into any mesh: orbax reshards it to the new layout
 )
 
 DEFAULT_CACHE_DIR = os.path.join("~", ".cache", "attention_jax")
@@ -45,7 +46,7 @@ def base_config() -> ml_collections.ConfigDict:
     """Returns the fields every translation experiment has, with neutral defaults.
 
     Returns:
-      A ConfigDict with sections data, model, train and eval; types are fixed here, so a
+      A ConfigDict with sections data, model, train, eval and mesh; types are fixed here, so a
       ``--config.section.field=value`` override is type-checked against them.
     """
     config = ml_collections.ConfigDict()
@@ -100,7 +101,21 @@ def base_config() -> ml_collections.ConfigDict:
     config.eval.heatmap_max_tokens = 40
     config.eval.length_bins = (10, 20, 30, 40, 50, 60)
     config.eval.dev_bleu = True
+
+    # The device mesh (experiments/training/distributed.py): all 1 is one device. On a CPU the product of the
+    # sizes is simulated as that many devices (experiments/devices.py sets XLA_FLAGS before jax starts).
+    config.mesh = mesh_config()
     return config
+
+
+def mesh_config() -> ml_collections.ConfigDict:
+    """The ``mesh`` section: data, fsdp, model, seq, all 1 (one device)."""
+    mesh = ml_collections.ConfigDict()
+    mesh.data = 1
+    mesh.fsdp = 1
+    mesh.model = 1
+    mesh.seq = 1
+    return mesh
 
 
 def apply_overrides(config: ml_collections.ConfigDict, overrides: Mapping[str, Any]) -> None:

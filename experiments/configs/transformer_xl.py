@@ -108,6 +108,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.eval.mem_lens = (0, 64, 128, 256)
     config.eval.max_tokens = 24000  # 0: the whole split.
     config.eval.valid_max_tokens = 4000  # the periodic valid perplexity during training.
+
+    config.mesh = configs.mesh_config()  # the device mesh (experiments/training/distributed.py)
     return config
 
 

@@ -27,6 +27,7 @@ from experiments.training.report import corpus_label
 from experiments.training.report import machine_description
 from experiments.training.report import write_report
 from experiments.training.spec import ConfigError
+from experiments.training import distributed
 from experiments.training.spec import Experiment
 from experiments.training.spec import build_model
 from experiments.training.spec import check_resumable
@@ -46,7 +47,7 @@ from experiments.training.translation import train_row
 
 __all__ = [
     "ConfigError", "Experiment", "LoopOutcome", "SCHEDULES", "TrainOutcome", "build_model", "check_resumable",
-    "checkpoint_manager", "corpus_label", "done_record", "enable_compilation_cache", "evaluate_row", "filter_train",
+    "checkpoint_manager", "corpus_label", "distributed", "done_record", "enable_compilation_cache", "evaluate_row", "filter_train",
     "fingerprint", "init_params", "learning_rate", "longest_source", "machine_description", "make_lm_optimizer",
     "make_optimizer", "make_train_step", "quiet_orbax_logging", "resolve_init_from", "row_config", "row_dir_name",
     "run_experiment", "train_loop", "train_row", "warm_start", "warmup_cosine_schedule", "write_report",
