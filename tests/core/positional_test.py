@@ -5,6 +5,7 @@ Vaswani et al. 2017 (arXiv:1706.03762) §3.5; Shaw et al. 2018 (arXiv:1803.02155
 """
 
 import chex
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -74,7 +75,7 @@ class LearnedPositionsTest(absltest.TestCase):
     def test_lookup_and_range_check(self):
         module = pos.LearnedPositions(max_length=6, features=3)
         positions = jnp.array([[0, 1, 5], [2, 2, 3]])
-        params = module.init(jax.random.PRNGKey(0), positions)
+        params = nn.unbox(module.init(jax.random.PRNGKey(0), positions))
         table = np.asarray(params["params"]["table"])
         got = module.apply(params, positions)
         chex.assert_shape(got, (2, 3, 3))
@@ -86,7 +87,7 @@ class LearnedPositionsTest(absltest.TestCase):
 
     def test_traced_positions_clip(self):
         module = pos.LearnedPositions(max_length=4, features=2)
-        params = module.init(jax.random.PRNGKey(0), jnp.zeros((1, 1), jnp.int32))
+        params = nn.unbox(module.init(jax.random.PRNGKey(0), jnp.zeros((1, 1), jnp.int32)))
         got = jax.jit(module.apply)(params, jnp.array([[9]]))
         np.testing.assert_allclose(got[0, 0], params["params"]["table"][3])
 
@@ -304,7 +305,7 @@ class ComplexOrderTest(chex.TestCase):
     def test_offset_is_a_position_free_rotation(self):
         module = pos.ComplexOrderEmbedding(vocab_size=7, features=H)
         tokens = jnp.array([[1, 4, 6]])
-        params = module.init(jax.random.PRNGKey(0), tokens, jnp.zeros((1, 3), jnp.int32))
+        params = nn.unbox(module.init(jax.random.PRNGKey(0), tokens, jnp.zeros((1, 3), jnp.int32)))
         freq = np.asarray(params["params"]["frequency"])[np.asarray(tokens)]  # [1, T, D]
         shift = 3
         for start in (0, 10):

@@ -7,6 +7,7 @@ prefix scan and its associative operator), §3.3 (Aaren, a learned query token).
 import re
 
 import chex
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -235,7 +236,7 @@ class AarenModuleTest(chex.TestCase):
     def _setup(self, out_features=None):
         module = Aaren(num_heads=N, head_dim=H, out_features=out_features)
         x = jnp.asarray(np.random.default_rng(17).standard_normal((B, S, D)), jnp.float32)
-        params = module.init(jax.random.PRNGKey(0), x)
+        params = nn.unbox(module.init(jax.random.PRNGKey(0), x))
         return module, params, x
 
     def test_params_and_shapes(self):

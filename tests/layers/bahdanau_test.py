@@ -7,6 +7,7 @@ through `attend`, and through cached `projected_keys` (U_a h_j computed once per
 import re
 
 import chex
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -38,7 +39,7 @@ def _inputs(seed=0):
 
 def _module_and_params(query, key):
     module = BahdanauAttention(features=A)
-    params = module.init(jax.random.key(0), jnp.asarray(query), jnp.asarray(key))
+    params = nn.unbox(module.init(jax.random.key(0), jnp.asarray(query), jnp.asarray(key)))
     return module, params
 
 

@@ -52,7 +52,7 @@ def _inputs(seed=0):
 def _gated_params(log_alpha, seed=0):
     module = GatedMultiHeadAttention(num_heads=N, head_dim=H, out_features=D_OUT, bias_init=nn.initializers.normal(0.3))
     xq, xkv = _inputs()
-    params = module.init(jax.random.PRNGKey(seed), xq, xkv)["params"]
+    params = nn.unbox(module.init(jax.random.PRNGKey(seed), xq, xkv)["params"])
     params = {**params, "log_alpha": jnp.asarray(log_alpha, jnp.float32)}
     return module, params
 
@@ -209,6 +209,7 @@ def test_module_and_prune_reject_bad_inputs():
     with pytest.raises(TypeError, match="keep"):
         prune_heads(params, np.ones(N, np.int32))
     gqa = MultiHeadAttention(num_heads=4, num_kv_heads=2, head_dim=H).init(jax.random.PRNGKey(0), xq)["params"]
+    gqa = nn.unbox(gqa)
     with _raises("num_kv_heads == num_heads", "(8, 2, 3)", "(8, 4, 3)"):
         prune_heads(gqa, np.ones(4, bool))
 

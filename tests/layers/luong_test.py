@@ -7,6 +7,7 @@ registry (`attention_jax.core.scores.param_shapes`).
 import re
 
 import chex
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -53,7 +54,7 @@ class LuongAttentionTest(parameterized.TestCase):
         query, key, value = _inputs(score, seed=1)
         mask = ref.padding_mask([S, 4], S)
         module = _module(score, mode, window=1)
-        params = module.init(jax.random.key(0), *map(jnp.asarray, (query, key, value, mask))).get("params", {})
+        params = nn.unbox(module.init(jax.random.key(0), *map(jnp.asarray, (query, key, value, mask))).get("params", {}))
         want_shapes = scores.param_shapes(score, DQ, key.shape[-1], hidden_dim=A, max_keys=S_MAX)
         if mode == "local_p":
             want_shapes.update(w_p=(DQ, A), v_p=(A,))
@@ -68,7 +69,7 @@ class LuongAttentionTest(parameterized.TestCase):
         query, key, value = _inputs("general", seed=2)
         mask = ref.padding_mask([S, 3], S)
         module = _module("general", mode)
-        params = module.init(jax.random.key(0), *map(jnp.asarray, (query, key, value, mask)))
+        params = nn.unbox(module.init(jax.random.key(0), *map(jnp.asarray, (query, key, value, mask))))
         p_key, p_value = key.copy(), value.copy()
         p_key[~mask], p_value[~mask] = np.nan, -np.inf
 
@@ -90,7 +91,7 @@ class LuongAttentionTest(parameterized.TestCase):
         key_l[1, S - 4:], value_l[1, S - 4:] = key[1, :4], value[1, :4]
         key_l[1, :S - 4], value_l[1, :S - 4] = np.nan, np.nan
         module = _module("general", "local_p", window=1)
-        params = module.init(jax.random.key(0), *map(jnp.asarray, (query, key, value, right)))
+        params = nn.unbox(module.init(jax.random.key(0), *map(jnp.asarray, (query, key, value, right))))
         ctx_r, w_r = module.apply(params, *map(jnp.asarray, (query, key, value, right)))
         ctx_l, w_l = module.apply(params, *map(jnp.asarray, (query, key_l, value_l, left)))
         ref.assert_close(ctx_l, ctx_r)
@@ -101,7 +102,7 @@ class LuongAttentionTest(parameterized.TestCase):
     def test_empty_sequences(self, mode, sizes):
         num_queries, num_keys = sizes
         module = _module("location", mode)
-        params = module.init(jax.random.key(0), jnp.ones((B, T, DQ)), jnp.ones((B, S, DK)))
+        params = nn.unbox(module.init(jax.random.key(0), jnp.ones((B, T, DQ)), jnp.ones((B, S, DK))))
         ctx, weights = module.apply(params, jnp.ones((B, num_queries, DQ)), jnp.ones((B, num_keys, DK)),
                                     jnp.ones((B, num_keys, DV)))
         chex.assert_shape((ctx, weights), ((B, num_queries, DV), (B, num_queries, num_keys)))
@@ -116,7 +117,7 @@ class LuongAttentionTest(parameterized.TestCase):
             LuongAttention(score="location")
         module = _module("general", "global")
         query, key, value = _inputs("general")
-        params = module.init(jax.random.key(0), jnp.asarray(query), jnp.asarray(key))
+        params = nn.unbox(module.init(jax.random.key(0), jnp.asarray(query), jnp.asarray(key)))
         with _raises(TypeError, "key", "list"):
             module.apply(params, jnp.asarray(query), key.tolist())
         with _raises(ValueError, "feature", (B, T, 0)):

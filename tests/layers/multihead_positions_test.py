@@ -84,7 +84,7 @@ def _np_attention(params, x, positions, *, causal=False, key_lengths=None, shaw_
 
 
 def _init(model, x, seed=0):
-    return model.init(jax.random.PRNGKey(seed), x)["params"]
+    return nn.unbox(model.init(jax.random.PRNGKey(seed), x)["params"])
 
 
 class ReferenceTest(chex.TestCase):
@@ -146,7 +146,7 @@ class ReferenceTest(chex.TestCase):
             params = _init(model, x)
             full = model.apply({"params": params}, x, is_causal=True)
             decoder = _module(positions, shaw_max_distance=2, decode=True)
-            cache = decoder.init(jax.random.PRNGKey(0), jnp.zeros((B, p + t, D)))["cache"]
+            cache = nn.unbox(decoder.init(jax.random.PRNGKey(0), jnp.zeros((B, p + t, D)))["cache"])
             _, state = decoder.apply({"params": params, "cache": cache}, _x(9, t=p), mutable=["cache"])
             hide = jnp.broadcast_to(jnp.asarray(np.arange(p + t) >= p), (1, 1, t, p + t))  # [1, 1, T, S_max]
             shifted, _ = decoder.apply({"params": params, **state}, x, mask=hide, mutable=["cache"])
@@ -170,7 +170,7 @@ class DecodeTest(chex.TestCase):
         params = _init(model, x)
         full = model.apply({"params": params}, x, is_causal=True)
         decoder = _module(positions, shaw_max_distance=2, decode=True)
-        cache = decoder.init(jax.random.PRNGKey(0), jnp.zeros((B, length, D)))["cache"]
+        cache = nn.unbox(decoder.init(jax.random.PRNGKey(0), jnp.zeros((B, length, D)))["cache"])
         step = self.variant(lambda p, c, xs: decoder.apply({"params": p, "cache": c}, xs, mutable=["cache"]))
         out, state = step(params, cache, x[:, :prefill])
         pieces = [out]

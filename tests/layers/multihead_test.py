@@ -84,7 +84,7 @@ class ReferenceTest(parameterized.TestCase):
         xkv = xkv if cross else None
         s = S if cross else T
         mask = _random_mask(kv_heads, T, s) if masked else None
-        params = model.init(jax.random.PRNGKey(kv_heads), xq, xkv)["params"]
+        params = nn.unbox(model.init(jax.random.PRNGKey(kv_heads), xq, xkv)["params"])
         out = model.apply({"params": params}, xq, xkv, mask=mask)
         chex.assert_shape(out, (B, T, D))
         expected = _np_multihead(params, xq, xq if xkv is None else xkv, mask)
@@ -96,7 +96,7 @@ class ReferenceTest(parameterized.TestCase):
         xq, xkv = _inputs(10 + kv_heads)
         mask = _random_mask(kv_heads, T, S)
         mask = mask.at[0, 0, 1].set(True)  # jax.nn gives uniform weights on fully masked rows; avoid them
-        params = model.init(jax.random.PRNGKey(0), xq, xkv)["params"]
+        params = nn.unbox(model.init(jax.random.PRNGKey(0), xq, xkv)["params"])
         out = model.apply({"params": params}, xq, xkv, mask=mask)
         chex.assert_shape(out, (B, T, 3))
         p = params
@@ -113,7 +113,7 @@ class ReferenceTest(parameterized.TestCase):
         model = _module(kv_heads)
         xq, _ = _inputs(20 + kv_heads, t=6)  # T = 6
         segments = jnp.array([[0, 0, 0, 1, 1, 2], [5, 5, 7, 7, 7, 7]], jnp.int32)  # packed sequences
-        params = model.init(jax.random.PRNGKey(2), xq)["params"]
+        params = nn.unbox(model.init(jax.random.PRNGKey(2), xq)["params"])
         out = model.apply({"params": params}, xq, segment_ids=segments, is_causal=True)
         same = np.asarray(segments)[:, :, None] == np.asarray(segments)[:, None, :]  # [B, T, T]
         expected = _np_multihead(params, xq, xq, same[:, None], causal=True)
@@ -134,7 +134,7 @@ class ReferenceTest(parameterized.TestCase):
     def test_segment_ids_errors(self):
         model = _module(2)
         xq, _ = _inputs(1)
-        params = model.init(jax.random.PRNGKey(0), xq)["params"]
+        params = nn.unbox(model.init(jax.random.PRNGKey(0), xq)["params"])
         with pytest.raises(ValueError, match="segment"):
             model.apply({"params": params}, xq, segment_ids=jnp.zeros((B, T + 1), jnp.int32))
         with pytest.raises(ValueError, match="segment_ids are not supported with decode=True"):
@@ -143,7 +143,7 @@ class ReferenceTest(parameterized.TestCase):
     def test_causal_matches_numpy_and_key_lengths(self):
         model = _module(2)
         xq, _ = _inputs(3)
-        params = model.init(jax.random.PRNGKey(1), xq)["params"]
+        params = nn.unbox(model.init(jax.random.PRNGKey(1), xq)["params"])
         out = model.apply({"params": params}, xq, is_causal=True)
         np.testing.assert_allclose(out, _np_multihead(params, xq, xq, causal=True), atol=ATOL, rtol=1e-5)
         lengths = jnp.array([T, 2], jnp.int32)
@@ -157,11 +157,11 @@ class DecodeTest(parameterized.TestCase):
     def test_incremental_equals_full_causal(self, kv_heads, prefill):
         length = 6
         x, _ = _inputs(20 + kv_heads, t=length)
-        params = _module(kv_heads).init(jax.random.PRNGKey(2), x)["params"]
+        params = nn.unbox(_module(kv_heads).init(jax.random.PRNGKey(2), x)["params"])
         full = _module(kv_heads).apply({"params": params}, x, is_causal=True)  # [B, 6, D]
 
         decoder = _module(kv_heads, decode=True)
-        cache = decoder.init(jax.random.PRNGKey(2), jnp.zeros((B, length, D)))["cache"]  # S_max = 6
+        cache = nn.unbox(decoder.init(jax.random.PRNGKey(2), jnp.zeros((B, length, D)))["cache"])  # S_max = 6
         chex.assert_shape(cache["cached_key"], (B, length, kv_heads, D // N))
         self.assertEqual(int(cache["cache_index"]), 0)
         pieces = []
@@ -176,7 +176,7 @@ class DecodeTest(parameterized.TestCase):
     def test_decode_step_with_mask_and_weights_never_sees_unwritten_slots(self):
         x, _ = _inputs(5, t=6)
         decoder = _module(2, decode=True)
-        variables = decoder.init(jax.random.PRNGKey(3), x)
+        variables = nn.unbox(decoder.init(jax.random.PRNGKey(3), x))
         (out, weights), state = decoder.apply(variables, x[:, :2], return_weights=True, mutable=["cache"])
         chex.assert_shape(weights, (B, N, 2, 6))
         np.testing.assert_array_equal(np.asarray(weights)[:, :, 0, 1:], 0.0)
@@ -195,7 +195,7 @@ class DecodeTest(parameterized.TestCase):
     def test_jitted_decode_step_traces_once(self):
         x, _ = _inputs(6, t=6)
         decoder = _module(2, decode=True)
-        variables = decoder.init(jax.random.PRNGKey(4), x)
+        variables = nn.unbox(decoder.init(jax.random.PRNGKey(4), x))
         params = variables["params"]
 
         @jax.jit
@@ -218,7 +218,7 @@ class BehaviourTest(chex.TestCase):
     def test_causality_by_gradient(self):
         model = _module(2)
         x, _ = _inputs(7)
-        params = model.init(jax.random.PRNGKey(5), x)["params"]
+        params = nn.unbox(model.init(jax.random.PRNGKey(5), x)["params"])
         jac = jax.jacfwd(lambda inp: model.apply({"params": params}, inp, is_causal=True))(x)  # [B,T,D,B,T,D]
         sens = np.abs(np.asarray(jac)[0, :, :, 0]).sum(axis=(1, 3))  # [T(out), T(in)]
         np.testing.assert_array_equal(np.triu(sens, k=1), 0.0)
@@ -233,7 +233,7 @@ class BehaviourTest(chex.TestCase):
 
         model = _module(2, attention_fn=recording_attention, implementation="xla")
         xq, xkv = _inputs(8)
-        params = model.init(jax.random.PRNGKey(6), xq, xkv)["params"]
+        params = nn.unbox(model.init(jax.random.PRNGKey(6), xq, xkv)["params"])
         calls.clear()
         out = model.apply({"params": params}, xq, xkv)
         self.assertLen(calls, 1)
@@ -248,7 +248,7 @@ class BehaviourTest(chex.TestCase):
         model = _module(1)
         xq, xkv = _inputs(9)
         mask = _random_mask(9, T, S)
-        params = model.init(jax.random.PRNGKey(7), xq, xkv)["params"]
+        params = nn.unbox(model.init(jax.random.PRNGKey(7), xq, xkv)["params"])
         out, weights = model.apply({"params": params}, xq, xkv, mask=mask, return_weights=True)
         chex.assert_shape(weights, (B, N, T, S))
         sums = np.asarray(weights).sum(-1)
@@ -262,14 +262,14 @@ class BehaviourTest(chex.TestCase):
         model = _module(2)
         xq, xkv = _inputs(11)
         mask = _random_mask(11, T, S)
-        params = model.init(jax.random.PRNGKey(8), xq, xkv)["params"]
+        params = nn.unbox(model.init(jax.random.PRNGKey(8), xq, xkv)["params"])
         apply = self.variant(lambda p, a, b, m: model.apply({"params": p}, a, b, mask=m))
         np.testing.assert_allclose(apply(params, xq, xkv, mask), _np_multihead(params, xq, xkv, mask), atol=ATOL)
 
     def test_dropout(self):
         model = _module(2, dropout_rate=0.5)
         xq, xkv = _inputs(12)
-        params = model.init(jax.random.PRNGKey(9), xq, xkv)["params"]
+        params = nn.unbox(model.init(jax.random.PRNGKey(9), xq, xkv)["params"])
         plain = model.apply({"params": params}, xq, xkv)
         with_rng = model.apply({"params": params}, xq, xkv, rngs={"dropout": jax.random.PRNGKey(1)})
         np.testing.assert_array_equal(plain, with_rng)  # deterministic=True ignores the rng
@@ -285,7 +285,7 @@ class BehaviourTest(chex.TestCase):
     def test_param_dtype_and_compute_dtype(self):
         model = _module(2, dtype=jnp.bfloat16)
         xq, _ = _inputs(13)
-        variables = model.init(jax.random.PRNGKey(10), xq)
+        variables = nn.unbox(model.init(jax.random.PRNGKey(10), xq))
         for leaf in jax.tree.leaves(variables):
             self.assertEqual(leaf.dtype, jnp.float32)
         out = model.apply(variables, xq)
@@ -311,7 +311,7 @@ class BadInputTest(absltest.TestCase):
     def test_decode_past_cache_length_and_batch(self):
         x, _ = _inputs(15, t=3)
         decoder = _module(2, decode=True)
-        variables = decoder.init(jax.random.PRNGKey(0), x)  # S_max = 3
+        variables = nn.unbox(decoder.init(jax.random.PRNGKey(0), x))  # S_max = 3
         with _raises("(2, 4, 8)", "(2, 3, 2, 2)"):
             decoder.apply(variables, jnp.zeros((B, 4, D)), mutable=["cache"])
         with _raises("(1, 1, 8)", "(2, 3, 2, 2)"):
@@ -351,9 +351,9 @@ class FlaxDropInTest(parameterized.TestCase):
         mask = rng.random((B, 1, T, S)) < 0.7
         mask[..., 0] = True  # flax gives masked-out rows uniform weights; keep every row alive
         flax_module = nn.MultiHeadDotProductAttention(**kw)
-        params = flax_module.init(jax.random.key(0), xq, xk, xv, mask=jnp.asarray(mask))
+        params = nn.unbox(flax_module.init(jax.random.key(0), xq, xk, xv, mask=jnp.asarray(mask)))
         ours = MultiHeadAttention(**kw)
-        self.assertEqual(jax.tree.map(jnp.shape, ours.init(jax.random.key(0), xq, xk, xv)),
+        self.assertEqual(jax.tree.map(jnp.shape, nn.unbox(ours.init(jax.random.key(0), xq, xk, xv))),
                          jax.tree.map(jnp.shape, params))
         want = flax_module.apply(params, xq, xk, xv, mask=jnp.asarray(mask))
         got = ours.apply(params, xq, xk, xv, mask=jnp.asarray(mask))
@@ -363,13 +363,13 @@ class FlaxDropInTest(parameterized.TestCase):
         # flax's older keyword: one input for keys and values.
         xq, xkv = _inputs(26)
         module = _module(2)
-        variables = module.init(jax.random.key(0), xq, xkv)
+        variables = nn.unbox(module.init(jax.random.key(0), xq, xkv))
         chex.assert_trees_all_close(module.apply(variables, xq, inputs_kv=xkv), module.apply(variables, xq, xkv, xkv))
         chex.assert_trees_all_close(module.apply(variables, xq, inputs_kv=xkv), module.apply(variables, xq, xkv))
 
     def test_qkv_features_sets_the_head_dim(self):
         xq, xkv = _inputs(21)
-        params = MultiHeadAttention(num_heads=N, qkv_features=16).init(jax.random.key(0), xq, xkv)["params"]
+        params = nn.unbox(MultiHeadAttention(num_heads=N, qkv_features=16).init(jax.random.key(0), xq, xkv)["params"])
         chex.assert_shape(params["query"]["kernel"], (D, N, 4))
         with _raises("qkv_features=10", "N=4"):
             MultiHeadAttention(num_heads=N, qkv_features=10)
@@ -386,7 +386,7 @@ class FlaxDropInTest(parameterized.TestCase):
 
     def test_deterministic_attribute_call_argument_and_dropout_rng(self):
         xq, xkv = _inputs(23)
-        variables = _module(N, dropout_rate=0.5).init(jax.random.key(0), xq, xkv)
+        variables = nn.unbox(_module(N, dropout_rate=0.5).init(jax.random.key(0), xq, xkv))
         clean = _module(N, dropout_rate=0.5).apply(variables, xq, xkv)  # neither set: deterministic
         by_attr = _module(N, dropout_rate=0.5, deterministic=False).apply(
             variables, xq, xkv, dropout_rng=jax.random.key(1))
@@ -405,7 +405,7 @@ class FlaxDropInTest(parameterized.TestCase):
     def test_broadcast_dropout_shares_one_mask_and_matches_its_weights(self, kv_heads):
         xq, xkv = _inputs(24)
         module = _module(kv_heads, dropout_rate=0.5, broadcast_dropout=True)
-        variables = module.init(jax.random.key(0), xq, xkv)
+        variables = nn.unbox(module.init(jax.random.key(0), xq, xkv))
         out, weights = module.apply(variables, xq, xkv, deterministic=False, return_weights=True,
                                     dropout_rng=jax.random.key(3))
         dropped = np.asarray(weights) == 0.0  # [B, N, T, S]; the softmax weights are all positive
@@ -425,7 +425,7 @@ class FlaxDropInTest(parameterized.TestCase):
     def test_sow_weights(self):
         xq, xkv = _inputs(25)
         module = _module(2)
-        variables = module.init(jax.random.key(0), xq, xkv)
+        variables = nn.unbox(module.init(jax.random.key(0), xq, xkv))
         (_, weights), state = module.apply(variables, xq, xkv, return_weights=True, sow_weights=True,
                                            mutable=["intermediates"])
         chex.assert_trees_all_close(state["intermediates"]["attention_weights"], (weights,))
@@ -500,7 +500,7 @@ class EmptySequenceTest(parameterized.TestCase):
         num_queries, num_keys = sizes
         module = _module(2, implementation=implementation)
         xq, xkv = _inputs(40)
-        variables = module.init(jax.random.key(0), xq, xkv)  # parameters from non-empty inputs
+        variables = nn.unbox(module.init(jax.random.key(0), xq, xkv))  # parameters from non-empty inputs
         xq, xkv = xq[:, :num_queries], xkv[:, :num_keys]
 
         def loss(variables, xq, xkv):
@@ -536,7 +536,7 @@ class NanInputRowsTest(parameterized.TestCase):
     def test_cross_attention(self, masks, dead):
         xq, xkv = _inputs(50)
         module = _module(2)
-        variables = module.init(jax.random.key(0), xq, xkv)
+        variables = nn.unbox(module.init(jax.random.key(0), xq, xkv))
         poisoned = np.asarray(xkv).copy()
         poisoned[dead] = np.nan
 
@@ -552,7 +552,7 @@ class NanInputRowsTest(parameterized.TestCase):
         # A padded position is a dead key but a live query: its query projection must stay untouched.
         x, _ = _inputs(51)
         module = _module(2)
-        variables = module.init(jax.random.key(0), x)
+        variables = nn.unbox(module.init(jax.random.key(0), x))
         lengths = jnp.asarray([T, 2])
         out = module.apply(variables, x, key_lengths=lengths)
         params = jax.tree.map(lambda a: np.asarray(a, np.float64), variables["params"])

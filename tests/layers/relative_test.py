@@ -7,6 +7,7 @@ reliability contract: NaN in dead rows (per head), empty segments and bad argume
 import re
 
 import chex
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -81,7 +82,7 @@ class RelativeLayerNanMemoryTest(absltest.TestCase):
         h = jnp.asarray(rng.standard_normal((B, T, D)), jnp.float32)
         memory = rng.standard_normal((B, M, D)).astype(np.float32)
         layer = relative.RelativeMultiHeadAttention(num_heads=N, head_dim=H)
-        params = layer.init(jax.random.key(0), h, jnp.asarray(memory))
+        params = nn.unbox(layer.init(jax.random.key(0), h, jnp.asarray(memory)))
         mask = np.ones((B, 1, T, L), bool)
         mask[1, :, :, :M] = False  # row 1: its memory is padding
         poisoned = memory.copy()

@@ -96,7 +96,7 @@ def _inputs(seed=0):
 
 
 def _params(module, xq, xkv, seed=0, kappa=None, alpha=None):
-    params = module.init(jax.random.PRNGKey(seed), xq, xkv)
+    params = nn.unbox(module.init(jax.random.PRNGKey(seed), xq, xkv))
     rng = np.random.default_rng(seed + 100)
     inner = dict(params["params"])
     # Non-uniform simplex points, so every branch weight matters.
@@ -169,7 +169,7 @@ def test_project_to_simplex_rejects_bad_inputs():
 def test_project_branch_weights_after_adam_step():
     module = _module()
     xq, xkv = _inputs()
-    params = module.init(jax.random.PRNGKey(0), xq, xkv)
+    params = nn.unbox(module.init(jax.random.PRNGKey(0), xq, xkv))
     opt = optax.adam(0.5)
     state = opt.init(params)
 
@@ -201,7 +201,7 @@ def test_project_branch_weights_after_adam_step():
 def test_init_shapes_and_uniform_branch_weights():
     module = _module()
     xq, xkv = _inputs()
-    params = module.init(jax.random.PRNGKey(0), xq, xkv)["params"]
+    params = nn.unbox(module.init(jax.random.PRNGKey(0), xq, xkv)["params"])
     shapes = jax.tree_util.tree_map(jnp.shape, params)
     assert shapes["query"]["kernel"] == (D, M, H)
     assert shapes["out_kernel"] == (M, H, D)
@@ -311,7 +311,7 @@ def test_call_flags_must_be_bools(name, bad):
     # Before the fix, is_causal="no" was truthy and silently causal.
     module = _module()
     xq, xkv = _inputs(40)
-    params = module.init(jax.random.PRNGKey(0), xq, xkv)
+    params = nn.unbox(module.init(jax.random.PRNGKey(0), xq, xkv))
     with _raises(name, repr(bad), error=TypeError):
         module.apply(params, xq, xkv, **{name: bad})
 
@@ -319,7 +319,7 @@ def test_call_flags_must_be_bools(name, bad):
 def test_lists_and_zero_features_are_named():
     module = _module()
     xq, xkv = _inputs(41)
-    params = module.init(jax.random.PRNGKey(0), xq, xkv)
+    params = nn.unbox(module.init(jax.random.PRNGKey(0), xq, xkv))
     with _raises("inputs_q", "list", error=TypeError):
         module.apply(params, np.asarray(xq).tolist(), xkv)
     with _raises("mask", "list", error=TypeError):
@@ -348,7 +348,7 @@ def test_nan_in_masked_input_rows_reaches_no_gradient():
     # Before the fix d W_k = x^T d k = NaN * 0 on the masked rows of inputs_kv.
     module = _module()
     xq, xkv = _inputs(43)
-    params = module.init(jax.random.PRNGKey(0), xq, xkv)
+    params = nn.unbox(module.init(jax.random.PRNGKey(0), xq, xkv))
     mask = jnp.asarray(np.arange(S)[None, None, None, :] < np.array([S, 2])[:, None, None, None])  # [B, 1, 1, S]
     mask = jnp.broadcast_to(mask, (B, 1, T, S))
     poisoned = np.asarray(xkv).copy()
