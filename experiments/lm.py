@@ -32,6 +32,7 @@ import textwrap
 from typing import Any
 
 from absl import logging
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -283,6 +284,7 @@ def train_lm(model, cfg: ml_collections.ConfigDict, lm_data: LMData, run_dir: st
     init_rng, dropout_rng = jax.random.split(jax.random.PRNGKey(cfg.seed))
     params = jax.jit(model.init)(init_rng, jnp.zeros((batch, seg), jnp.int32),
                                  model.init_memories(batch, tc.mem_len))["params"]
+    params = nn.unbox(params)  # plain arrays: the model boxes them with logical axis names
     logging.info("train stream %d tokens = %d streams x %d segments of %d", len(lm_data.train.ids), batch,
                  steps_per_epoch, seg)
     train_step = make_train_step(model, optimizer)

@@ -282,6 +282,7 @@ def time_runners(runners: Sequence[Runner], config: Config, *, interleave: bool)
 
 def prepare_jax(config: Config, batches: Sequence[dict[str, np.ndarray]]) -> Runner:
     """Builds and compiles the jitted training step of `attention_jax.models.transformer.Transformer`."""
+    import flax.linen as nn
     import jax
     import jax.numpy as jnp
     import optax
@@ -301,6 +302,7 @@ def prepare_jax(config: Config, batches: Sequence[dict[str, np.ndarray]]) -> Run
     init_key, dropout_key = jax.random.split(jax.random.key(config.seed))
     params = jax.jit(functools.partial(model.init, train=False))(
             init_key, first["src"], first["src_lengths"], first["tgt_in"])["params"]
+    params = nn.unbox(params)  # plain arrays: the model boxes them with logical axis names
     optimizer = optax.adam(transformer.transformer_schedule(config.d_model, config.lr_warmup_steps),
                            b1=0.9, b2=0.98, eps=1e-9)
     opt_state = optimizer.init(params)

@@ -27,6 +27,7 @@ import time
 from typing import Any
 
 from absl import logging
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -103,7 +104,7 @@ def init_params(model, rng: jax.Array, buckets: Sequence[int]):
     lengths = jnp.full((2,), length, jnp.int32)
     variables = jax.jit(functools.partial(model.init, train=False))({"params": rng, "dropout": rng}, src, lengths,
                                                                     src)
-    return variables["params"]
+    return nn.unbox(variables["params"])  # plain arrays: the models box them with logical axis names
 
 
 @dataclasses.dataclass

@@ -25,6 +25,9 @@ The contract (issue 9, "A layer contract suite"); the names in brackets are the 
                                        `decode_next` through `decoding.prepare`, Transformer-XL's segments).
   test_bad_shapes_raise_value_error    each bad-shape call raises ValueError whose message names the offending
     [bad_shapes]                       shapes, while tracing (before any compute).
+  test_params_have_logical_axes        every parameter `init` creates is boxed with logical axis names, one per
+                                       axis (`attention_jax.core.axes`), so `attention_jax.sharding` can lay
+                                       it out on a mesh.
 
 `ModelContract` (the encoder-decoders) adds: test_is_decodable, test_padding_tokens_change_nothing (other
 ids at padded source positions change neither the outputs nor any parameter gradient; a live id does) and
@@ -576,6 +579,15 @@ class LayerContract(parameterized.TestCase):
         self.assertGreater(steps, 1, "step through at least two positions")
         reference = jax.tree_util.tree_map(lambda r: r[:, :steps], self.step_reference(module, variables, inputs))
         _assert_trees_close(stacked, reference, self.TOL, "step by step vs full pass")
+
+    def test_params_have_logical_axes(self):
+        """Every parameter is an `nn.LogicallyPartitioned` with one name of `core.axes.NAMES` (or None) per axis."""
+        from attention_jax.sharding import annotation_errors  # pylint: disable=import-outside-toplevel
+
+        module, inputs, _ = self._setup()
+        shapes = jax.eval_shape(functools.partial(module.init, **inputs), jax.random.PRNGKey(0))
+        errors = annotation_errors(dict(shapes).get("params", {}))
+        self.assertEqual(errors, [], f"{type(module).__name__}: parameters without logical axes")
 
     def test_bad_shapes_raise_value_error(self):
         self._skip("bad_shapes")

@@ -409,12 +409,16 @@ class _ToyAttention(nn.Module):
 
     leak: bool = False  # mask the logits but leave NaN keys and values in place (0 * NaN reaches the output)
     check_shapes: bool = True
+    annotate: bool = True  # box the parameter with logical axis names
 
     @nn.compact
     def __call__(self, query, key, value, mask, temperature=1.0):
         if self.check_shapes and mask.shape != key.shape[:2]:
             raise ValueError(f"mask must be [B, S]: {mask.shape=} {key.shape=}")
-        w = self.param("w", nn.initializers.lecun_normal(), (query.shape[-1], key.shape[-1]))
+        init = nn.initializers.lecun_normal()
+        if self.annotate:
+            init = nn.with_logical_partitioning(init, ("embed", None))
+        w = self.param("w", init, (query.shape[-1], key.shape[-1]))
         if not self.leak:
             key = jnp.where(mask[..., None], key, 0.0)
             value = jnp.where(mask[..., None], value, 0.0)
@@ -430,8 +434,10 @@ class _ToyContract(contract.LayerContract):
     STEP_SHIFT = 0  # step t reads query row t + STEP_SHIFT
     SKIP = {"masked_inputs": "keys and values are the inputs"}
 
+    ANNOTATE = True
+
     def make_module(self):
-        return _ToyAttention(leak=self.LEAK, check_shapes=self.CHECK_SHAPES)
+        return _ToyAttention(leak=self.LEAK, check_shapes=self.CHECK_SHAPES, annotate=self.ANNOTATE)
 
     def make_inputs(self, rng):
         inputs = dict(query=_normal(rng, B, T, D), key=_normal(rng, B, S, D), value=_normal(rng, B, S, D),
@@ -478,11 +484,15 @@ class _UncheckedToy(_ToyContract):
     CHECK_SHAPES = False
 
 
+class _UnannotatedToy(_ToyContract):
+    ANNOTATE = False
+
+
 class ContractSelfTest(absltest.TestCase):
     """Each check of the contract can fail: it passes a correct layer and catches the defect it is about."""
 
     CHECKS = ("test_jit_equals_eager", "test_masked_never_leak_keys", "test_no_retrace_per_step",
-              "test_step_equals_full_pass", "test_bad_shapes_raise_value_error")
+              "test_step_equals_full_pass", "test_bad_shapes_raise_value_error", "test_params_have_logical_axes")
 
     def _failed(self, case_cls) -> set[str]:
         failed = set()
@@ -500,7 +510,8 @@ class ContractSelfTest(absltest.TestCase):
     def test_each_defect_fails_its_check(self):
         for case_cls, check in ((_LeakyToy, "test_masked_never_leak_keys"), (_RetracingToy, "test_no_retrace_per_step"),
                                 (_MisSteppingToy, "test_step_equals_full_pass"),
-                                (_UncheckedToy, "test_bad_shapes_raise_value_error")):
+                                (_UncheckedToy, "test_bad_shapes_raise_value_error"),
+                                (_UnannotatedToy, "test_params_have_logical_axes")):
             with self.subTest(case_cls.__name__):
                 self.assertIn(check, self._failed(case_cls))
 

@@ -7,6 +7,7 @@ Gehring et al. 2017, arXiv:1705.03122: §3.2 (GLU blocks, causal decoder), §3.3
 import re
 
 import chex
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import jax.test_util as jtu
@@ -179,7 +180,7 @@ def _init(model, seed=0):
     """Random variables of the right structure, without compiling `model.init`."""
     shapes = jax.eval_shape(model.init, jax.random.key(0), SRC, SRC_LENGTHS, TGT_IN)
     rng = np.random.default_rng(seed)
-    return jax.tree_util.tree_map(lambda x: (0.5 * rng.standard_normal(x.shape)).astype(x.dtype), shapes)
+    return jax.tree_util.tree_map(lambda x: (0.5 * rng.standard_normal(x.shape)).astype(x.dtype), nn.unbox(shapes))
 
 
 def _stepwise(model, variables, src, src_lengths, tgt_in):

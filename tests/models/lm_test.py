@@ -3,6 +3,7 @@ future change nothing, packed segments are independent, and every backend comput
 
 from __future__ import annotations
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -31,7 +32,7 @@ class TransformerLMContractTest(contract.LayerContract):
 
     def step_init(self, module, variables, inputs):
         decoder = self.make_module(decode=True)
-        return decoder.init(jax.random.key(0), inputs["tokens"])["cache"]
+        return nn.unbox(decoder.init(jax.random.key(0), inputs["tokens"])["cache"])
 
     def step(self, module, variables, inputs, carry, t):
         decoder = self.make_module(decode=True)
@@ -106,7 +107,7 @@ class TransformerLMContractTest(contract.LayerContract):
     def test_decoding_refuses_lengths(self):
         _, inputs, variables = self._model()
         decoder = self.make_module(decode=True)
-        cache = decoder.init(jax.random.key(0), inputs["tokens"])["cache"]
+        cache = nn.unbox(decoder.init(jax.random.key(0), inputs["tokens"])["cache"])
         with self.assertRaisesRegex(ValueError, "no lengths or segment_ids"):
             decoder.apply({"params": variables["params"], "cache": cache}, inputs["tokens"][:, :1],
                           jnp.ones((self.B,), jnp.int32), mutable=["cache"])

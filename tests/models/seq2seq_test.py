@@ -8,6 +8,7 @@ in seconds on one CPU core.
 import re
 
 import chex
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -70,7 +71,7 @@ def _init(model, seed=0):
     """
     shapes = jax.eval_shape(model.init, jax.random.key(0), SRC, SRC_LENGTHS, TGT_IN)
     rng = np.random.default_rng(seed)
-    return jax.tree_util.tree_map(lambda x: (0.5 * rng.standard_normal(x.shape)).astype(x.dtype), shapes)
+    return jax.tree_util.tree_map(lambda x: (0.5 * rng.standard_normal(x.shape)).astype(x.dtype), nn.unbox(shapes))
 
 
 def _stepwise(model, variables, src, src_lengths, tgt_in, unroll=True):
@@ -183,7 +184,7 @@ class Seq2SeqStepTest(parameterized.TestCase):
 def _init_encoder(encoder, seed=0):
     shapes = jax.eval_shape(encoder.init, jax.random.key(0), SRC, SRC_LENGTHS)
     rng = np.random.default_rng(seed)
-    return jax.tree_util.tree_map(lambda x: (0.5 * rng.standard_normal(x.shape)).astype(x.dtype), shapes)
+    return jax.tree_util.tree_map(lambda x: (0.5 * rng.standard_normal(x.shape)).astype(x.dtype), nn.unbox(shapes))
 
 
 class EncoderTest(parameterized.TestCase):
@@ -243,7 +244,7 @@ class AttentionModuleTest(parameterized.TestCase):
         """Precomputing U_a h_j (A.1.2) gives the same result as the core additive score."""
         query, key, mask = self._inputs()
         attention = BahdanauAttention(features=5)
-        variables = attention.init(jax.random.key(0), query, key, None, mask)
+        variables = nn.unbox(attention.init(jax.random.key(0), query, key, None, mask))
         params = variables["params"]
         self.assertEqual(params["w_q"]["kernel"].shape, (4, 5))
         self.assertEqual(params["w_k"]["kernel"].shape, (6, 5))
@@ -268,7 +269,7 @@ class AttentionModuleTest(parameterized.TestCase):
         query, key, mask = self._inputs(dk)
         attention = LuongAttention(score=score, mode=mode, window=2, max_source_len=S, features=3)
         positions = np.array([[0, 2, 4], [1, 1, 5]], np.int32)
-        variables = attention.init(jax.random.key(0), query, key, None, mask, positions)
+        variables = nn.unbox(attention.init(jax.random.key(0), query, key, None, mask, positions))
         params = dict(variables.get("params", {}))
         ctx, weights = attention.apply(variables, query, key, None, mask, positions)
         expected = context.attend(
@@ -347,7 +348,7 @@ class TrainingTest(parameterized.TestCase):
         tgt[:, 0] = 2
         tgt_in, tgt_out = tgt[:, :-1], tgt[:, 1:]
         mask = np.ones((4, T), np.float32)
-        params = jax.jit(model.init)(jax.random.key(0), src, lengths, tgt_in)["params"]
+        params = nn.unbox(jax.jit(model.init)(jax.random.key(0), src, lengths, tgt_in)["params"])
         optimizer = optax.adam(3e-2)
         loss_fn = lambda p: _loss(model, p, src, lengths, tgt_in, tgt_out, mask)
 

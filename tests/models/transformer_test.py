@@ -51,7 +51,7 @@ def _init(model, seed=0, src=None, lengths=None, tgt=None, noise=0.0):
     src = d_src if src is None else src
     lengths = d_len if lengths is None else lengths
     tgt = d_tgt if tgt is None else tgt
-    params = model.init(jax.random.PRNGKey(seed), src, lengths, tgt)["params"]
+    params = nn.unbox(model.init(jax.random.PRNGKey(seed), src, lengths, tgt)["params"])
     if noise:  # move LayerNorm scales/biases and zero biases away from their init so the reference sees them
         leaves, tree = jax.tree.flatten(params)
         keys = jax.random.split(jax.random.PRNGKey(seed + 100), len(leaves))

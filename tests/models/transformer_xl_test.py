@@ -5,6 +5,7 @@ appendix B (the relative shift).
 """
 
 import chex
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -200,7 +201,7 @@ class RelativeEncodingsTest(absltest.TestCase):
 
 def _layer_and_params(seed=0):
     layer = relative.RelativeMultiHeadAttention(num_heads=N, head_dim=H, bias_init=jax.nn.initializers.normal(0.5))
-    params = layer.init(jax.random.PRNGKey(seed), jnp.zeros((B, T, D)), jnp.zeros((B, 2, D)))
+    params = nn.unbox(layer.init(jax.random.PRNGKey(seed), jnp.zeros((B, T, D)), jnp.zeros((B, 2, D))))
     return layer, params
 
 
@@ -293,7 +294,7 @@ class TransformerXLLayerTest(chex.TestCase, parameterized.TestCase):
         layer = txl.TransformerXLLayer(num_heads=N, head_dim=H, d_inner=16, pre_norm=pre_norm)
         h = jnp.asarray(_rng(1).normal(size=(B, T, D)), jnp.float32)
         memory = jnp.asarray(_rng(2).normal(size=(B, 4, D)), jnp.float32)
-        params = layer.init(jax.random.PRNGKey(0), h, memory)
+        params = nn.unbox(layer.init(jax.random.PRNGKey(0), h, memory))
         out = layer.apply(params, h, memory)
         chex.assert_shape(out, (B, T, D))
         if not pre_norm:  # The paper's post-LN: the block output is a LayerNorm output (zero mean, unit variance).
@@ -303,7 +304,7 @@ class TransformerXLLayerTest(chex.TestCase, parameterized.TestCase):
     def test_dropout_only_in_training(self):
         layer = txl.TransformerXLLayer(num_heads=N, head_dim=H, d_inner=16, dropout_rate=0.5)
         h = jnp.asarray(_rng(1).normal(size=(B, T, D)), jnp.float32)
-        params = layer.init(jax.random.PRNGKey(0), h)
+        params = nn.unbox(layer.init(jax.random.PRNGKey(0), h))
         chex.assert_trees_all_close(layer.apply(params, h), layer.apply(params, h))
         a = layer.apply(params, h, train=True, rngs={"dropout": jax.random.PRNGKey(1)})
         b = layer.apply(params, h, train=True, rngs={"dropout": jax.random.PRNGKey(2)})
@@ -322,7 +323,7 @@ class TransformerXLLayerTest(chex.TestCase, parameterized.TestCase):
 class TransformerXLLMTest(chex.TestCase, parameterized.TestCase):
 
     def _params(self, model, length=SEG):
-        return model.init(jax.random.PRNGKey(0), _tokens(length))["params"]
+        return nn.unbox(model.init(jax.random.PRNGKey(0), _tokens(length))["params"])
 
     @parameterized.parameters((False, SEG), (True, SEG), (False, 2 * SEG))
     def test_two_segments_with_memory_equal_one_causal_pass(self, pre_norm, mem_len):
@@ -456,7 +457,7 @@ class TransformerXLLMTest(chex.TestCase, parameterized.TestCase):
         params = self._params(model)
         names = {"/".join(k.key for k in path) for path, _ in jax.tree_util.tree_leaves_with_path(params)}
         self.assertFalse(any("out_proj" in n or "logits" in n for n in names), names)
-        other = model.init(jax.random.PRNGKey(0), _tokens(SEG), model.init_memories(B, 7))["params"]
+        other = nn.unbox(model.init(jax.random.PRNGKey(0), _tokens(SEG), model.init_memories(B, 7))["params"])
         chex.assert_trees_all_equal_shapes(params, other)
 
     def test_bad_inputs_raise(self):
