@@ -66,7 +66,8 @@ def describe(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
             "dropout_rate": m.dropout_rate, "positions": m.positions, "norm": m.norm}
 
 
-IMPLEMENTATIONS = ("auto", "xla", "blockwise", "flash", "cudnn")
+IMPLEMENTATIONS = ("auto", "xla", "blockwise", "flash", "cudnn", "ring", "ulysses")
+SEQUENCE_PARALLEL = ("ring", "ulysses")  # need a mesh with seq > 1 (--config.mesh.seq)
 
 
 def _check_implementation(m: ml_collections.ConfigDict) -> None:
@@ -105,8 +106,16 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
             raise training.ConfigError(f"--config.{path}={value!r} is not valid; fix: use a value in [0, 1)")
     if isinstance(t.warmup_steps, bool) or not isinstance(t.warmup_steps, int) or t.warmup_steps < 1:
         raise training.ConfigError(f"--config.train.warmup_steps={t.warmup_steps!r} is not valid; fix: use an int >= 1")
-    if m.implementation != "auto":
+    if m.implementation in SEQUENCE_PARALLEL:
+        if cfg.mesh.seq < 2:
+            raise training.ConfigError(f"--config.model.implementation={m.implementation} splits the sequence over "
+                                       "the mesh's seq axis; fix: add --config.mesh.seq=2 (or more)")
+    elif m.implementation != "auto":
         _check_implementation(m)
+    shards = cfg.mesh.data * cfg.mesh.fsdp
+    if t.batch_size % shards:
+        raise training.ConfigError(f"--config.train.batch_size={t.batch_size} must be a multiple of mesh.data * "
+                                   f"mesh.fsdp = {shards}; fix: change one of them")
     if m.max_len < cfg.eval.max_decode_len:
         raise training.ConfigError(f"--config.model.max_len={m.max_len} is shorter than --config.eval.max_decode_len="
                                    f"{cfg.eval.max_decode_len}; fix: raise model.max_len or lower eval.max_decode_len")

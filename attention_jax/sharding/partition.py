@@ -8,7 +8,8 @@ shardings and checkpointing take, and `module.apply` accepts them as it accepts 
     mesh = aj.sharding.make_mesh(data=2, model=4)
     rules = aj.sharding.rules_for(mesh, num_kv_heads=2)
     params = aj.sharding.sharded_init(model, mesh, rules, rng, src, src_lengths, tgt_in)["params"]
-    step = aj.sharding.make_train_step(loss_fn, optax.adam(1e-3), mesh, rules, params)
+    abstract = jax.eval_shape(model.init, rng, src, src_lengths, tgt_in)["params"]  # boxed: the names
+    step = aj.sharding.make_train_step(loss_fn, optax.adam(1e-3), mesh, rules, abstract)
     params, opt_state, metrics = step(params, step.init_opt_state(params), batch, rng)
 """
 
@@ -32,6 +33,12 @@ __all__ = [
 
 PyTree = Any
 P = jax.sharding.PartitionSpec
+
+
+def _plain(tree: PyTree) -> PyTree:
+    """The tree unboxed WITHOUT sharding constraints (`meta.unbox` adds them whenever rules and a mesh are
+    active, which fails outside jit and on `jax.ShapeDtypeStruct`s); for host-side and abstract trees."""
+    return jax.tree.map(lambda x: x.unbox(apply_constraint=False) if _is_box(x) else x, tree, is_leaf=_is_box)
 
 
 def _is_box(x: Any) -> bool:
@@ -109,7 +116,7 @@ def shard_params(variables: PyTree, mesh: jax.sharding.Mesh, rules: Rules) -> Py
     Returns:
       the tree *unboxed* (plain arrays), each array a global `jax.Array` with the sharding its names give.
     """
-    return jax.device_put(meta.unbox(variables), shardings(variables, mesh, rules))
+    return jax.device_put(_plain(variables), shardings(variables, mesh, rules))
 
 
 def sharded_init(module: nn.Module, mesh: jax.sharding.Mesh, rules: Rules, rngs: Any, *args: Any,
@@ -152,8 +159,12 @@ class TrainStep:
 
     def __init__(self, loss_fn, optimizer, mesh, rules, abstract_params, batch_axes, donate):
         self.loss_fn, self.optimizer, self.mesh, self.rules = loss_fn, optimizer, mesh, check_rules(rules, mesh)
+        if not any(_is_box(x) for x in jax.tree_util.tree_leaves(abstract_params, is_leaf=_is_box)):
+            raise ValueError("abstract_params carries no logical axis names (no nn.LogicallyPartitioned leaf), so "
+                             "every parameter would be replicated; pass the boxed tree, e.g. "
+                             "jax.eval_shape(model.init, rng, *inputs)['params']")
         self.param_shardings = shardings(abstract_params, mesh, self.rules)
-        plain = meta.unbox(abstract_params)
+        plain = _plain(abstract_params)
         abstract_state = jax.eval_shape(optimizer.init, plain)
         replicated = jax.sharding.NamedSharding(mesh, P())
         self.opt_state_shardings = optax.tree_map_params(
@@ -246,7 +257,7 @@ def make_train_step(
       `step.param_shardings` / `step.opt_state_shardings` hold the layouts (e.g. for `jax.device_put`).
 
     Raises:
-      ValueError: for bad rules (`check_rules`); jit raises when a sharded dimension is not divisible by its
-        mesh axes (e.g. a batch of 6 over data=4).
+      ValueError: for bad rules (`check_rules`), or abstract_params without any logical names (an unboxed tree);
+        jit raises when a sharded dimension is not divisible by its mesh axes (e.g. a batch of 6 over data=4).
     """
     return TrainStep(loss_fn, optimizer, mesh, rules, abstract_params, batch_axes, donate)

@@ -189,7 +189,8 @@ def get_config() -> ml_collections.ConfigDict:
     model.share_embeddings = True
     model.head_gates = "none"
     # The dot_product_attention backend of every attention: "auto" (None: picked per platform and call),
-    # "xla", "blockwise", "flash" (the Pallas kernel, GPU/TPU) or "cudnn" (NVIDIA GPUs, bf16/f16 only).
+    # "xla", "blockwise", "flash" (the Pallas kernel, GPU/TPU), "cudnn" (NVIDIA GPUs, bf16/f16 only), or the
+    # sequence-parallel "ring" and "ulysses" (they need --config.mesh.seq >= 2).
     model.implementation = "auto"
     config.model = model
     config.train.learning_rate = 0.3  # scales the schedule: peak 0.3 * 128^-0.5 * 200^-0.5 = 1.9e-3 (small)

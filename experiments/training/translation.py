@@ -38,23 +38,15 @@ from experiments import configs
 from experiments import data
 from experiments import evaluation
 from experiments import plots
+from experiments.training import distributed
 from experiments.training import loop
 from experiments.training import optim
 from experiments.training import report
 from experiments.training import spec
 
 
-def make_train_step(model, optimizer: optax.GradientTransformation,
-                    train_config: ml_collections.ConfigDict | None = None) -> Callable:
-    """A jitted ``step(params, opt_state, batch, rng) -> (params, opt_state, nll_sum, tokens)``.
-
-    The loss is the mean label-masked cross-entropy per target token, against label-smoothed targets
-    when ``train.label_smoothing`` > 0 (arXiv:1706.03762 §5.4), plus ``train.l0_penalty`` times the
-    summed expected L0 of the model's head gates when that is > 0 (Voita et al. 2019,
-    arXiv:1905.09418, eq. 6; the model sows them as intermediates "l0" and draws gates from the
-    "gates" rng). ``nll_sum`` is the unsmoothed NLL, so the logged loss stays a log-perplexity.
-    Params and optimiser state are donated, so the update happens in place.
-    """
+def make_loss_fn(model, train_config: ml_collections.ConfigDict | None = None) -> Callable:
+    """``loss_fn(params, batch, rng) -> (loss, (nll_sum, tokens))`` of `make_train_step` (see there)."""
     from attention_jax.models.transformer import label_smoothed_cross_entropy  # pylint: disable=import-outside-toplevel
 
     tc = train_config if train_config is not None else ml_collections.ConfigDict()
@@ -81,6 +73,22 @@ def make_train_step(model, optimizer: optax.GradientTransformation,
         loss = smoothed / jnp.maximum(count, 1.0) + l0_weight * l0
         return loss, (total, count)
 
+    return loss_fn
+
+
+def make_train_step(model, optimizer: optax.GradientTransformation,
+                    train_config: ml_collections.ConfigDict | None = None) -> Callable:
+    """A jitted ``step(params, opt_state, batch, rng) -> (params, opt_state, nll_sum, tokens)``.
+
+    The loss is the mean label-masked cross-entropy per target token, against label-smoothed targets
+    when ``train.label_smoothing`` > 0 (arXiv:1706.03762 §5.4), plus ``train.l0_penalty`` times the
+    summed expected L0 of the model's head gates when that is > 0 (Voita et al. 2019,
+    arXiv:1905.09418, eq. 6; the model sows them as intermediates "l0" and draws gates from the
+    "gates" rng). ``nll_sum`` is the unsmoothed NLL, so the logged loss stays a log-perplexity.
+    Params and optimiser state are donated, so the update happens in place.
+    """
+    loss_fn = make_loss_fn(model, train_config)
+
     def step(params, opt_state, batch, rng):
         grads, (total, count) = jax.grad(loss_fn, has_aux=True)(params, batch, rng)
         updates, opt_state = optimizer.update(grads, opt_state, params)
@@ -90,6 +98,35 @@ def make_train_step(model, optimizer: optax.GradientTransformation,
     return jax.jit(step, donate_argnums=(0, 1))
 
 
+def make_sharded_train_step(model, optimizer: optax.GradientTransformation, train_config: ml_collections.ConfigDict,
+                            mesh: jax.sharding.Mesh, rules: tuple, abstract_params: Any) -> Callable:
+    """`make_train_step` on a mesh: the same ``step(params, opt_state, batch, rng) -> (params, opt_state, nll_sum,
+    tokens)`` built by `attention_jax.sharding.make_train_step`, its shardings taken from the parameters' logical
+    axis names (`abstract_params`, boxed) and the batch split over data/fsdp (its length over seq). The sharded
+    step computes the same loss as the single-device one (`experiments/training/distributed.py`)."""
+    from attention_jax import sharding  # pylint: disable=import-outside-toplevel
+
+    base = make_loss_fn(model, train_config)
+
+    def loss_fn(params, batch, rng):
+        loss, (total, count) = base(params, batch, rng)
+        return loss, {"total": total, "count": count}
+
+    train_step = sharding.make_train_step(loss_fn, optimizer, mesh, rules, abstract_params, donate=True)
+
+    def step(params, opt_state, batch, rng):
+        params, opt_state, metrics = train_step(params, opt_state, batch, rng)
+        return params, opt_state, metrics["total"], metrics["count"]
+
+    step.init_opt_state = train_step.init_opt_state  # type: ignore[attr-defined]
+    return step
+
+
+def _num_kv_heads(model) -> int | None:
+    """K of a model with attention heads (None for the recurrent models): the tensor-parallel rules need it."""
+    return getattr(model, "num_kv_heads", None) or getattr(model, "num_heads", None)
+
+
 def longest_source(dataset, buckets: Sequence[int]) -> int:
     """The longest padded source length of any split (dev/test may exceed the last bucket)."""
     longest = max((len(ex.src_ids) for split in (dataset.train, dataset.dev, dataset.test) for ex in split),
@@ -97,14 +134,24 @@ def longest_source(dataset, buckets: Sequence[int]) -> int:
     return max(int(max(buckets)), data.padded_length(longest, tuple(buckets)))
 
 
+def _dummy_batch(buckets: Sequence[int]) -> tuple[jax.Array, jax.Array]:
+    length = int(min(buckets))
+    return jnp.full((2, length), evaluation.EOS_ID, jnp.int32), jnp.full((2,), length, jnp.int32)
+
+
 def init_params(model, rng: jax.Array, buckets: Sequence[int]):
     """Initialises the model parameters on a dummy batch of the smallest bucket shape."""
-    length = int(min(buckets))
-    src = jnp.full((2, length), evaluation.EOS_ID, jnp.int32)
-    lengths = jnp.full((2,), length, jnp.int32)
+    src, lengths = _dummy_batch(buckets)
     variables = jax.jit(functools.partial(model.init, train=False))({"params": rng, "dropout": rng}, src, lengths,
                                                                     src)
     return nn.unbox(variables["params"])  # plain arrays: the models box them with logical axis names
+
+
+def init_sharded_params(model, rng: jax.Array, buckets: Sequence[int], mesh: jax.sharding.Mesh, rules: tuple):
+    """(params created sharded on the mesh, their boxed abstract tree): the values of `init_params`."""
+    src, lengths = _dummy_batch(buckets)
+    return distributed.sharded_params(model, mesh, rules, {"params": rng, "dropout": rng}, src, lengths, src,
+                                      train=False)
 
 
 @dataclasses.dataclass
@@ -149,10 +196,18 @@ def train_row(model, cfg: ml_collections.ConfigDict, train_examples: Sequence[An
     buckets = tuple(int(b) for b in cfg.data.buckets)
     optimizer = optim.make_optimizer(tc, cfg.model)
     init_rng, dropout_rng = jax.random.split(jax.random.PRNGKey(cfg.seed))
-    params = init_params(model, init_rng, buckets)
-    train_step = make_train_step(model, optimizer, tc)
+    mesh = distributed.mesh_from_config(cfg)
+    if mesh is None:
+        params = init_params(model, init_rng, buckets)
+        train_step = make_train_step(model, optimizer, tc)
+        opt_state = optimizer.init(params)
+    else:
+        rules = distributed.rules_for(mesh, _num_kv_heads(model))
+        params, abstract = init_sharded_params(model, init_rng, buckets, mesh, rules)
+        train_step = make_sharded_train_step(model, optimizer, tc, mesh, rules, abstract)
+        opt_state = train_step.init_opt_state(params)
     forward = evaluation.make_forward(model)
-    logging.info("[%s] %d training pairs", row, len(train_examples))
+    logging.info("[%s] %d training pairs on %s", row, len(train_examples), distributed.describe(mesh))
 
     def step_fn(params, opt_state, carry, batch, rng):
         params, opt_state, total, count = train_step(params, opt_state, evaluation.model_batch(batch), rng)
@@ -177,9 +232,9 @@ def train_row(model, cfg: ml_collections.ConfigDict, train_examples: Sequence[An
         params, copied = loop.warm_start(params, spec.resolve_init_from(init_from, os.path.dirname(row_dir)))
         logging.info("[%s] initialised %d of %d parameter arrays from %s", row, copied, len(jax.tree.leaves(params)),
                      init_from)
-        return params, optimizer.init(params)
+        return params, (optimizer.init(params) if mesh is None else train_step.init_opt_state(params))
 
-    outcome = loop.train_loop(step_fn, params, optimizer.init(params), epoch_batches, train_config=tc,
+    outcome = loop.train_loop(step_fn, params, opt_state, epoch_batches, train_config=tc,
                               run_dir=row_dir, rng=dropout_rng, evaluate=dev_perplexity if dev_examples else None,
                               on_fresh_start=warm_start, label=row)
     return TrainOutcome(params=outcome.params, forward=forward, steps=outcome.steps,
@@ -322,9 +377,13 @@ def run_experiment(exp: spec.Experiment, config: ml_collections.ConfigDict, rows
         train_examples = filter_train(dataset.train, cfg.train.max_source_words)
         model = exp.make_model(cfg.model, dataset.tokenizer.vocab_size, longest_source(dataset, cfg.data.buckets))
         logging.info("[%s] training: %s", row, ", ".join(f"{k}={v}" for k, v in exp.rows.get(row, {}).items()))
-        outcome = train_row(model, cfg, train_examples, dataset.dev, row_dir, row=row)
-        scores = evaluate_row(model, outcome.params, cfg, dataset, row_dir, heatmap_dir, row=row,
-                              forward=outcome.forward)
+        mesh = distributed.mesh_from_config(cfg)
+        # The mesh and rules are the ambient context of training AND evaluation, so attention backends that
+        # need a mesh ("ring", "ulysses") and the models' logical constraints see it everywhere.
+        with distributed.activate(mesh, distributed.rules_for(mesh, _num_kv_heads(model))):
+            outcome = train_row(model, cfg, train_examples, dataset.dev, row_dir, row=row)
+            scores = evaluate_row(model, outcome.params, cfg, dataset, row_dir, heatmap_dir, row=row,
+                                  forward=outcome.forward)
         record = {"row": row, **exp.describe(cfg),
                   "params": sum(int(np.prod(x.shape)) for x in jax.tree.leaves(outcome.params)),
                   "dev_ppl": scores["dev_ppl"],
