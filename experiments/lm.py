@@ -212,6 +212,29 @@ def make_train_step(model, optimizer: optax.GradientTransformation) -> Callable:
     return jax.jit(step, donate_argnums=(0, 1, 2))
 
 
+def make_sharded_train_step(model, optimizer: optax.GradientTransformation, mesh: jax.sharding.Mesh, rules: tuple,
+                            abstract_params: Any) -> Callable:
+    """`make_train_step` on a mesh (`attention_jax.sharding.make_train_step`): the same step and results, the
+    parameters sharded by their logical axis names, inputs, targets and memories split over the batch axes
+    (and their length over seq). The new memories come back replicated, as the step's metrics."""
+    from attention_jax import sharding  # pylint: disable=import-outside-toplevel
+
+    def loss_fn(params, batch, rng):
+        logits, new_memories = model.apply({"params": params}, batch["inputs"], batch["memories"], train=True,
+                                           rngs={"dropout": rng})
+        return _nll(logits, batch["targets"]).mean(), {"memories": new_memories}
+
+    train_step = sharding.make_train_step(loss_fn, optimizer, mesh, rules, abstract_params, donate=True)
+
+    def step(params, opt_state, memories, inputs, targets, rng):
+        batch = {"inputs": inputs, "targets": targets, "memories": memories}
+        params, opt_state, metrics = train_step(params, opt_state, batch, rng)
+        return params, opt_state, metrics["memories"], metrics["loss"]
+
+    step.init_opt_state = train_step.init_opt_state  # type: ignore[attr-defined]
+    return step
+
+
 @functools.lru_cache(maxsize=None)
 def _eval_step(model, mem_len: int) -> Callable:
     def step(params, memories, inputs, targets):
@@ -282,12 +305,19 @@ def train_lm(model, cfg: ml_collections.ConfigDict, lm_data: LMData, run_dir: st
                                    "--config.train.segment_len, or use a longer text")
     optimizer = training.make_lm_optimizer(tc)
     init_rng, dropout_rng = jax.random.split(jax.random.PRNGKey(cfg.seed))
-    params = jax.jit(model.init)(init_rng, jnp.zeros((batch, seg), jnp.int32),
-                                 model.init_memories(batch, tc.mem_len))["params"]
-    params = nn.unbox(params)  # plain arrays: the model boxes them with logical axis names
-    logging.info("train stream %d tokens = %d streams x %d segments of %d", len(lm_data.train.ids), batch,
-                 steps_per_epoch, seg)
-    train_step = make_train_step(model, optimizer)
+    example = (jnp.zeros((batch, seg), jnp.int32), model.init_memories(batch, tc.mem_len))
+    mesh = training.distributed.mesh_from_config(cfg)
+    if mesh is None:
+        params = nn.unbox(jax.jit(model.init)(init_rng, *example)["params"])  # the model boxes them with axis names
+        train_step = make_train_step(model, optimizer)
+        opt_state = optimizer.init(params)
+    else:
+        rules = training.distributed.rules_for(mesh, int(cfg.model.num_heads))
+        params, abstract = training.distributed.sharded_params(model, mesh, rules, init_rng, *example)
+        train_step = make_sharded_train_step(model, optimizer, mesh, rules, abstract)
+        opt_state = train_step.init_opt_state(params)
+    logging.info("train stream %d tokens = %d streams x %d segments of %d, on %s", len(lm_data.train.ids), batch,
+                 steps_per_epoch, seg, training.distributed.describe(mesh))
 
     def step_fn(params, opt_state, memories, segment, rng):
         inputs, targets = segment
@@ -304,7 +334,7 @@ def train_lm(model, cfg: ml_collections.ConfigDict, lm_data: LMData, run_dir: st
                                 mem_len=int(tc.mem_len), max_tokens=int(ec.valid_max_tokens))
         return {"dev_ppl": valid["ppl"]}
 
-    outcome = training.train_loop(step_fn, params, optimizer.init(params), epoch_batches, train_config=tc,
+    outcome = training.train_loop(step_fn, params, opt_state, epoch_batches, train_config=tc,
                                   run_dir=run_dir, rng=dropout_rng, carry=model.init_memories(batch, tc.mem_len),
                                   evaluate=valid_perplexity, eval_at_end=True, steps_per_epoch=steps_per_epoch)
     return LMTrainOutcome(params=outcome.params, steps=outcome.steps, steps_this_run=outcome.steps_this_run,

@@ -98,6 +98,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if t.num_steps == 0 and t.max_minutes == 0:
         raise training.ConfigError("train.num_steps and train.max_minutes are both 0, so training would never stop; "
                                    "fix: set --config.train.num_steps or --config.train.max_minutes")
+    shards = config.mesh.data * config.mesh.fsdp
+    if t.batch_size % shards or e.batch_size < 1:
+        raise training.ConfigError(f"--config.train.batch_size={t.batch_size} must be a multiple of mesh.data * "
+                                   f"mesh.fsdp = {shards}; fix: change one of them")
     _int_at_least("eval.batch_size", e.batch_size, 1)
     _int_at_least("eval.max_tokens", e.max_tokens, 0)
     _int_at_least("eval.valid_max_tokens", e.valid_max_tokens, 0)

@@ -174,6 +174,7 @@ class TrainStep:
         self.batch_axes = batch_axes
         self.donate = donate
         self._compiled: dict[Any, Callable[..., Any]] = {}
+        self._batch_shardings: dict[Any, Any] = {}
 
     def _batch_sharding(self, path, leaf) -> jax.sharding.NamedSharding:
         axes_of = self.batch_axes
@@ -196,6 +197,7 @@ class TrainStep:
         key = (treedef, tuple(jax.numpy.ndim(x) for x in leaves))
         if key not in self._compiled:
             batch_shardings = jax.tree_util.tree_map_with_path(self._batch_sharding, batch)
+            self._batch_shardings[key] = batch_shardings
             self._compiled[key] = jax.jit(
                 self._step,
                 in_shardings=(self.param_shardings, self.opt_state_shardings, batch_shardings, self.replicated),
@@ -211,6 +213,10 @@ class TrainStep:
 
     def __call__(self, params, opt_state, batch, rng):
         step = self.compiled(batch)
+        leaves, treedef = jax.tree_util.tree_flatten(batch)
+        # Host arrays are placed, and device arrays laid out otherwise (e.g. a carried state that came back
+        # replicated as a metric) are resharded; arrays already in place are left as they are.
+        batch = jax.device_put(batch, self._batch_shardings[(treedef, tuple(jax.numpy.ndim(x) for x in leaves))])
         with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
             return step(params, opt_state, batch, rng)
 
