@@ -14,7 +14,8 @@ import pkgutil
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import pytest
+import numpy as np
+import optax
 from absl.testing import absltest, parameterized
 
 import attention_jax as aj
@@ -121,7 +122,6 @@ class AnnotationsTest(parameterized.TestCase):
     def test_contract_module_params_have_logical_axes(self, case):
         instance = case("test_params_have_logical_axes")
         module = instance.make_module()
-        import numpy as np  # pylint: disable=import-outside-toplevel
         inputs = instance.make_inputs(np.random.default_rng(0))
         params = dict(jax.eval_shape(lambda r: module.init(r, **inputs), jax.random.PRNGKey(0))).get("params", {})
         self.assertEqual(sharding.annotation_errors(params), [])
@@ -221,6 +221,33 @@ class RulesTest(parameterized.TestCase):
             sharding.make_mesh(data=2, model=4, devices=jax.devices()[:1])
         with self.assertRaisesRegex(ValueError, "model"):
             sharding.make_mesh(model=0)
+
+    def test_make_train_step_rejects_unboxed_params(self):
+        mesh = sharding.make_mesh(devices=jax.devices()[:1])
+        with self.assertRaisesRegex(ValueError, "no logical axis names"):
+            sharding.make_train_step(lambda p, b, r: (0.0, {}), optax.sgd(0.1), mesh, sharding.rules_for(mesh),
+                                     {"w": jax.ShapeDtypeStruct((2, 3), jnp.float32)})
+
+    def test_single_device_step_runs_with_the_rules(self):
+        """On a 1-device mesh the sharded step runs and equals a plain step (the constraints are in place)."""
+        model = MultiHeadAttention(num_heads=2)
+        mesh = sharding.make_mesh(devices=jax.devices()[:1])
+        rules = sharding.rules_for(mesh)
+        abstract = jax.eval_shape(model.init, jax.random.PRNGKey(0), _x)["params"]
+        params = sharding.sharded_init(model, mesh, rules, jax.random.PRNGKey(0), _x)["params"]
+
+        def loss_fn(p, batch, rng):
+            del rng
+            return jnp.mean(model.apply({"params": p}, batch["x"]) ** 2), {}
+
+        step = sharding.make_train_step(loss_fn, optax.sgd(0.1), mesh, rules, abstract)
+        new, _, metrics = step(params, step.init_opt_state(params), {"x": _x}, jax.random.PRNGKey(1))
+        plain = nn.unbox(model.init(jax.random.PRNGKey(0), _x))["params"]
+        loss, grads = jax.value_and_grad(lambda p: loss_fn(p, {"x": _x}, None)[0])(plain)
+        self.assertAlmostEqual(float(metrics["loss"]), float(loss), places=6)
+        want = jax.tree_util.tree_map(lambda p, g: p - 0.1 * g, plain, grads)
+        for a, b in zip(jax.tree_util.tree_leaves(new), jax.tree_util.tree_leaves(want)):
+            self.assertLess(float(jnp.max(jnp.abs(a - b))), 1e-6)
 
     def test_make_mesh_on_one_device(self):
         mesh = sharding.make_mesh(devices=jax.devices()[:1])
