@@ -233,11 +233,16 @@ def main(exp: training.Experiment, argv: list[str]) -> None:
 
 def _parse_flags(exp: training.Experiment, argv: list[str]) -> list[str]:
     try:
-        return FLAGS(argv)
+        remaining = FLAGS(argv)
     except flags.Error as err:
         text = " ".join(str(err).split())
         fail(f"{text}; fix: correct that flag (python -m experiments.{exp.name} --helpfull lists them, and "
              f"--config.<section>.<field> must name a field of experiments/configs/{exp.name}.py with a value of its type)")
+    try:  # a multi-process run (JAX_COORDINATOR_ADDRESS, ...) joins its peers before jax touches a device
+        training.distributed.initialize_from_env()
+    except training.ConfigError as err:
+        fail(str(err))
+    return remaining
 
 
 def run(exp: training.Experiment) -> None:

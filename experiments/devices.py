@@ -50,14 +50,17 @@ def simulate_devices_from_argv(argv: list[str] | None = None, environ: dict[str,
         for several meshes, asks for its largest).
 
     Returns:
-      The device count set, or None when nothing was set (no mesh flags, jax already imported, or a device
-      count already in XLA_FLAGS).
+      The device count set, or None when nothing was set (no mesh flags, jax already imported, a device
+      count already in XLA_FLAGS, or a multi-process run: JAX_COORDINATOR_ADDRESS or ATTENTION_JAX_DISTRIBUTED
+      set, see `experiments.training.distributed.initialize_from_env`).
     """
     argv = sys.argv if argv is None else argv
     environ = os.environ if environ is None else environ
     size = max(mesh_size_from_argv(argv), at_least)
     if size <= 1 or "jax" in sys.modules:
         return None
+    if environ.get("JAX_COORDINATOR_ADDRESS") or environ.get("ATTENTION_JAX_DISTRIBUTED"):
+        return None  # a multi-process run: the mesh spans every process's own devices
     flags = environ.get("XLA_FLAGS", "")
     if _FLAG in flags:
         return None

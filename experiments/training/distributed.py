@@ -15,6 +15,7 @@ XLA_FLAGS=--xla_force_host_platform_device_count=<product of the mesh sizes> bef
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import Any, Iterator
 
 import flax.linen as nn
@@ -24,6 +25,42 @@ import ml_collections
 from attention_jax import sharding
 from experiments.devices import MESH_AXES
 from experiments.training.spec import ConfigError
+
+
+def initialize_from_env(environ: dict[str, str] | None = None) -> bool:
+    """Joins a multi-process run (`jax.distributed.initialize`) when the environment asks for one.
+
+    One process per host (or per GPU) runs the same command; the mesh then spans every process's devices and
+    each jitted step runs as one SPMD program across them. Two ways to ask:
+      * JAX_COORDINATOR_ADDRESS=host:port, JAX_NUM_PROCESSES=N and JAX_PROCESS_ID=i (0..N-1) on every process;
+      * ATTENTION_JAX_DISTRIBUTED=auto: jax detects the cluster itself (SLURM, Open MPI, Cloud TPU pod slices).
+    Without either, nothing happens (one process). Must run before jax touches a device: the experiments call it
+    right after parsing their flags.
+
+    Returns:
+      Whether this process joined a multi-process run.
+
+    Raises:
+      ConfigError: a partial or malformed set of variables, naming the fix.
+    """
+    env = os.environ if environ is None else environ
+    if env.get("ATTENTION_JAX_DISTRIBUTED", "") == "auto":
+        jax.distributed.initialize()
+        return True
+    address = env.get("JAX_COORDINATOR_ADDRESS", "")
+    if not address:
+        return False
+    try:
+        num_processes, process_id = int(env["JAX_NUM_PROCESSES"]), int(env["JAX_PROCESS_ID"])
+    except (KeyError, ValueError):
+        raise ConfigError("JAX_COORDINATOR_ADDRESS is set, so this is a multi-process run, but JAX_NUM_PROCESSES and "
+                          "JAX_PROCESS_ID are missing or not integers; fix: set both on every process (process ids "
+                          "0..N-1), or unset JAX_COORDINATOR_ADDRESS for a single-process run") from None
+    # Cross-process collectives for CPU devices (the option touches only the CPU client; read before any backend
+    # starts, so no platform query here).
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator_address=address, num_processes=num_processes, process_id=process_id)
+    return True
 
 
 def mesh_sizes(cfg: ml_collections.ConfigDict) -> dict[str, int]:
