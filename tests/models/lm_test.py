@@ -23,7 +23,7 @@ class TransformerLMContractTest(contract.LayerContract):
             "masked_inputs": "its inputs are token ids, which hold no NaN"}
 
     def make_module(self, decode: bool = False):
-        return TransformerLM(vocab_size=self.V, d_model=16, num_heads=4, num_kv_heads=2, num_layers=2, d_ff=24,
+        return TransformerLM(vocab_size=self.V, d_model=16, num_heads=4, num_kv_heads=2, num_layers=1, d_ff=16,
                              decode=decode)
 
     def make_inputs(self, rng):
@@ -99,8 +99,8 @@ class TransformerLMContractTest(contract.LayerContract):
         _, inputs, variables = self._model()
         outputs = {}
         for implementation in ("xla", "blockwise"):
-            module = TransformerLM(vocab_size=self.V, d_model=16, num_heads=4, num_kv_heads=2, num_layers=2,
-                                   d_ff=24, implementation=implementation)
+            module = TransformerLM(vocab_size=self.V, d_model=16, num_heads=4, num_kv_heads=2, num_layers=1,
+                                   d_ff=16, implementation=implementation)
             outputs[implementation] = module.apply(variables, **inputs)
         np.testing.assert_allclose(outputs["blockwise"], outputs["xla"], rtol=1e-5, atol=1e-5)
 
