@@ -356,7 +356,10 @@ def run_experiment(exp: spec.Experiment, config: ml_collections.ConfigDict, rows
             todo.append(row)
     if todo and dataset is None:
         t0 = time.monotonic()
+        if not cache_dir and config.data.data_path:  # a tokenizer of the user's own text stays beside the run
+            cache_dir = os.path.join(workdir, "tokenizers")
         dataset = data.prepare(config.data, cache_dir)
+        logging.info("tokenizer: %s", dataset.tokenizer.path)
         logging.info("data %s: %d train / %d dev / %d test pairs, vocabulary %d (%.1f s)",
                      report.corpus_label(config.data), len(dataset.train), len(dataset.dev), len(dataset.test),
                      dataset.tokenizer.vocab_size, time.monotonic() - t0)
