@@ -63,6 +63,10 @@ def base_config() -> ml_collections.ConfigDict:
     config.data.test_size = 1000
     config.data.max_train = 0
     config.data.buckets = (16, 32, 64)
+    # Length-stratified test set: every source-length bin of test_bins gets at least this many test pairs (moved
+    # from train in hash order; 0 = off). Experiments set test_bins to eval.length_bins.
+    config.data.test_min_per_bin = 0
+    config.data.test_bins = (10, 20, 30, 40, 50, 60)
 
     config.model = ml_collections.ConfigDict()
     config.model.embed_dim = 256

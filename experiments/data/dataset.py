@@ -8,7 +8,8 @@ The pipeline:
    split, so dev and test never contain longer pairs either.
 3. `experiments.data.splits.split_pairs`: train/dev/test by a SHA-256 hash of the normalised source sentence,
    so a source sentence that occurs in several pairs never crosses splits; dev and test get ``dev_size`` and
-   ``test_size`` pairs (up to one source's repeats more).
+   ``test_size`` pairs (up to one source's repeats more); ``test_min_per_bin`` > 0 then tops the test set up
+   from train until every source-length bin of ``test_bins`` holds that many pairs.
 4. ``max_train``: optionally keep a fixed, hash-chosen subset of the training pairs.
 5. `experiments.data.tokenizer.load_or_train_tokenizer`: one joint BPE SentencePiece model over the training
    sources and targets, with pad=0, unk=1, bos=2, eos=3, cached by a hash of its training text.
@@ -83,7 +84,8 @@ def prepare(data_config: Any, cache_dir: str | os.PathLike[str] | None = None) -
     Args:
       data_config: ConfigDict (or mapping) with ``corpus``, ``data_dir``, ``data_path``,
         ``max_words`` (0: no limit), ``vocab_size``, ``dev_size``, ``test_size``, ``max_train``
-        (0: all) and ``buckets`` (token-length boundaries).
+        (0: all), ``buckets`` (token-length boundaries) and, optionally, ``test_min_per_bin`` and
+        ``test_bins`` (the length-stratified top-up of the test set, `split_pairs`).
       cache_dir: folder for SentencePiece models; None or "" means ``<data_dir>/tokenizers``.
 
     Returns:
@@ -103,6 +105,8 @@ def prepare(data_config: Any, cache_dir: str | os.PathLike[str] | None = None) -
     dev_size = int(_field(data_config, "dev_size", 1000))
     test_size = int(_field(data_config, "test_size", 1000))
     max_train = int(_field(data_config, "max_train", 0) or 0)
+    test_min_per_bin = int(_field(data_config, "test_min_per_bin", 0) or 0)
+    test_bins = tuple(int(x) for x in (_field(data_config, "test_bins", ()) or ()))
     buckets = check_buckets(_field(data_config, "buckets", (16, 32, 64)))
 
     pairs = get_pairs(corpus, data_dir, data_path)
@@ -111,7 +115,10 @@ def prepare(data_config: Any, cache_dir: str | os.PathLike[str] | None = None) -
         within = f" have at most {max_words} words" if max_words > 0 else " are available"
         raise DataError(f"only {len(kept)} pairs{within}, too few for {dev_size} dev + {test_size} test pairs and a "
                         f"train split; lower data.dev_size/data.test_size or raise data.max_words.")
-    splits = split_pairs(kept, dev_size, test_size)
+    try:
+        splits = split_pairs(kept, dev_size, test_size, test_min_per_bin=test_min_per_bin, test_bins=test_bins)
+    except ValueError as err:
+        raise DataError(f"{err}; lower data.test_min_per_bin or data.dev_size, or use more data.") from err
     train_pairs = subsample(splits["train"], max_train)
     texts = [s for s, _ in train_pairs] + [t for _, t in train_pairs]
     model_dir = pathlib.Path(cache_dir).expanduser() if cache_dir else data_dir / "tokenizers"

@@ -44,3 +44,31 @@ class TestSplits:
         small, large = data.subsample(pairs, 10), data.subsample(pairs, 30)
         assert len(small) == 10 and set(small) <= set(large) and small == data.subsample(pairs, 10)
         assert data.subsample(pairs, 0) == pairs
+
+
+class TestLengthStratifiedTest:
+
+    def test_every_bin_gets_its_minimum_and_nothing_crosses(self):
+        pairs = synthetic_pairs(6000, max_words=90)
+        plain = data.split_pairs(pairs, 300, 300)
+        bins = (10, 20, 40, 60)
+        topped = data.split_pairs(pairs, 300, 300, test_min_per_bin=120, test_bins=bins)
+
+        def per_bin(members):
+            return collections.Counter(sum(data.num_words(s) > b for b in bins) for s, _ in members)
+
+        assert min(per_bin(plain["test"]).values()) < 120  # the top-up had work to do
+        assert all(per_bin(topped["test"])[b] >= 120 for b in range(len(bins) + 1))
+        # Dev is untouched, the plain test set is kept, and the added pairs come from train only.
+        assert topped["dev"] == plain["dev"]
+        assert set(plain["test"]) <= set(topped["test"])
+        assert set(topped["test"]) - set(plain["test"]) <= set(plain["train"])
+        assert sum(len(v) for v in topped.values()) == len(pairs)
+        assert topped == data.split_pairs(pairs[::-1][::-1], 300, 300, test_min_per_bin=120, test_bins=bins)
+
+    def test_too_few_long_pairs_is_an_error_naming_the_bin(self):
+        pairs = synthetic_pairs(500, max_words=20)  # sources of at most 21 words
+        with pytest.raises(ValueError, match="31- words"):
+            data.split_pairs(pairs, 50, 50, test_min_per_bin=10, test_bins=(10, 30))
+        with pytest.raises(ValueError, match="increasing"):
+            data.split_pairs(pairs, 50, 50, test_min_per_bin=10, test_bins=(30, 10))
