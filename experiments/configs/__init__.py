@@ -57,6 +57,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.data.corpus = ""
     config.data.data_dir = DEFAULT_CACHE_DIR  # Debian packages, parsed pairs and tokenizers/ go here.
     config.data.data_path = ""
+    config.data.skip_malformed = False  # True: skip (and count) --data_path TSV lines without a tab, not stop.
     config.data.max_words = 50
     config.data.vocab_size = 8000
     config.data.dev_size = 1000

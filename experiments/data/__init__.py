@@ -18,7 +18,8 @@ One module per idea; this package re-exports their public names, so ``from exper
   ding.py       the Ding dictionary's line format and its sentence pairs (`load_ding`).
   sword.py      SWORD zText modules: KJV versification, `read_ztext`, `osis_to_text`, `load_sword`.
   align.py      `align_by_length`: Gale & Church sentence alignment (re-aligns shifted Bible verses).
-  tsv.py        the user's parallel text (`load_parallel_tsv`, `load_parallel_files`) and the pair caches.
+  tsv.py        the user's parallel text (`load_parallel_tsv`, `load_parallel_files`; `ParallelText` counts the
+                dropped lines by reason) and the pair caches.
   corpora.py    `get_pairs`: a corpus (downloaded, parsed and cached once) or ``--data_path``.
   splits.py     `split_pairs` by a hash of the source sentence, `subsample`.
   tokenizer.py  `Tokenizer` and `load_or_train_tokenizer` (SentencePiece BPE; pad=0, unk=1, bos=2, eos=3).
@@ -73,17 +74,20 @@ from experiments.data.tokenizer import Tokenizer
 from experiments.data.tokenizer import load_or_train_tokenizer
 from experiments.data.tokenizer import strip_special_ids
 from experiments.data.tsv import DATA_PATH_FORMAT
+from experiments.data.tsv import DROP_REASONS
+from experiments.data.tsv import ParallelText
 from experiments.data.tsv import load_parallel_files
 from experiments.data.tsv import load_parallel_tsv
+from experiments.data.tsv import read_parallel_tsv
 from experiments.data.tsv import write_parallel_tsv
 
 __all__ = [
     "BOS_ID", "CHAR_VARIANCE", "CORPORA", "DATA_PATH_FORMAT", "DEFAULT_DATA_DIR", "DING_FILE", "DING_PACKAGE",
-    "DataError", "Dataset", "EOS_ID", "Example", "KJV_BOOKS", "KJV_PACKAGE", "PAD_ID", "Pair", "RV_PACKAGE",
-    "SWORD_ZTEXT_DIR", "Tokenizer", "UNK_ID", "align_by_length", "batches", "check_buckets", "dedupe",
-    "find_ztext_module", "get_pairs", "is_sentence", "kjv_num_records", "kjv_verse_records", "load_ding",
-    "load_or_train_tokenizer", "load_parallel_files", "load_parallel_tsv", "load_sword", "normalize_whitespace",
-    "num_words", "obtain_debian_package", "osis_to_text", "padded_length", "parse_ding_line", "prepare",
-    "read_ztext", "resolve_data_dir", "split_key", "split_pairs", "strip_annotations", "strip_special_ids",
-    "subsample", "write_parallel_tsv",
+    "DROP_REASONS", "DataError", "Dataset", "EOS_ID", "Example", "KJV_BOOKS", "KJV_PACKAGE", "PAD_ID", "Pair",
+    "ParallelText", "RV_PACKAGE", "SWORD_ZTEXT_DIR", "Tokenizer", "UNK_ID", "align_by_length", "batches",
+    "check_buckets", "dedupe", "find_ztext_module", "get_pairs", "is_sentence", "kjv_num_records", "kjv_verse_records",
+    "load_ding", "load_or_train_tokenizer", "load_parallel_files", "load_parallel_tsv", "load_sword",
+    "normalize_whitespace", "num_words", "obtain_debian_package", "osis_to_text", "padded_length", "parse_ding_line",
+    "prepare", "read_parallel_tsv", "read_ztext", "resolve_data_dir", "split_key", "split_pairs", "strip_annotations",
+    "strip_special_ids", "subsample", "write_parallel_tsv",
 ]

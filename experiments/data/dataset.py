@@ -109,7 +109,7 @@ def prepare(data_config: Any, cache_dir: str | os.PathLike[str] | None = None) -
     test_bins = tuple(int(x) for x in (_field(data_config, "test_bins", ()) or ()))
     buckets = check_buckets(_field(data_config, "buckets", (16, 32, 64)))
 
-    pairs = get_pairs(corpus, data_dir, data_path)
+    pairs = get_pairs(corpus, data_dir, data_path, skip_malformed=bool(_field(data_config, "skip_malformed", False)))
     kept = [p for p in pairs if max_words <= 0 or (num_words(p[0]) <= max_words and num_words(p[1]) <= max_words)]
     if dev_size + test_size >= len(kept):
         within = f" have at most {max_words} words" if max_words > 0 else " are available"
