@@ -9,12 +9,16 @@ Flags:
 * ``--config.<section>.<field>=VALUE``: any config field (`experiments.configs`); these are
   re-applied AFTER the preset, so ``--preset=smoke --config.train.num_steps=100`` trains 100 steps.
 
+``--help`` prints the experiment module's docstring (its usage examples), these flags and the names of
+the config fields; ``--helpfull`` adds absl's and the libraries' own flags.
+
 Bad flags, bad config values and missing data end the run with ONE sentence naming the problem and
 the fix on stderr, and exit code 2 (never a traceback).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 import functools
 import os
 import shlex
@@ -39,6 +43,15 @@ EXIT_USAGE = 2
 # The choices come from the library, so a score added to the core registry is a valid flag value here too.
 SCORES = LUONG_SCORES
 MODES = LUONG_MODES
+
+# The flags `define_flags` defines; --help lists them (`_list_in_help`).
+EXPERIMENT_FLAGS = ("preset", "workdir", "rows", "data_path", "config")
+
+# Fewer dev evaluations than this leave the dev panel of loss_curves.png nearly empty (`warn_sparse_evaluation`).
+MIN_EVALUATIONS = 5
+
+# The order in which --help lists the config sections; others follow alphabetically.
+_SECTION_ORDER = ("", "data", "model", "train", "eval", "mesh")
 
 
 def fail(message: str) -> NoReturn:
@@ -71,11 +84,38 @@ def define_flags(exp: training.Experiment, argv: list[str] | None = None, *, dat
                 fail(f"--config.{path} names no config field; fix: use a field of experiments/configs/{exp.name}.py "
                      f"(sections data, model, train, eval), e.g. --config.train.num_steps=100")
     try:
-        config_flags.DEFINE_config_dict("config", base, "config fields, e.g. --config.train.num_steps=100; "
-                                        "applied after --preset", lock_config=True)
+        config_flags.DEFINE_config_dict("config", base, config_help(exp, base), lock_config=True)
     except (flags.Error, KeyError, AttributeError, ValueError, TypeError) as err:
         fail(f"bad --config flag ({' '.join(str(err).split())}); fix: pass --config.<section>.<field>=VALUE with a "
              f"field of experiments/configs/{exp.name}.py")
+    _list_in_help()
+
+
+def config_help(exp: training.Experiment, base: ml_collections.ConfigDict) -> str:
+    """The help of --config: how to override a field, then the field names of each section, one line each."""
+    sections: dict[str, list[str]] = {}
+    for path in configs.flatten(base):
+        section, _, field = path.rpartition(".")
+        if path != "experiment":  # set by the experiment module, not a knob
+            sections.setdefault(section, []).append(field)
+    order = sorted(sections, key=lambda s: (_SECTION_ORDER.index(s) if s in _SECTION_ORDER else len(_SECTION_ORDER), s))
+    lines = [f"- {section or 'top level'}: {', '.join(sections[section])}" for section in order]
+    return ("--config.<section>.<field>=VALUE sets a config field after --preset, e.g. --config.train.num_steps=100; "
+            f"the fields (values in experiments/configs/{exp.name}.py):\n" + "\n".join(lines))
+
+
+def _list_in_help() -> None:
+    """Makes absl's ``--help`` list `EXPERIMENT_FLAGS` beside the main module's own flags.
+
+    --help shows only the key flags of the module named by ``sys.argv[0]`` (the experiment module run with
+    ``python -m``), and these flags are defined here; --helpfull shows every module's flags.
+    """
+    for name in EXPERIMENT_FLAGS:
+        FLAGS.register_key_flag_for_module(sys.argv[0], FLAGS[name])
+        # No "(default: '')" lines, and no YAML dump of the whole config as --config's default (about 70
+        # lines): its help lists the field names instead.
+        if name == "config" or FLAGS[name].default == "":
+            FLAGS[name].default_as_str = None
 
 
 def parse_rows(exp: training.Experiment, text: str, preset: str = "") -> list[str]:
@@ -192,6 +232,39 @@ def _validate_recurrent(cfg: ml_collections.ConfigDict) -> None:
                                    f"bucket {max(d.buckets)}; fix: set it to 0 (= largest bucket) or raise it")
 
 
+def warn_sparse_evaluation(train_configs: Mapping[str, ml_collections.ConfigDict], *, what: str = "dev perplexity",
+                           at_end: bool = False) -> list[str]:
+    """Warns, one line per distinct budget, about rows that evaluate fewer than `MIN_EVALUATIONS` times.
+
+    A row evaluates every ``train.eval_every`` steps (and after its last step if ``at_end``), so with
+    ``num_steps=1400, eval_every=500`` the dev panel of its loss curves has 2 points. Rows that train for
+    a time budget only (``num_steps=0``) or never evaluate (``eval_every=0``) are not checked.
+
+    Args:
+      train_configs: row name -> the row's ``train`` section (num_steps, eval_every).
+      what: the evaluated quantity, for the message.
+      at_end: whether the training loop also evaluates after the last step.
+
+    Returns:
+      The warning lines (also logged with absl's logging.warning).
+    """
+    groups: dict[tuple[int, int], list[str]] = {}
+    for row, t in train_configs.items():
+        groups.setdefault((int(t.num_steps), int(t.eval_every)), []).append(row)
+    lines = []
+    for (num_steps, eval_every), rows in groups.items():
+        if num_steps <= 0 or eval_every <= 0:
+            continue
+        count = num_steps // eval_every + (1 if at_end and num_steps % eval_every else 0)
+        if count >= MIN_EVALUATIONS:
+            continue
+        lines.append(f"{'row' if len(rows) == 1 else 'rows'} {', '.join(rows)} will evaluate {what} only {count} "
+                     f"time{'' if count == 1 else 's'} in {num_steps} steps (train.eval_every={eval_every}), too few "
+                     f"points for a curve; fix: pass --config.train.eval_every={max(1, num_steps // MIN_EVALUATIONS)}")
+        logging.warning("%s", lines[-1])
+    return lines
+
+
 def _warn_shadowed(exp: training.Experiment, overrides: dict[str, Any], rows: list[str]) -> None:
     """Warns about overrides that every requested row replaces (they only reach the custom row)."""
     for path in overrides:
@@ -209,7 +282,7 @@ def command_line(exp: training.Experiment, argv: list[str]) -> str:
 def main(exp: training.Experiment, argv: list[str]) -> None:
     """Builds the config from the flags, validates it and runs the experiment."""
     if len(argv) > 1:
-        fail(f"unexpected positional argument {argv[1]!r}; fix: pass options as --flag=value (see --helpfull)")
+        fail(f"unexpected positional argument {argv[1]!r}; fix: pass options as --flag=value (see --help)")
     if FLAGS["verbosity"].using_default_value:
         logging.set_verbosity(logging.INFO)
     try:
@@ -220,6 +293,7 @@ def main(exp: training.Experiment, argv: list[str]) -> None:
         config = build_config(exp, FLAGS.preset, overrides)
         _warn_shadowed(exp, overrides, rows)
         validate(exp, config, rows)
+        warn_sparse_evaluation({row: training.row_config(exp, config, row).train for row in rows})
         training.enable_compilation_cache()
         training.run_experiment(exp, config, rows, FLAGS.workdir, preset=FLAGS.preset,
                                 command=command_line(exp, sys.argv))
@@ -236,8 +310,9 @@ def _parse_flags(exp: training.Experiment, argv: list[str]) -> list[str]:
         remaining = FLAGS(argv)
     except flags.Error as err:
         text = " ".join(str(err).split())
-        fail(f"{text}; fix: correct that flag (python -m experiments.{exp.name} --helpfull lists them, and "
-             f"--config.<section>.<field> must name a field of experiments/configs/{exp.name}.py with a value of its type)")
+        fail(f"{text}; fix: correct that flag (python -m experiments.{exp.name} --help lists them, and "
+             f"--config.<section>.<field> must name a field of experiments/configs/{exp.name}.py with a value of its "
+             "type)")
     try:  # a multi-process run (JAX_COORDINATOR_ADDRESS, ...) joins its peers before jax touches a device
         training.distributed.initialize_from_env()
     except training.ConfigError as err:

@@ -158,8 +158,19 @@ def _encode_stream(tokenizer: data.Tokenizer, lines: Sequence[str]) -> Stream:
                   num_chars=sum(len(line) + 1 for line in lines), first_line=lines[0] if lines else "")
 
 
-def prepare_stream(data_config: ml_collections.ConfigDict) -> LMData:
+def tokenizer_dir(data_config: ml_collections.ConfigDict, workdir: str) -> str | None:
+    """The ``cache_dir`` of `prepare_stream` for a run in ``workdir``: ``<workdir>/tokenizers`` when the text is the
+    user's ``--data_path`` (a model of it stays beside the run), else None (the shared ``<data_dir>/tokenizers``)."""
+    return os.path.join(workdir, "tokenizers") if data_config.data_path else None
+
+
+def prepare_stream(data_config: ml_collections.ConfigDict, cache_dir: str | os.PathLike[str] | None = None) -> LMData:
     """Reads the corpus, splits it, trains (or loads) the tokenizer and encodes the three streams.
+
+    Args:
+      data_config: the ``data`` section (corpus, data_dir, data_path, valid_fraction, test_fraction, vocab_size).
+      cache_dir: folder for the SentencePiece model; None or "" means ``<data_dir>/tokenizers``. The experiments
+        pass ``<workdir>/tokenizers`` for a ``--data_path`` run, so a model of the user's text stays beside the run.
 
     Raises:
       experiments.data.DataError: the corpus cannot be obtained or read, or is too small.
@@ -172,7 +183,10 @@ def prepare_stream(data_config: ml_collections.ConfigDict) -> LMData:
         raise data.DataError(f"unknown corpus {data_config.corpus!r}; fix: use --config.data.corpus=kjv or pass "
                              "--data_path=FILE.txt")
     train_lines, valid_lines, test_lines = split_lines(lines, data_config.valid_fraction, data_config.test_fraction)
-    model_dir = data.resolve_data_dir(data_config.data_dir) / "tokenizers"
+    if cache_dir:
+        model_dir = pathlib.Path(cache_dir).expanduser()
+    else:
+        model_dir = data.resolve_data_dir(data_config.data_dir) / "tokenizers"
     tokenizer = data.load_or_train_tokenizer(train_lines, model_dir, int(data_config.vocab_size))
     return LMData(train=_encode_stream(tokenizer, train_lines), valid=_encode_stream(tokenizer, valid_lines),
                   test=_encode_stream(tokenizer, test_lines), tokenizer=tokenizer, source=source)

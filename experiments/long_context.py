@@ -239,7 +239,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, preset: str = "", co
     training.check_resumable(EXPERIMENT, lc_config.ROW, flat, workdir)
     t, sizes = config.train, training.distributed.mesh_sizes(config)
     batch, length = int(t.batch_size), int(t.segment_len)
-    lm_data = lm.prepare_stream(config.data)
+    lm_data = lm.prepare_stream(config.data, lm.tokenizer_dir(config.data, workdir))
     vocab = lm_data.tokenizer.vocab_size
     logging.info("data %s: %d / %d tokens (train / valid), vocabulary %d", lm_data.source, len(lm_data.train.ids),
                  len(lm_data.valid.ids), vocab)
@@ -335,7 +335,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, preset: str = "", co
 def main(argv: list[str]) -> None:
     """Builds the config from the flags, validates it and runs the experiment."""
     if len(argv) > 1:
-        cli.fail(f"unexpected positional argument {argv[1]!r}; fix: pass options as --flag=value (see --helpfull)")
+        cli.fail(f"unexpected positional argument {argv[1]!r}; fix: pass options as --flag=value (see --help)")
     if FLAGS["verbosity"].using_default_value:
         logging.set_verbosity(logging.INFO)
     try:
@@ -345,6 +345,7 @@ def main(argv: list[str]) -> None:
             overrides["data.data_path"] = FLAGS.data_path
         config = cli.build_config(EXPERIMENT, FLAGS.preset, overrides)
         validate(config)
+        cli.warn_sparse_evaluation({lc_config.ROW: config.train}, what="valid perplexity", at_end=True)
         training.enable_compilation_cache()
         run(config, FLAGS.workdir, preset=FLAGS.preset, command=cli.command_line(EXPERIMENT, sys.argv))
     except (training.ConfigError, data.DataError) as err:

@@ -1,6 +1,6 @@
 """Figures of the translation experiments (matplotlib, Agg backend, PNG files).
 
-* `loss_curves`: training loss per row (and dev perplexity at the evaluation points).
+* `loss_curves`: training loss per row (and dev perplexity at the evaluation points, each one a marker).
 * `attention_heatmap`: one alignment matrix with source / target subword labels, like Bahdanau et
   al. 2014 (arXiv:1409.0473), Fig. 3 (source along x, generated target along y, white = weight 1).
 * `bleu_by_length`: BLEU against source-sentence length, one line per model, like Bahdanau Fig. 2.
@@ -15,6 +15,7 @@ import os
 from typing import Any
 
 import matplotlib
+from matplotlib import ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -22,9 +23,15 @@ import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 _MARKERS = ("o", "s", "^", "v", "D", "x", "*", "P", "h", "<", ">")
 
+# Fewer dev evaluations per row than this get a note in the dev panel (`loss_curves`).
+FEW_EVALUATIONS = 5
+
 
 def loss_curves(metrics: Mapping[str, Sequence[Mapping[str, Any]]], path: str, *, title: str = "") -> str:
     """Plots training loss (left) and dev perplexity (right) against step, one line per row.
+
+    Every dev evaluation is drawn as a large marker, so a row evaluated once or twice still shows its
+    points; when the sparsest row has fewer than `FEW_EVALUATIONS`, the panel says so and how to get more.
 
     Args:
       metrics: row name -> metrics.jsonl records; records with "loss" are training points,
@@ -36,26 +43,36 @@ def loss_curves(metrics: Mapping[str, Sequence[Mapping[str, Any]]], path: str, *
       ``path``.
     """
     fig, (ax_loss, ax_ppl) = plt.subplots(1, 2, figsize=(12, 4.5))
-    any_dev = False
+    dev_counts = []
     for k, (row, records) in enumerate(metrics.items()):
         train = [(r["step"], r["loss"]) for r in records if "loss" in r]
         dev = [(r["step"], r["dev_ppl"]) for r in records if "dev_ppl" in r]
-        style = {"marker": _MARKERS[k % len(_MARKERS)], "markersize": 3, "label": row}
+        marker = _MARKERS[k % len(_MARKERS)]
         if train:
-            ax_loss.plot(*zip(*train), **style)
+            ax_loss.plot(*zip(*train), marker=marker, markersize=3, label=row)
         if dev:
-            any_dev = True
-            ax_ppl.plot(*zip(*dev), **style)
+            dev_counts.append(len(dev))
+            ax_ppl.plot(*zip(*dev), marker=marker, markersize=7 if len(dev) <= 20 else 4, linewidth=1.2, label=row)
+    any_dev = bool(dev_counts)
     ax_loss.set_xlabel("step")
     ax_loss.set_ylabel("train cross-entropy (nats / target token)")
     ax_loss.grid(alpha=0.3)
-    ax_loss.legend(fontsize=7)
+    if ax_loss.get_lines():
+        ax_loss.legend(fontsize=7)
     ax_ppl.set_xlabel("step")
     ax_ppl.set_ylabel("dev perplexity")
     ax_ppl.grid(alpha=0.3)
     if any_dev:
         ax_ppl.set_yscale("log")
+        for set_formatter in (ax_ppl.yaxis.set_major_formatter, ax_ppl.yaxis.set_minor_formatter):
+            set_formatter(ticker.LogFormatter(labelOnlyBase=False))  # 40, 60 rather than 4x10^1, 6x10^1
+        if ax_loss.get_lines():  # the evaluations placed within the training steps, not stretched over the panel
+            ax_ppl.set_xlim(ax_loss.get_xlim())
         ax_ppl.legend(fontsize=7)
+        if min(dev_counts) < FEW_EVALUATIONS:
+            few = min(dev_counts)
+            ax_ppl.set_title(f"the sparsest row has {few} dev evaluation{'' if few == 1 else 's'}; lower "
+                             "--config.train.eval_every for a curve", fontsize=8)
     else:
         ax_ppl.text(0.5, 0.5, "no dev evaluation during training\n(train.eval_every = 0)",
                     ha="center", va="center", transform=ax_ppl.transAxes)

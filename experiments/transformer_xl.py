@@ -139,7 +139,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, preset: str = "", co
     else:
         training.check_resumable(EXPERIMENT, txl_config.ROW, flat, workdir)
         t0 = time.monotonic()
-        lm_data = lm.prepare_stream(config.data)
+        lm_data = lm.prepare_stream(config.data, lm.tokenizer_dir(config.data, workdir))
         logging.info("data %s: %d / %d / %d tokens (train / valid / test), vocabulary %d (%.1f s)", lm_data.source,
                      len(lm_data.train.ids), len(lm_data.valid.ids), len(lm_data.test.ids),
                      lm_data.tokenizer.vocab_size, time.monotonic() - t0)
@@ -200,7 +200,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, preset: str = "", co
 def main(argv: list[str]) -> None:
     """Builds the config from the flags, validates it and runs the experiment."""
     if len(argv) > 1:
-        cli.fail(f"unexpected positional argument {argv[1]!r}; fix: pass options as --flag=value (see --helpfull)")
+        cli.fail(f"unexpected positional argument {argv[1]!r}; fix: pass options as --flag=value (see --help)")
     if FLAGS["verbosity"].using_default_value:
         logging.set_verbosity(logging.INFO)
     try:
@@ -210,6 +210,7 @@ def main(argv: list[str]) -> None:
             overrides["data.data_path"] = FLAGS.data_path
         config = cli.build_config(EXPERIMENT, FLAGS.preset, overrides)
         validate(config)
+        cli.warn_sparse_evaluation({txl_config.ROW: config.train}, what="valid perplexity", at_end=True)
         training.enable_compilation_cache()
         run(config, FLAGS.workdir, preset=FLAGS.preset, command=cli.command_line(EXPERIMENT, sys.argv))
     except (training.ConfigError, data.DataError) as err:
