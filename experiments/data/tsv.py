@@ -140,9 +140,10 @@ def read_parallel_tsv(path: str | os.PathLike[str], *, skip_malformed: bool = Fa
     if no_tab and not skip_malformed:
         shown = ", ".join(map(str, no_tab[:_SHOWN_LINE_NUMBERS])) + (", ..." if len(no_tab) > _SHOWN_LINE_NUMBERS
                                                                      else "")
-        raise DataError(f"line {no_tab[0]} of {str(path)!r} has no tab ({_lines(len(no_tab))} without one: {shown}); "
-                        "each line must be 'source<TAB>target', so fix or delete those lines, or pass "
-                        "--config.data.skip_malformed=true to skip them with a count.")
+        more, them = (f" ({len(no_tab)} lines lack one: {shown})", "those lines") if len(no_tab) > 1 else ("", "it")
+        raise DataError(f"line {no_tab[0]} of {str(path)!r} has no tab{more}; each line must be 'source<TAB>target', "
+                        f"so fix or delete {them}, or pass --config.data.skip_malformed=true to skip lines without a "
+                        "tab (they are counted in the log).")
     dropped["no_tab"] = len(no_tab)
     return ParallelText(pairs, dropped, extra_columns)
 

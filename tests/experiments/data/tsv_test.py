@@ -72,7 +72,7 @@ class TestDroppedLines:
             data.load_parallel_tsv(tmp_path / "p.tsv")
         message = str(err.value)
         path = str(tmp_path / "p.tsv")
-        assert message.startswith(f"line 2 of {path!r} has no tab (7 lines without one: 2, 4, 5, 6, 7, ...)")
+        assert message.startswith(f"line 2 of {path!r} has no tab (7 lines lack one: 2, 4, 5, 6, 7, ...); ")
         assert "--config.data.skip_malformed=true" in message
 
     def test_skip_malformed_counts_them(self, tmp_path, logged):
@@ -92,7 +92,7 @@ class TestDroppedLines:
 
     def test_get_pairs_threads_the_flag_and_counts_duplicates(self, tmp_path, logged):
         (tmp_path / "p.tsv").write_text("a\tA\nbroken\na\tA\n\tB\n", encoding="utf-8")
-        with pytest.raises(data.DataError, match="line 2 .* has no tab"):
+        with pytest.raises(data.DataError, match="line 2 .* has no tab; each line must be"):
             data.get_pairs("", tmp_path, str(tmp_path / "p.tsv"))
         pairs = data.get_pairs("", tmp_path, str(tmp_path / "p.tsv"), skip_malformed=True)
         assert pairs == [("a", "A")]
