@@ -170,6 +170,55 @@ def attend_from_logits(
     return weighted_context(weights, value), weights
 
 
+def window_centres(
+    query: jax.Array,
+    valid: jax.Array | None,
+    num_keys: int,
+    *,
+    mode: str,
+    params: Mapping[str, jax.Array] | None = None,
+    query_positions: jax.Array | None = None,
+) -> jax.Array | None:
+    """The centres p_t of the local windows of `attend`: t for 'local_m', the predicted eq.-9 position for 'local_p'.
+
+    Luong et al. 2015, arXiv:1508.04025, §3.2: local-m sets p_t = t; local-p predicts
+    p_t = first + extent * sigmoid(v_p^T tanh(W_p h_t)) inside the span of each query's valid keys (eq. 9;
+    `alignment.local_p_position`, `alignment.valid_span`). `attend` calls this; a module that wants to record
+    where its windows sit (e.g. `LuongAttention`, for the learning dynamics of local-p) calls it with the same
+    arguments and gets the same centres.
+
+    Args:
+      query: [B, T, Dq] floating, the queries h_t.
+      valid: None or [B, T, S] bool, the keys each query may attend (`valid_keys`).
+      num_keys: S.
+      mode: 'global', 'local_m' or 'local_p'.
+      params: for 'local_p', a mapping holding 'w_p' [Dq, A] and 'v_p' [A].
+      query_positions: None or [B, T] integer positions t (for 'local_m'; default 0..T-1).
+
+    Returns:
+      None for 'global', else position [B, T] float32.
+
+    Raises:
+      ValueError: for an unknown mode or local-p weights that do not fit.
+      KeyError: for 'local_p' without 'w_p' or 'v_p' in params.
+    """
+    _checks.choice("mode", mode, MODES)
+    batch, num_queries = query.shape[0], query.shape[1]
+    if mode == "local_m":
+        if query_positions is None:
+            return alignment.local_m_position(batch, num_queries)
+        return query_positions.astype(_F32)
+    if mode == "local_p":
+        # p_t depends on the query: compute it from queries whose dead rows are already zeroed.
+        (clean_query,) = zero_unattended(valid, query)
+        if valid is None:
+            starts, extents = None, jnp.full((batch,), num_keys, jnp.int32)
+        else:
+            starts, extents = alignment.valid_span(valid)  # [B, T] each
+        return alignment.local_p_position(clean_query, params["w_p"], params["v_p"], extents, starts)
+    return None
+
+
 def attend(
     query: jax.Array,
     key: jax.Array,
@@ -254,20 +303,7 @@ def attend(
         _checks.shape("query_positions", query_positions, (batch, num_queries))
     valid = valid_keys(mask, key_lengths, batch, num_queries, num_keys)  # None or [B, T, S]
 
-    position = None
-    if mode == "local_m":
-        if query_positions is None:
-            position = alignment.local_m_position(batch, num_queries)
-        else:
-            position = query_positions.astype(_F32)
-    elif mode == "local_p":
-        # p_t depends on the query: compute it from queries whose dead rows are already zeroed.
-        (clean_query,) = zero_unattended(valid, query)
-        if valid is None:
-            starts, extents = None, jnp.full((batch,), num_keys, jnp.int32)
-        else:
-            starts, extents = alignment.valid_span(valid)  # [B, T] each
-        position = alignment.local_p_position(clean_query, params["w_p"], params["v_p"], extents, starts)
+    position = window_centres(query, valid, num_keys, mode=mode, params=params, query_positions=query_positions)
     if position is not None:
         in_window = alignment.window_mask(position, num_keys, window)  # [B, T, S]
         valid = in_window if valid is None else valid & in_window

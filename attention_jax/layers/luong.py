@@ -125,6 +125,8 @@ class LuongAttention(nn.Module):
         Returns:
             context: [B, T, Dv] in value's dtype.
             weights: [B, T, S] float32; exactly 0 on masked or out-of-window positions.
+            In mode local_p, when "intermediates" is mutable, the window centres p_t ([B, T] float32, eq. 9) are
+            sown as "position".
 
         Raises:
             ValueError: mismatched shapes or a zero feature size; ``dot`` with Dq != Dk; ``location`` with
@@ -151,6 +153,12 @@ class LuongAttention(nn.Module):
                                        _param_axes(self.score, name)), shape, self.param_dtype)
             for name, shape in shapes.items()
         }
+        if self.mode == "local_p" and self.is_mutable_collection("intermediates"):
+            # Where the windows sit, for studying local-p's learning dynamics: apply with
+            # mutable=["intermediates"] to read "position" [B, T] (eq. 9's p_t; the same centres `attend` uses).
+            valid = context_lib.valid_keys(mask, None, query.shape[0], query.shape[1], num_keys)
+            self.sow("intermediates", "position",
+                     context_lib.window_centres(query, valid, num_keys, mode=self.mode, params=params))
         return context_lib.attend(
             query,
             key,

@@ -519,6 +519,7 @@ class Seq2Seq(nn.Module):
         scan = nn.scan(
             body,
             variable_broadcast="params",
+            variable_axes={"intermediates": 0},  # values sown per step (local-p's p_t) stack over time
             split_rngs={"params": False, "dropout": True},
             in_axes=(nn.broadcast, 0),
             out_axes=0,

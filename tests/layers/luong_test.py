@@ -98,6 +98,24 @@ class LuongAttentionTest(parameterized.TestCase):
         ref.assert_close(np.asarray(w_l)[1, :, S - 4:], np.asarray(w_r)[1, :, :4])
         np.testing.assert_array_equal(np.asarray(w_l)[1, :, :S - 4], 0.0)
 
+    def test_local_p_sows_the_window_centres_it_uses(self):
+        query, key, value = _inputs("general", seed=4)
+        mask = ref.padding_mask([S, 4], S)
+        module = _module("general", "local_p", window=1)
+        args = tuple(map(jnp.asarray, (query, key, value, mask)))
+        params = nn.unbox(module.init(jax.random.key(0), *args))
+        (ctx, weights), state = module.apply(params, *args, mutable=["intermediates"])
+        (position,) = state["intermediates"]["position"]
+        p = params["params"]
+        want = ref.local_p_position(query, p["w_p"], p["v_p"], np.array([S, 4]))  # eq. 9, float64
+        ref.assert_close(position, want)
+        # The weights live inside [floor(p_t) - D, floor(p_t) + D] of the sown centres, and the outputs are those
+        # of a plain apply, which sows nothing.
+        outside = np.abs(np.arange(S)[None, None, :] - np.floor(np.asarray(position))[..., None]) > 1
+        np.testing.assert_array_equal(np.asarray(weights)[outside], 0.0)
+        ctx_plain, _ = module.apply(params, *args)
+        np.testing.assert_array_equal(ctx, ctx_plain)
+
     @parameterized.product(mode=luong.LUONG_MODES, sizes=((T, 0), (0, S), (0, 0)))
     def test_empty_sequences(self, mode, sizes):
         num_queries, num_keys = sizes

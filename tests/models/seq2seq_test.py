@@ -181,6 +181,23 @@ class Seq2SeqStepTest(parameterized.TestCase):
         self.assertFalse(np.allclose(train_a[:, 1] - eval_a[:, 1], train_a[:, 2] - eval_a[:, 2]))
 
 
+class LocalPPositionsTest(absltest.TestCase):
+
+    def test_teacher_forced_pass_sows_one_centre_per_step_inside_each_source(self):
+        model = _model(attention="luong", score="general", mode="local_p", window=1)
+        variables = _init(model, seed=3)
+        (logits, weights), state = model.apply(variables, SRC, SRC_LENGTHS, TGT_IN, mutable=["intermediates"])
+        (position,) = jax.tree_util.tree_leaves(state["intermediates"])
+        chex.assert_shape(position, (TGT_IN.shape[1], SRC.shape[0], 1))  # stacked over the decoder's time steps
+        p = np.asarray(position)[..., 0].T  # [B, T]
+        self.assertTrue(np.all(p >= 0) and np.all(p <= np.asarray(SRC_LENGTHS)[:, None]))
+        # The step-by-step decoder attends inside the same windows: weight is zero beyond floor(p_t) +- D.
+        _, step_weights = _stepwise(model, variables, SRC, SRC_LENGTHS, TGT_IN)
+        outside = np.abs(np.arange(SRC.shape[1])[None, None] - np.floor(p)[..., None]) > 1
+        np.testing.assert_array_equal(np.asarray(step_weights)[outside], 0.0)
+        np.testing.assert_array_equal(np.asarray(weights)[outside], 0.0)
+
+
 def _init_encoder(encoder, seed=0):
     shapes = jax.eval_shape(encoder.init, jax.random.key(0), SRC, SRC_LENGTHS)
     rng = np.random.default_rng(seed)
