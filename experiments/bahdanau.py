@@ -16,7 +16,7 @@ from experiments.configs import bahdanau as bahdanau_config
 
 EXPERIMENT = training.Experiment(
         name="bahdanau",
-        title="Bahdanau et al. 2014 (arXiv:1409.0473): RNNencdec vs RNNsearch, English->Spanish (Bible)",
+        title="Bahdanau et al. 2014 (arXiv:1409.0473), Table 1 and Fig. 2: RNNencdec vs RNNsearch",  # + the data used
         get_config=bahdanau_config.get_config,
         presets=bahdanau_config.PRESETS,
         rows=bahdanau_config.ROWS,

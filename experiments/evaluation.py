@@ -5,7 +5,8 @@
 * Decoding: beam search (or greedy for beam size 1) through `attention_jax.models.decoding`, one jit
   compile per source bucket; hypotheses are detokenised with the SentencePiece tokenizer.
 * BLEU: sacrebleu corpus BLEU (13a tokenisation) against the raw reference sentences, overall and
-  per source-length bucket (Bahdanau et al. 2014, arXiv:1409.0473, Fig. 2).
+  per source-length bucket (Bahdanau et al. 2014, arXiv:1409.0473, Fig. 2); chrF (Popovic 2015, sacrebleu's
+  chrF2) beside it. `metric_signatures` gives sacrebleu's signature strings of both, printed under each table.
 * Alignments: the [T, S] attention weights of the decoded translation (teacher-forced on the
   hypothesis, which equals the weights seen while decoding it), for heatmaps like Bahdanau Fig. 3.
 """
@@ -166,7 +167,8 @@ def translate(decoder: Callable, params, examples: Sequence[Any], *, batch_size:
 
 
 def corpus_bleu(hypotheses: Sequence[str], references: Sequence[str]) -> float:
-    """sacrebleu corpus BLEU (default 13a tokenisation, exponential smoothing off) in [0, 100].
+    """sacrebleu corpus BLEU (Papineni et al. 2002) with sacrebleu's defaults (13a tokenisation, "exp"
+    smoothing, which only matters when an n-gram order has no match) in [0, 100].
 
     Raises:
       ValueError: if the two lists differ in length.
@@ -176,6 +178,32 @@ def corpus_bleu(hypotheses: Sequence[str], references: Sequence[str]) -> float:
     if not hypotheses:
         return 0.0
     return float(sacrebleu.corpus_bleu(list(hypotheses), [list(references)]).score)
+
+
+def corpus_chrf(hypotheses: Sequence[str], references: Sequence[str]) -> float:
+    """sacrebleu corpus chrF (character 6-grams, beta 2: Popovic 2015, "chrF: character n-gram F-score for
+    automatic MT evaluation", WMT) in [0, 100].
+
+    Raises:
+      ValueError: if the two lists differ in length.
+    """
+    if len(hypotheses) != len(references):
+        raise ValueError(f"{len(hypotheses)=} differs from {len(references)=}")
+    if not hypotheses:
+        return 0.0
+    return float(sacrebleu.corpus_chrf(list(hypotheses), [list(references)]).score)
+
+
+def metric_signatures() -> dict[str, str]:
+    """sacrebleu's signature strings of `corpus_bleu` and `corpus_chrf` ({"bleu": ..., "chrf": ...}): the
+    settings and version that make a score reproducible."""
+    from sacrebleu.metrics import BLEU, CHRF  # pylint: disable=import-outside-toplevel
+
+    out = {}
+    for name, metric in (("bleu", BLEU()), ("chrf", CHRF())):
+        metric.corpus_score(["a"], [["a"]])  # the signature names the reference count, known after one call
+        out[name] = str(metric.get_signature())
+    return out
 
 
 def length_bucket_labels(bins: Sequence[int]) -> list[tuple[int, int | None, str]]:

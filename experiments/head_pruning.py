@@ -74,7 +74,7 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
 
 EXPERIMENT = training.Experiment(
         name="head_pruning",
-        title="Voita et al. 2019 (arXiv:1905.09418): pruning encoder heads with L0 gates, German->English (Ding)",
+        title="Voita et al. 2019 (arXiv:1905.09418), Fig. 7: pruning encoder heads with L0 gates",  # + the data used
         get_config=pruning_config.get_config,
         presets=pruning_config.PRESETS,
         rows=pruning_config.ROWS,

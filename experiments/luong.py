@@ -15,7 +15,7 @@ from experiments.configs import luong as luong_config
 
 EXPERIMENT = training.Experiment(
         name="luong",
-        title="Luong et al. 2015 (arXiv:1508.04025), Table 4: attentional models, German->English (Ding)",
+        title="Luong et al. 2015 (arXiv:1508.04025), Table 4: attentional models",  # the report adds the data used
         get_config=luong_config.get_config,
         presets=luong_config.PRESETS,
         rows=luong_config.ROWS,

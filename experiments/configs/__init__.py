@@ -37,7 +37,12 @@ RESUMABLE_FIELDS = (
     "train.checkpoint_every",
     "eval.",
     "mesh.",  # a checkpoint restores into any mesh: orbax reshards it to the new layout
+    "seeds",  # which (row, seed) runs to do; each run's own seed is in its config
 )
+
+# Fields that only choose which runs happen and how the table is reported: they are left out of a run's
+# fingerprint, so changing them keeps every finished (row, seed) run.
+REPORT_FIELDS = ("seeds", "eval.significance", "eval.significance_samples", "eval.baseline_row")
 
 DEFAULT_CACHE_DIR = os.path.join("~", ".cache", "attention_jax")
 
@@ -52,6 +57,9 @@ def base_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.experiment = ""
     config.seed = 0
+    # Seeds of every row: "" runs once with ``seed``; "0,1,2" runs those seeds; a bare count "3" runs 0, 1, 2
+    # (for one other seed, "5," or --config.seed=5). Each (row, seed) trains and resumes on its own.
+    config.seeds = ""
 
     config.data = ml_collections.ConfigDict()
     config.data.corpus = ""
@@ -106,6 +114,11 @@ def base_config() -> ml_collections.ConfigDict:
     config.eval.heatmap_max_tokens = 40
     config.eval.length_bins = (10, 20, 30, 40, 50, 60)
     config.eval.dev_bleu = True
+    # Paired significance of each row's test BLEU / chrF against the baseline row (experiments/stats.py):
+    # "bs" sacrebleu's paired bootstrap resampling, "ar" its paired approximate randomisation, "none" off.
+    config.eval.significance = "bs"
+    config.eval.significance_samples = 1000  # resamples (bs) or trials (ar); the CIs use 1000 resamples
+    config.eval.baseline_row = ""  # "": the experiment's BASELINE_ROW (its config module); else a row name
 
     # The device mesh (experiments/training/distributed.py): all 1 is one device. On a CPU the product of the
     # sizes is simulated as that many devices (experiments/devices.py sets XLA_FLAGS before jax starts).

@@ -14,7 +14,8 @@ Transformer-XL language model (`experiments.lm.train_lm`) both train through it:
 * Logging: every ``train.log_every`` steps and at the end, one line to the absl log and one JSON record to
   ``metrics.jsonl``: step, epoch, loss (the window's sum of loss_sum / sum of weight), tokens/s (seconds spent
   on evaluation and checkpoints left out; the first window of a run includes the jit compile), elapsed_s and
-  eta_s.
+  eta_s; with ``after_s`` (the runs still queued after this one, e.g. the other rows and seeds of a table) also
+  the ETA of the whole table, table_eta_s.
 * Evaluation: every ``train.eval_every`` steps (and after the last step with ``eval_at_end``), ``evaluate(params)``
   returns metrics (e.g. ``{"dev_ppl": ...}``) that go to the log and, with step and elapsed_s, to
   ``metrics.jsonl``.
@@ -126,7 +127,8 @@ def warm_start(params: Any, row_dir: str) -> tuple[Any, int]:
     return params, copied
 
 
-def _format_seconds(seconds: float) -> str:
+def format_seconds(seconds: float) -> str:
+    """Seconds as m:ss, or h:mm:ss from an hour on."""
     seconds = max(0, int(round(seconds)))
     hours, rest = divmod(seconds, 3600)
     return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
@@ -148,6 +150,16 @@ def _stop_reason(step: int, elapsed: float, train_config: ml_collections.ConfigD
     if train_config.max_minutes > 0 and elapsed >= 60.0 * train_config.max_minutes:
         return f"reached train.max_minutes={train_config.max_minutes:g}"
     return None
+
+
+def _table_eta(eta: float | None, run_seconds: float, after_s: float | Callable[[float], float | None] | None
+               ) -> float | None:
+    """This run's ETA plus the queued runs' seconds (``after_s``, or ``after_s(projected seconds of this run)``,
+    the run's seconds in this process so far plus its ETA)."""
+    if eta is None or after_s is None:
+        return None
+    after = after_s(run_seconds + eta) if callable(after_s) else after_s
+    return None if after is None else eta + max(0.0, float(after))
 
 
 @dataclasses.dataclass
@@ -173,7 +185,8 @@ def train_loop(step_fn: StepFn, params: Any, opt_state: Any,
                train_config: ml_collections.ConfigDict, run_dir: str, rng: jax.Array, carry: Any = None,
                evaluate: Callable[[Any], dict[str, float]] | None = None, eval_at_end: bool = False,
                on_fresh_start: Callable[[Any, Any], tuple[Any, Any]] | None = None,
-               steps_per_epoch: int | None = None, label: str = "") -> LoopOutcome:
+               steps_per_epoch: int | None = None, label: str = "",
+               after_s: float | Callable[[float], float | None] | None = None) -> LoopOutcome:
     """Trains (or resumes) until the step or time budget of ``train_config`` is spent.
 
     Args:
@@ -194,6 +207,9 @@ def train_loop(step_fn: StepFn, params: Any, opt_state: Any,
       steps_per_epoch: when known, epochs are logged as fractions, and a checkpoint whose meta holds no data
         position resumes at step's place in the epoch.
       label: prefix of the log lines (the row name).
+      after_s: None, or the seconds the runs queued after this one will take, for the table ETA in the log:
+        a number, or a function of this run's projected seconds (elapsed + ETA) for when no other run has
+        finished yet to measure (e.g. ``lambda total: 3 * total`` for three more runs like this one).
 
     Returns:
       A `LoopOutcome`.
@@ -267,13 +283,17 @@ def train_loop(step_fn: StepFn, params: Any, opt_state: Any,
         if tc.max_minutes > 0:
             remaining.append(60.0 * tc.max_minutes - elapsed())
         eta = max(0.0, min(remaining)) if remaining else None
-        logging.info("%sstep %d%s  epoch %s  loss %.4f (ppl %.1f)  %.0f tok/s%s  elapsed %s  eta %s", prefix, step,
+        table_eta = _table_eta(eta, elapsed() - base_elapsed, after_s)
+        logging.info("%sstep %d%s  epoch %s  loss %.4f (ppl %.1f)  %.0f tok/s%s  elapsed %s  eta %s%s", prefix, step,
                      f"/{tc.num_steps}" if tc.num_steps > 0 else "", epoch_value(), loss, math.exp(min(loss, 50.0)),
-                     rate, " (incl. jit compile)" if window["first"] else "", _format_seconds(elapsed()),
-                     "?" if eta is None else _format_seconds(eta))
-        metrics_file.write(json.dumps({"step": step, "epoch": epoch_value(), "loss": loss,
-                                       "tokens_per_s": round(rate, 1), "elapsed_s": round(elapsed(), 1),
-                                       "eta_s": None if eta is None else round(eta, 1)}) + "\n")
+                     rate, " (incl. jit compile)" if window["first"] else "", format_seconds(elapsed()),
+                     "?" if eta is None else format_seconds(eta),
+                     "" if after_s is None else f"  table eta {'?' if table_eta is None else format_seconds(table_eta)}")
+        record = {"step": step, "epoch": epoch_value(), "loss": loss, "tokens_per_s": round(rate, 1),
+                  "elapsed_s": round(elapsed(), 1), "eta_s": None if eta is None else round(eta, 1)}
+        if after_s is not None:
+            record["table_eta_s"] = None if table_eta is None else round(table_eta, 1)
+        metrics_file.write(json.dumps(record) + "\n")
         metrics_file.flush()
         window.update(t=now, step=step, tokens=0.0, sums=[], pause=0.0, first=False)
 

@@ -1,19 +1,23 @@
 """The translation experiments (Luong 2015, Bahdanau 2014, Vaswani 2017, Voita 2019): train, evaluate, report.
 
-`run_experiment` trains every requested row of an `Experiment` in its own directory ``workdir/<row>/`` and
-reports them together:
+`run_experiment` trains every requested row of an `Experiment` once per seed (``config.seeds``), each (row, seed)
+run in its own directory ``workdir/<row>/seed_<seed>/``, and reports them together:
 
 * Training (`train_row`): Adam with global-norm gradient clipping (`experiments.training.optim`) on the
   label-masked cross-entropy; one jitted step (params and optimiser state donated) per bucket shape, so only a
   few compiles happen. The shared loop (`experiments.training.loop.train_loop`) logs step, loss, target
-  tokens/s, elapsed and ETA every ``train.log_every`` steps and the dev perplexity every ``train.eval_every``
-  steps, checkpoints with orbax every ``train.checkpoint_every`` steps and resumes from the latest checkpoint
-  with the same data order; a row stops at ``train.num_steps`` or after ``train.max_minutes``. A row whose
-  ``done.json`` holds the same config fingerprint is not retrained, only re-reported.
+  tokens/s, elapsed, the run's ETA and the whole table's every ``train.log_every`` steps and the dev perplexity
+  every ``train.eval_every`` steps, checkpoints with orbax every ``train.checkpoint_every`` steps and resumes
+  from the latest checkpoint with the same data order; a run stops at ``train.num_steps`` or after
+  ``train.max_minutes``. A run whose ``done.json`` holds the same config fingerprint (seed included; the
+  report-only fields `experiments.configs.REPORT_FIELDS` left out) is not retrained, only re-reported, so
+  adding seeds trains only the new ones. After each run the log gives "table: k/n runs done" with the ETA.
 * Evaluation (`evaluate_row`, after training): dev and test perplexity, beam-search translations detokenised by
-  the SentencePiece tokenizer, sacrebleu BLEU, BLEU by source length, alignment heatmaps.
-* Outputs (`experiments.training.report`): results.md / results.jsonl, loss_curves.png, heatmaps/*.png and,
-  when the experiment asks for it, bleu_by_length.png.
+  the SentencePiece tokenizer, sacrebleu BLEU and chrF, BLEU by source length, alignment heatmaps.
+* Outputs (`experiments.training.report`): results.md / results.jsonl / claims.jsonl (with the paired
+  significance tests of `experiments.stats`), loss_curves.png, heatmaps/*.png and, when the experiment asks for
+  it, bleu_by_length.png; ``test_references.txt`` and ``data.json`` (the dataset's ``info``, tokenizer path
+  included) so that outputs can be re-scored and a finished run loaded later.
 """
 
 from __future__ import annotations
@@ -175,16 +179,20 @@ def filter_train(examples: Sequence[Any], max_source_words: int) -> list[Any]:
 
 
 def train_row(model, cfg: ml_collections.ConfigDict, train_examples: Sequence[Any], dev_examples: Sequence[Any],
-              row_dir: str, *, row: str) -> TrainOutcome:
-    """Trains (or resumes) one row until its step or time budget is spent.
+              row_dir: str, *, row: str, workdir: str | None = None,
+              after_s: float | Callable[[float], float | None] | None = None) -> TrainOutcome:
+    """Trains (or resumes) one (row, seed) run until its step or time budget is spent.
 
     Args:
       model: the row's `Seq2Seq`.
-      cfg: the row's config.
+      cfg: the run's config (``cfg.seed`` seeds the initialisation, dropout and data order).
       train_examples: training `experiments.data.Example` list (already filtered for the row).
       dev_examples: dev examples for the periodic perplexity.
-      row_dir: ``workdir/<row>``; holds checkpoints/ and metrics.jsonl.
+      row_dir: the run's directory (``workdir/<row>/seed_<seed>``); holds checkpoints/ and metrics.jsonl.
       row: row name, for the log.
+      workdir: the experiment directory, where ``train.init_from="@row"`` looks for that row's run of the same
+        seed (default: two levels above ``row_dir``).
+      after_s: the seconds the runs queued after this one will take (see `loop.train_loop`), for the table ETA.
 
     Returns:
       A `TrainOutcome`.
@@ -229,14 +237,15 @@ def train_row(model, cfg: ml_collections.ConfigDict, train_examples: Sequence[An
         init_from = tc.get("init_from", "")
         if not init_from:
             return params, opt_state
-        params, copied = loop.warm_start(params, spec.resolve_init_from(init_from, os.path.dirname(row_dir)))
+        base = workdir if workdir is not None else os.path.dirname(os.path.dirname(os.path.abspath(row_dir)))
+        params, copied = loop.warm_start(params, spec.resolve_init_from(init_from, base, cfg.seed))
         logging.info("[%s] initialised %d of %d parameter arrays from %s", row, copied, len(jax.tree.leaves(params)),
                      init_from)
         return params, (optimizer.init(params) if mesh is None else train_step.init_opt_state(params))
 
     outcome = loop.train_loop(step_fn, params, opt_state, epoch_batches, train_config=tc,
                               run_dir=row_dir, rng=dropout_rng, evaluate=dev_perplexity if dev_examples else None,
-                              on_fresh_start=warm_start, label=row)
+                              on_fresh_start=warm_start, label=row, after_s=after_s)
     return TrainOutcome(params=outcome.params, forward=forward, steps=outcome.steps,
                         steps_this_run=outcome.steps_this_run, minutes=outcome.minutes,
                         stop_reason=outcome.stop_reason, epoch=outcome.epoch)
@@ -255,7 +264,7 @@ def evaluate_row(model, params, cfg: ml_collections.ConfigDict, dataset, row_dir
     ``forward`` (from `evaluation.make_forward`) may be passed to reuse its compiled shapes.
 
     Returns:
-      A dict with dev_ppl, test_ppl, dev_bleu (None when eval.dev_bleu is off), test_bleu,
+      A dict with dev_ppl, test_ppl, dev_bleu (None when eval.dev_bleu is off), test_bleu, test_chrf,
       bleu_by_length and heatmaps (PNG paths).
     """
     ec = cfg.eval
@@ -275,13 +284,14 @@ def evaluate_row(model, params, cfg: ml_collections.ConfigDict, dataset, row_dir
     for split in ("dev", "test"):
         examples = getattr(dataset, split)
         if not examples or (split == "dev" and not ec.dev_bleu):
-            out[f"{split}_bleu"] = None
+            out[f"{split}_bleu"] = out[f"{split}_chrf"] = None
             continue
         ids = evaluation.translate(decoder, params, examples, batch_size=ec.batch_size, buckets=buckets,
                                    max_len_fn=max_len_fn)
         hyps = [tokenizer.decode(x) for x in ids]
         refs = [ex.tgt_text for ex in examples]
         out[f"{split}_bleu"] = evaluation.corpus_bleu(hyps, refs)
+        out[f"{split}_chrf"] = evaluation.corpus_chrf(hyps, refs)
         _write_lines(os.path.join(row_dir, f"{split}_translations.txt"), hyps)
         if split == "test":
             test_ids = ids
@@ -298,9 +308,9 @@ def evaluate_row(model, params, cfg: ml_collections.ConfigDict, dataset, row_dir
             path = os.path.join(heatmap_dir, f"{spec.row_dir_name(row)}_test{al.index}.png")
             plots.attention_heatmap(al.weights, al.source, al.target, path, title=title)
             out["heatmaps"].append(path)
-    logging.info("[%s] evaluated in %.1f s: dev ppl %s, test ppl %s, dev BLEU %s, test BLEU %s", row,
+    logging.info("[%s] evaluated in %.1f s: dev ppl %s, test ppl %s, dev BLEU %s, test BLEU %s, test chrF %s", row,
                  time.monotonic() - t0, _fmt(out["dev_ppl"]), _fmt(out["test_ppl"]), _fmt(out["dev_bleu"]),
-                 _fmt(out["test_bleu"]))
+                 _fmt(out["test_bleu"]), _fmt(out["test_chrf"]))
     return out
 
 
@@ -308,52 +318,76 @@ def _fmt(x: float | None) -> str:
     return "-" if x is None else f"{x:.2f}"
 
 
+def _log_table_progress(done: int, total: int, durations: Sequence[float], elapsed: float) -> None:
+    """"table: k/n runs done, elapsed, ETA" (the ETA: the mean seconds of the runs finished in this invocation,
+    training and evaluation, times the runs left)."""
+    left = total - done
+    eta = (sum(durations) / len(durations)) * left if durations else None
+    logging.info("table: %d/%d runs done, elapsed %s, ETA %s", done, total, loop.format_seconds(elapsed),
+                 "-" if eta is None else loop.format_seconds(eta))
+
+
+def _write_data_files(workdir: str, dataset) -> None:
+    """test_references.txt (one line per test sentence, to re-score outputs) and data.json (the dataset's info:
+    source, counts, tokenizer path)."""
+    _write_lines(os.path.join(workdir, report.REFERENCES_FILE), [ex.tgt_text for ex in dataset.test])
+    with open(os.path.join(workdir, "data.json"), "w", encoding="utf-8") as f:
+        json.dump(dict(getattr(dataset, "info", {}) or {}), f, indent=2, sort_keys=True, default=str)
+
+
 def run_experiment(exp: spec.Experiment, config: ml_collections.ConfigDict, rows: Sequence[str], workdir: str, *,
                    preset: str = "", command: str = "", dataset=None,
                    cache_dir: str | None = None) -> list[dict[str, Any]]:
-    """Trains, evaluates and reports every requested row; returns the records of the table.
+    """Trains, evaluates and reports every requested row once per seed; returns the records of the table.
 
     Args:
       exp: the experiment.
-      config: the config after preset and overrides (rows add their own fields).
+      config: the config after preset and overrides (rows add their own fields; ``config.seeds`` picks the
+        seeds, see `spec.parse_seeds`).
       rows: row names to run, in any order (the table follows ``exp.row_names``).
       workdir: output directory (created).
       preset: preset name, for config.json and results.md.
-      command: the command line, for command.txt and results.md.
+      command: the command line, for command.txt, results.md and claims.jsonl.
       dataset: an `experiments.data.Dataset` to use instead of ``data.prepare(config.data)``
         (tests pass a tiny one).
       cache_dir: where `experiments.data.prepare` caches tokenizers (None: its default,
-        ``<data.data_dir>/tokenizers``).
+        ``<data.data_dir>/tokenizers``, or ``<workdir>/tokenizers`` for a --data_path run).
 
     Returns:
-      The result records in table order (rows finished earlier in this workdir with the same
-      config are included).
+      One record per (row, seed) in table order (row, then seed), with its statistics; runs finished earlier
+      in this workdir with the same config are included.
 
     Raises:
-      ConfigError: unknown rows, a checkpoint from another config, no training data.
+      ConfigError: unknown rows, bad seeds or significance fields, a checkpoint from another config, no
+        training data.
       experiments.data.DataError: the corpus cannot be obtained or read.
     """
+    seeds = spec.check_report_config(exp, config)
     loop.quiet_orbax_logging()
     started = time.monotonic()
+    run_cfgs = {(row, seed): spec.run_config(exp, config, row, seed) for seed in seeds for row in rows}
     os.makedirs(workdir, exist_ok=True)
-    row_cfgs = {row: spec.row_config(exp, config, row) for row in rows}
     with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
-        json.dump({"experiment": exp.name, "preset": preset, "rows": list(rows), "config": config.to_dict(),
-                   "row_configs": {r: c.to_dict() for r, c in row_cfgs.items()}}, f, indent=2, sort_keys=True,
-                  default=list)
+        json.dump({"experiment": exp.name, "preset": preset, "rows": list(rows), "seeds": list(seeds),
+                   "config": config.to_dict(),
+                   "row_configs": {r: spec.row_config(exp, config, r).to_dict() for r in rows}}, f, indent=2,
+                  sort_keys=True, default=list)
     if command:
         with open(os.path.join(workdir, "command.txt"), "w", encoding="utf-8") as f:
             f.write(command + "\n")
     heatmap_dir = os.path.join(workdir, "heatmaps")
 
-    flats = {row: configs.flatten(cfg) for row, cfg in row_cfgs.items()}
-    fps = {row: spec.fingerprint(flat) for row, flat in flats.items()}
+    # Seed-major order: every row's first seed comes first, so a partial table is a complete one-seed table,
+    # and a row that starts from another row (train.init_from="@row") finds that row's run of its seed done.
+    order = [(row, seed) for seed in seeds for row in rows]
+    flats = {key: spec.run_flat(cfg) for key, cfg in run_cfgs.items()}
+    fps = {key: spec.fingerprint(flat) for key, flat in flats.items()}
     todo = []
-    for row in rows:
-        row_dir = os.path.join(workdir, spec.row_dir_name(row))
-        if spec.done_record(row_dir, fps[row]) is None:
-            spec.check_resumable(exp, row, flats[row], row_dir)
-            todo.append(row)
+    for row, seed in order:
+        run_dir = spec.run_dir(workdir, row, seed)
+        if spec.done_record(run_dir, fps[(row, seed)]) is None:
+            spec.check_resumable(exp, row, flats[(row, seed)], run_dir)
+            todo.append((row, seed))
     if todo and dataset is None:
         t0 = time.monotonic()
         if not cache_dir and config.data.data_path:  # a tokenizer of the user's own text stays beside the run
@@ -363,46 +397,63 @@ def run_experiment(exp: spec.Experiment, config: ml_collections.ConfigDict, rows
         logging.info("data %s: %d train / %d dev / %d test pairs, vocabulary %d (%.1f s)",
                      report.corpus_label(config.data), len(dataset.train), len(dataset.dev), len(dataset.test),
                      dataset.tokenizer.vocab_size, time.monotonic() - t0)
+    if dataset is not None:
+        _write_data_files(workdir, dataset)
+    if todo:
+        logging.info("table: %d runs (%d rows x %d seeds), %d to train", len(order), len(rows), len(seeds),
+                     len(todo))
 
-    records: dict[str, dict[str, Any]] = {}
-    for row in rows:
-        row_dir = os.path.join(workdir, spec.row_dir_name(row))
-        cfg, fp = row_cfgs[row], fps[row]
-        done = spec.done_record(row_dir, fp)
+    records: dict[tuple[str, int], dict[str, Any]] = {}
+    durations: list[float] = []
+    trained = 0
+    for row, seed in order:
+        run_dir = spec.run_dir(workdir, row, seed)
+        cfg, fp = run_cfgs[(row, seed)], fps[(row, seed)]
+        label = row if len(seeds) == 1 else f"{row} seed {seed}"
+        done = spec.done_record(run_dir, fp)
         if done is not None:
-            logging.info("[%s] already finished with this config (%s); re-reporting it", row,
-                         os.path.join(row_dir, "done.json"))
-            records[row] = done
+            logging.info("[%s] already finished with this config (%s); re-reporting it", label,
+                         os.path.join(run_dir, "done.json"))
+            records[(row, seed)] = done
             continue
-        os.makedirs(row_dir, exist_ok=True)
-        with open(os.path.join(row_dir, "row_config.json"), "w", encoding="utf-8") as f:
-            json.dump(flats[row], f, indent=2, sort_keys=True)
+        run_started = time.monotonic()
+        left = len(todo) - trained - 1
+        after_s = ((sum(durations) / len(durations)) * left if durations
+                   else (lambda total, left=left: total * left))
+        os.makedirs(run_dir, exist_ok=True)
+        with open(os.path.join(run_dir, "row_config.json"), "w", encoding="utf-8") as f:
+            json.dump(flats[(row, seed)], f, indent=2, sort_keys=True)
         train_examples = filter_train(dataset.train, cfg.train.max_source_words)
         model = exp.make_model(cfg.model, dataset.tokenizer.vocab_size, longest_source(dataset, cfg.data.buckets))
-        logging.info("[%s] training: %s", row, ", ".join(f"{k}={v}" for k, v in exp.rows.get(row, {}).items()))
+        logging.info("[%s] training: %s", label, ", ".join([f"seed={seed}"] + [f"{k}={v}" for k, v in
+                                                                                 exp.rows.get(row, {}).items()]))
         mesh = distributed.mesh_from_config(cfg)
         # The mesh and rules are the ambient context of training AND evaluation, so attention backends that
         # need a mesh ("ring", "ulysses") and the models' logical constraints see it everywhere.
         with distributed.activate(mesh, distributed.rules_for(mesh, _num_kv_heads(model))):
-            outcome = train_row(model, cfg, train_examples, dataset.dev, row_dir, row=row)
-            scores = evaluate_row(model, outcome.params, cfg, dataset, row_dir, heatmap_dir, row=row,
-                                  forward=outcome.forward)
-        record = {"row": row, **exp.describe(cfg),
+            outcome = train_row(model, cfg, train_examples, dataset.dev, run_dir, row=label, workdir=workdir,
+                                after_s=after_s)
+            scores = evaluate_row(model, outcome.params, cfg, dataset, run_dir, heatmap_dir,
+                                  row=row if len(seeds) == 1 else f"{row}_seed{seed}", forward=outcome.forward)
+        record = {"row": row, "seed": seed, **exp.describe(cfg),
                   "params": sum(int(np.prod(x.shape)) for x in jax.tree.leaves(outcome.params)),
-                  "dev_ppl": scores["dev_ppl"],
-                  "test_ppl": scores["test_ppl"], "dev_bleu": scores["dev_bleu"], "test_bleu": scores["test_bleu"],
+                  "dev_ppl": scores["dev_ppl"], "test_ppl": scores["test_ppl"], "dev_bleu": scores["dev_bleu"],
+                  "test_bleu": scores["test_bleu"], "test_chrf": scores["test_chrf"],
                   "steps": outcome.steps, "train_minutes": round(outcome.minutes, 2),
                   "stop_reason": outcome.stop_reason, "epochs": outcome.epoch,
                   "train_pairs": len(train_examples), "max_source_words": cfg.train.max_source_words,
                   "bleu_by_length": scores.get("bleu_by_length"),
                   "heatmaps": [os.path.relpath(p, workdir) for p in scores["heatmaps"]],
-                  "seed": cfg.seed, "machine": report.machine_description(), "fingerprint": fp}
+                  "machine": report.machine_description(), "fingerprint": fp}
         if exp.record_extras is not None:
             record.update(exp.record_extras(model, outcome.params, cfg))
-        with open(os.path.join(row_dir, "done.json"), "w", encoding="utf-8") as f:
+        with open(os.path.join(run_dir, "done.json"), "w", encoding="utf-8") as f:
             json.dump({"fingerprint": fp, "record": record}, f, indent=2, sort_keys=True)
-        records[row] = record
+        records[(row, seed)] = record
+        trained += 1
+        durations.append(time.monotonic() - run_started)
+        _log_table_progress(trained, len(todo), durations, time.monotonic() - started)
         report.write_report(exp, config, workdir, rows, records, preset=preset, command=command,
-                            started=started)
+                            started=started, seeds=seeds)
     return report.write_report(exp, config, workdir, rows, records, preset=preset, command=command, final=True,
-                               started=started)
+                               started=started, seeds=seeds)

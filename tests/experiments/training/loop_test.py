@@ -122,3 +122,15 @@ def test_empty_epoch_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="no batch"):
         loop.train_loop(lambda *a: a, {"w": jnp.zeros(())}, {}, lambda epoch: iter(()), train_config=train_config(),
                         run_dir=str(tmp_path), rng=jax.random.PRNGKey(0))
+
+
+def test_table_eta_adds_the_queued_runs(tmp_path):
+    # A number is the queued runs' seconds; a function extrapolates them from this run's projected length.
+    assert loop._table_eta(10.0, 5.0, 100.0) == 110.0  # pylint: disable=protected-access
+    assert loop._table_eta(10.0, 5.0, lambda total: 2 * total) == 40.0  # pylint: disable=protected-access
+    assert loop._table_eta(None, 5.0, 100.0) is None  # pylint: disable=protected-access
+    run(tmp_path / "fixed", [], after_s=100.0)
+    logged = [r for r in metrics(tmp_path / "fixed") if "loss" in r]
+    assert logged and all(r["table_eta_s"] == pytest.approx(r["eta_s"] + 100.0, abs=0.2) for r in logged)
+    run(tmp_path / "plain", [])
+    assert not any("table_eta_s" in r for r in metrics(tmp_path / "plain"))

@@ -17,7 +17,10 @@ import shutil
 import subprocess
 import sys
 
+import chex
+import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from experiments import cli
@@ -26,6 +29,7 @@ from experiments import evaluation
 from experiments import training
 from experiments.bahdanau import EXPERIMENT as BAHDANAU
 from experiments.luong import EXPERIMENT as LUONG
+from experiments.training import spec
 from experiments.training import translation
 
 REPO = str(pathlib.Path(__file__).resolve().parents[3])
@@ -96,8 +100,15 @@ def count_train_steps():
         translation.make_train_step = original
 
 
-def train_losses(workdir, row=ROW):
-    with open(os.path.join(workdir, row, "metrics.jsonl")) as f:
+def final_params(workdir, row=ROW, seed=0):
+    """The parameters of a run's latest checkpoint."""
+    path = os.path.abspath(os.path.join(workdir, row, f"seed_{seed}", "checkpoints"))
+    step = training.checkpoint_manager(path).latest_step()
+    return ocp.StandardCheckpointer().restore(os.path.join(path, str(step), "state"))["params"]
+
+
+def train_losses(workdir, row=ROW, seed=0):
+    with open(os.path.join(workdir, row, f"seed_{seed}", "metrics.jsonl")) as f:
         records = [json.loads(line) for line in f]
     return {r["step"]: r["loss"] for r in records if "loss" in r}
 
@@ -119,8 +130,9 @@ def first_run(tmp_path_factory, dataset):
 def test_outputs_are_written(first_run):
     workdir, records, steps = first_run
     assert steps == 10
-    for name in ("results.md", "results.jsonl", "config.json", "command.txt", "loss_curves.png",
-                 f"{ROW}/metrics.jsonl", f"{ROW}/done.json", f"{ROW}/test_translations.txt"):
+    for name in ("results.md", "results.jsonl", "config.json", "command.txt", "loss_curves.png", "data.json",
+                 "test_references.txt", f"{ROW}/seed_0/metrics.jsonl", f"{ROW}/seed_0/done.json",
+                 f"{ROW}/seed_0/test_translations.txt"):
         assert os.path.getsize(os.path.join(workdir, name)) > 0, name
     heatmaps = os.listdir(os.path.join(workdir, "heatmaps"))
     assert len(heatmaps) == 1 and heatmaps[0].endswith(".png")
@@ -133,8 +145,16 @@ def test_outputs_are_written(first_run):
         assert [json.loads(line)["row"] for line in f] == [ROW]
     with open(os.path.join(workdir, "results.md")) as f:
         table = f.read()
-    assert "| row | attention | score | mode | dev ppl | test ppl | dev BLEU | test BLEU | steps | train minutes |" in table
-    assert f"| {ROW} | luong | general | global |" in table
+    assert ("| row | seeds | attention | score | mode | dev ppl | test ppl | dev BLEU | test BLEU | test BLEU 95% CI | "
+            "test chrF | steps | train minutes |") in table
+    assert f"| {ROW} | 1 | luong | general | global |" in table
+    assert record["seed"] == 0 and 0 <= record["test_chrf"] <= 100
+    low, high = record["test_bleu_ci"]
+    assert low <= high and "sacreBLEU signatures" in table and "chrF: `nrefs:1|" in table
+    # Titles and captions name the data actually used, the experiment's title only the paper.
+    assert table.startswith(f"# {LUONG.title}; data: German->English, Ding dictionary")
+    with open(os.path.join(workdir, "test_references.txt")) as f:
+        assert f.read().splitlines() == [ex.tgt_text for ex in tiny_dataset().test]
     assert sorted(train_losses(workdir)) == [5, 10]
     with open(os.path.join(workdir, "config.json")) as f:
         saved = json.load(f)
@@ -158,22 +178,83 @@ def test_killed_run_resumes_from_checkpoint(first_run, dataset, tmp_path):
     workdir = str(tmp_path / "w")
     shutil.copytree(first_run[0], workdir)
     # Simulate a kill between the checkpoints of steps 5 and 10: the row is unfinished, step 10 lost.
-    os.remove(os.path.join(workdir, ROW, "done.json"))
-    shutil.rmtree(os.path.join(workdir, ROW, "checkpoints", "10"))
+    os.remove(os.path.join(workdir, ROW, "seed_0", "done.json"))
+    shutil.rmtree(os.path.join(workdir, ROW, "seed_0", "checkpoints", "10"))
     with count_train_steps() as calls:
         records = training.run_experiment(LUONG, tiny_config(), [ROW], workdir, command="test", dataset=dataset)
     assert len(calls) == 5  # Steps 6..10 only.
     assert records[0]["steps"] == 10
     resumed, original = train_losses(workdir), train_losses(first_run[0])
     assert sorted(resumed) == [5, 10]
-    # Same params, optimiser state and data position => the same loss over steps 6..10.
-    np.testing.assert_allclose(resumed[10], original[10], rtol=1e-4)
+    # Same params, optimiser state, data position and seed => bit-identical parameters, scores and outputs.
+    assert resumed[10] == original[10]
+    chex.assert_trees_all_equal(final_params(workdir), final_params(first_run[0]))
+    for key in ("dev_ppl", "test_ppl", "dev_bleu", "test_bleu", "test_chrf", "test_bleu_ci"):
+        assert records[0][key] == first_run[1][0][key], key
+    translations = [pathlib.Path(w, ROW, "seed_0", "test_translations.txt").read_text() for w in (workdir, first_run[0])]
+    assert translations[0] == translations[1]
 
     # A larger step budget continues from the final checkpoint instead of starting over.
     with count_train_steps() as calls:
         records = training.run_experiment(LUONG, tiny_config(**{"train.num_steps": 14}), [ROW], workdir,
                                           command="test", dataset=dataset)
     assert len(calls) == 4 and records[0]["steps"] == 14
+
+
+def test_another_seed_trains_only_that_run(first_run, dataset, tmp_path, caplog):
+    workdir = str(tmp_path / "w")
+    shutil.copytree(first_run[0], workdir)
+    caplog.set_level("INFO")
+    with count_train_steps() as calls:
+        records = training.run_experiment(LUONG, tiny_config(**{"seeds": "0,1"}), [ROW], workdir, command="test",
+                                          dataset=dataset)
+    assert len(calls) == 10  # seed 0 is finished: only seed 1 trains
+    assert [(r["row"], r["seed"]) for r in records] == [(ROW, 0), (ROW, 1)]
+    assert records[0]["test_bleu"] == first_run[1][0]["test_bleu"]
+    assert "table: 1/1 runs done" in caplog.text
+    assert all("table_eta_s" in r for r in
+               map(json.loads, pathlib.Path(workdir, ROW, "seed_1", "metrics.jsonl").read_text().splitlines())
+               if "loss" in r)
+    # Two seeds, two different initialisations and dropout/data orders.
+    leaves = zip(jax.tree.leaves(final_params(workdir, seed=0)), jax.tree.leaves(final_params(workdir, seed=1)))
+    assert any(not np.array_equal(a, b) for a, b in leaves)
+    with open(os.path.join(workdir, "results.jsonl")) as f:
+        assert [json.loads(line)["seed"] for line in f] == [0, 1]
+    table = pathlib.Path(workdir, "results.md").read_text()
+    assert f"| {ROW} | 2 |" in table and " ± " in table and "mean ± sample standard deviation" in table
+    # A count of 2 is seeds 0 and 1: both finished, nothing trains.
+    with count_train_steps() as calls:
+        training.run_experiment(LUONG, tiny_config(**{"seeds": "2"}), [ROW], workdir, command="test", dataset=dataset)
+    assert not calls
+
+
+@pytest.mark.parametrize("text,default,expected", [("", 7, (7,)), ("3", 0, (0, 1, 2)), ("0,1,2", 0, (0, 1, 2)),
+                                                   ("5,", 0, (5,)), (" 4 , 2 ", 0, (4, 2))])
+def test_parse_seeds(text, default, expected):
+    assert spec.parse_seeds(text, default) == expected
+
+
+@pytest.mark.parametrize("text", ["0", "-1", "a,b", "1,1", "1,,2", "2.5", ","])
+def test_bad_seeds_are_one_sentence_config_errors(text):
+    with pytest.raises(training.ConfigError, match="fix: pass a count") as err:
+        spec.parse_seeds(text, 0)
+    assert str(err.value).count(";") == 1 and "\n" not in str(err.value)
+
+
+def test_bad_significance_fields_are_config_errors():
+    for field, value, match in [("eval.significance", "bogus", "significance"),
+                                ("eval.significance_samples", 10, "significance_samples"),
+                                ("eval.baseline_row", "bogus", "baseline_row")]:
+        with pytest.raises(training.ConfigError, match=match):
+            spec.check_report_config(LUONG, tiny_config(**{field: value}))
+
+
+def test_init_from_resolves_the_same_seed(tmp_path):
+    assert spec.resolve_init_from("@dense", "/w", 3) == os.path.join("/w", "dense", "seed_3")
+    row = tmp_path / "other" / "dense"
+    (row / "seed_1").mkdir(parents=True)
+    assert spec.resolve_init_from(str(row), "/w", 1) == str(row / "seed_1")  # a row of a seeded workdir
+    assert spec.resolve_init_from(str(row), "/w", 2) == str(row)  # no such seed: the path as given
 
 
 def test_changed_model_refuses_to_resume(first_run, dataset, tmp_path):
