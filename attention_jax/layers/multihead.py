@@ -5,6 +5,12 @@ Vaswani et al. 2017, "Attention Is All You Need", arXiv:1706.03762, §3.2.2. Wit
 key/value head serves G = N // K query heads: grouped-query attention, Ainslie et al. 2023, arXiv:2305.13245
 (K = 1 is multi-query attention, Shazeer 2019, arXiv:1911.02150).
 
+Queries and keys may have their own head size d_k (`qk_head_dim`) beside the values' d_v (`head_dim`), as in
+Vaswani et al.'s Table 3 row (B), which varies d_k with d_v fixed: the logits are q . k / sqrt(d_k). The
+`dot_product_attention` backends take one H for query, key and value, so the smaller side is zero-padded to
+max(d_k, d_v) features (zero features add nothing to q . k or to the output) and the scale 1 / sqrt(d_k) is
+passed explicitly; the output is sliced back to d_v. Parameters and caches keep their true sizes.
+
 The module only owns the four projections (and the cache); the attention itself is `attention_fn`, by
 default `attention_jax.dot_product_attention`, so any backend it dispatches to (or any function with its
 signature) runs under the same parameters.
@@ -61,14 +67,17 @@ def dense_projection(module: nn.Module, features: Any, axis: Any, name: str,
 class MultiHeadAttention(nn.Module):
     """Multi-head (grouped-query) attention, Concat(head_1..head_N) W^O (arXiv:1706.03762 §3.2.2).
 
-    Projections: query [B, T, Dq] -> [B, T, N, H] ("query"), key and value [B, S, Dkv] -> [B, S, K, H]
-    ("key", "value"), output [B, T, N, H] -> [B, T, D_out] ("out"); each is an `nn.DenseGeneral`.
+    Projections: query [B, T, Dq] -> [B, T, N, H_qk] ("query"), key [B, S, Dkv] -> [B, S, K, H_qk] ("key"),
+    value [B, S, Dkv] -> [B, S, K, H] ("value"), output [B, T, N, H] -> [B, T, D_out] ("out"); each is an
+    `nn.DenseGeneral`. H_qk = d_k is `qk_head_dim` (H when None) and H = d_v is the head dim; the logits are
+    scaled by 1 / sqrt(H_qk).
 
     Key/value cache (`decode=True`, self-attention only). Initialise the module with a dummy input
     [B, S_max, D]: S_max, the cache length, is that call's T. `init` creates, in the "cache" collection,
-    `cached_key` and `cached_value` [B, S_max, K, H] (zeros, in the key dtype) and `cache_index` [] int32 (0);
-    the init call itself leaves them empty. Each later `apply(..., mutable=["cache"])` writes its T new
-    key/value rows at `cache_index` (T > 1 is a prefill, then T = 1 steps), advances `cache_index` by T and
+    `cached_key` [B, S_max, K, H_qk] and `cached_value` [B, S_max, K, H] (zeros, in the key dtype) and
+    `cache_index` [] int32 (0); the init call itself leaves them empty. Each later
+    `apply(..., mutable=["cache"])` writes its T new key/value rows at `cache_index` (T > 1 is a prefill, then
+    T = 1 steps), advances `cache_index` by T and
     attends causally in absolute positions: query t (position cache_index + t) sees cached keys
     s <= cache_index + t, never an unwritten slot. For a prefill (T > 1) that rule is an explicit bool mask
     [1, 1, T, S_max], since `dot_product_attention`'s `is_causal` is top-left aligned, which is wrong against a
@@ -91,7 +100,13 @@ class MultiHeadAttention(nn.Module):
     Attributes:
       num_heads: N, the query heads.
       num_kv_heads: K, the key/value heads; None means N. N % K must be 0.
-      head_dim: H; None means qkv_features // N, or Dq // N without qkv_features (which must then divide).
+      head_dim: H = d_v, the value (and output) head size, also d_k when qk_head_dim is None; None means
+        qkv_features // N, or Dq // N without qkv_features (which must then divide).
+      qk_head_dim: H_qk = d_k, the query/key head size; None means H. With H_qk != H the "query" and "key"
+        kernels are [Dq, N, H_qk] and [Dkv, K, H_qk], the logits are q . k / sqrt(H_qk), and `attention_fn`
+        receives zero-padded query/key/value of max(H_qk, H) features and `scale=1 / sqrt(H_qk)` (so it must
+        accept `dot_product_attention`'s `scale` keyword); Vaswani et al. 2017, arXiv:1706.03762, Table 3
+        row (B) (d_k = 16 and 32 with d_v = 64).
       qkv_features: N * H, flax's name for the total query width; None means N * head_dim, or Dq. Must be a
         multiple of N, and equal N * head_dim when both are given.
       out_features: D_out; None means Dq.
@@ -111,8 +126,9 @@ class MultiHeadAttention(nn.Module):
       normalize_qk: apply a LayerNorm without bias to each head's queries and keys ("query_ln", "key_ln"),
         Dehghani et al. 2023, arXiv:2302.05442, §3.1.1.
       attention_fn: (query [B,T,N,H], key [B,S,K,H], value [B,S,K,H], bias, mask, *, dropout_rate,
-        dropout_rng, return_weights, implementation) -> output [B,T,N,H], or (output, weights [B,N,T,S]) when
-        return_weights; `dot_product_attention` by default. `mask` is an `AttentionMask` (causality, lengths,
+        dropout_rng, return_weights, implementation[, scale]) -> output [B,T,N,H], or (output, weights
+        [B,N,T,S]) when return_weights (H here is max(H_qk, H), and `scale` is passed only when qk_head_dim
+        differs from H); `dot_product_attention` by default. `mask` is an `AttentionMask` (causality, lengths,
         segment ids and the dense mask together) already bound to (query, key, value), so
         `dot_product_attention` and its backend check nothing again.
       implementation: forwarded to `attention_fn`: None, a `dot_product_attention` backend name, or a `Backend`
@@ -124,15 +140,17 @@ class MultiHeadAttention(nn.Module):
           2021, arXiv:2104.09864, eq. 34;
         "alibi": the bias -m_h |t - s| added to the logits, Press et al. 2021, arXiv:2108.12409, §3 (the
           paper's causal form on the visible keys; symmetric in |t - s| for bidirectional attention);
-        "shaw": learned tables "shaw_key" and "shaw_value" [2k + 1, H] (k = shaw_max_distance, shared by the
-          heads) for the clipped distance clip(s - t, -k, k): e_ts = q_t (k_s + a^K_ts)^T / sqrt(H) and
+        "shaw": learned tables "shaw_key" [2k + 1, H_qk] and "shaw_value" [2k + 1, H] (k = shaw_max_distance,
+          shared by the heads) for the clipped distance clip(s - t, -k, k): e_ts = q_t (k_s + a^K_ts)^T /
+          sqrt(H_qk) and
           z_t = sum_s w_ts (v_s + a^V_ts), Shaw et al. 2018, arXiv:1803.02155, eqs. 3-6. Needs an
           `attention_fn` that returns weights.
       rope_base: the 10000 of RoPE.
       shaw_max_distance: k, the clipping distance of the Shaw tables.
 
     Raises:
-      ValueError: at construction, if N, K, head_dim, qkv_features or out_features is not a positive int,
+      ValueError: at construction, if N, K, head_dim, qk_head_dim, qkv_features or out_features is not a
+        positive int,
         N % K != 0, qkv_features is not N * head_dim, the dropout rate is not in [0, 1), positions is not None
         or one of `RELATIVE_POSITIONS`, or shaw_max_distance < 0.
       TypeError: at construction, if use_bias, decode, broadcast_dropout, normalize_qk or deterministic (when
@@ -142,6 +160,7 @@ class MultiHeadAttention(nn.Module):
     num_heads: int
     num_kv_heads: int | None = None
     head_dim: int | None = None
+    qk_head_dim: int | None = None
     qkv_features: int | None = None
     out_features: int | None = None
     dropout_rate: float = 0.0
@@ -171,7 +190,7 @@ class MultiHeadAttention(nn.Module):
                 raise ValueError(
                     f"num_heads N={self.num_heads} must be a multiple of num_kv_heads K={self.num_kv_heads}"
                 )
-        for name in ("head_dim", "qkv_features", "out_features"):
+        for name in ("head_dim", "qk_head_dim", "qkv_features", "out_features"):
             if getattr(self, name) is not None:
                 _checks.int_at_least(name, getattr(self, name), 1)
         if self.qkv_features is not None:
@@ -272,7 +291,7 @@ class MultiHeadAttention(nn.Module):
           ValueError: for inputs that are not rank 3, batch sizes or key/value lengths that differ, a zero
             feature size, Dq not a multiple of N without head_dim, inputs_kv together with inputs_k, key/value
             inputs while decoding, T > S_max or a batch that differs from the cache's, mask, bias or
-            key_lengths shapes that do not fit, `positions` with cross-attention, "rope" with an odd head dim,
+            key_lengths shapes that do not fit, `positions` with cross-attention, "rope" with an odd H_qk,
             segment_ids while decoding, deterministic set both here and as an attribute, and segment id shapes
             that do not fit (raised by `dot_product_attention`).
           TypeError: for inputs that are not floating arrays, a non-floating bias, a non-boolean mask,
@@ -320,21 +339,23 @@ class MultiHeadAttention(nn.Module):
         num_keys = jnp.shape(inputs_kv)[1]
         heads = self.num_heads
         kv_heads = heads if self.num_kv_heads is None else self.num_kv_heads
-        head_dim = self._head_dim(features)
+        head_dim = self._head_dim(features)  # H = d_v
+        qk_dim = head_dim if self.qk_head_dim is None else self.qk_head_dim  # H_qk = d_k
         out_features = features if self.out_features is None else self.out_features
         if head_gates is not None:
             _checks.floating("head_gates", head_gates)
             _checks.shape("head_gates", head_gates, (heads,))
-        if self.positions == "rope" and head_dim % 2:
-            raise ValueError(f"positions='rope' needs an even head dim, got H={head_dim}")
+        if self.positions == "rope" and qk_dim % 2:
+            source = "" if self.qk_head_dim is None else " (qk_head_dim, the query/key head size)"
+            raise ValueError(f"positions='rope' needs an even head dim, got H={qk_dim}{source}")
 
         cache_ready = self.decode and self.has_variable("cache", "cached_key")
         if cache_ready:
-            cache_shape = self.get_variable("cache", "cached_key").shape  # [B, S_max, K, H]
+            cache_shape = self.get_variable("cache", "cached_key").shape  # [B, S_max, K, H_qk]
             num_keys = cache_shape[1]
             if num_queries > num_keys or batch != cache_shape[0]:
                 raise ValueError(
-                    f"decode input [B, T, D]={jnp.shape(inputs_q)} does not fit the cache [B, S_max, K, H]="
+                    f"decode input [B, T, D]={jnp.shape(inputs_q)} does not fit the cache [B, S_max, K, H_qk]="
                     f"{cache_shape}: need the same B and T <= S_max"
                 )
         check_bias(bias, batch, heads, num_queries, num_keys)
@@ -356,8 +377,8 @@ class MultiHeadAttention(nn.Module):
                 zero_dead(inputs_v, live_k)
         q_names = (axes.EMBED, axes.HEADS, axes.HEAD_DIM)
         kv_names = (axes.EMBED, axes.KV_HEADS, axes.HEAD_DIM)
-        query = self._dense((heads, head_dim), -1, "query", q_names)(inputs_q)  # [B, T, N, H]
-        key = self._dense((kv_heads, head_dim), -1, "key", kv_names)(inputs_kv)  # [B, S, K, H]
+        query = self._dense((heads, qk_dim), -1, "query", q_names)(inputs_q)  # [B, T, N, H_qk]
+        key = self._dense((kv_heads, qk_dim), -1, "key", kv_names)(inputs_kv)  # [B, S, K, H_qk]
         value = self._dense((kv_heads, head_dim), -1, "value", kv_names)(inputs_v)  # [B, S, K, H]
         query = axes.constrain(query, (axes.BATCH, axes.LENGTH, axes.HEADS, axes.HEAD_DIM))
         key = axes.constrain(key, (axes.BATCH, axes.LENGTH, axes.KV_HEADS, axes.HEAD_DIM))
@@ -366,8 +387,8 @@ class MultiHeadAttention(nn.Module):
             layer_norm = lambda name: nn.LayerNorm(
                 use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype, name=name,
                 scale_init=axes.partitioned(nn.initializers.ones_init(), (axes.HEAD_DIM,)))
-            query = layer_norm("query_ln")(query)  # [B, T, N, H]
-            key = layer_norm("key_ln")(key)  # [B, S, K, H]
+            query = layer_norm("query_ln")(query)  # [B, T, N, H_qk]
+            key = layer_norm("key_ln")(key)  # [B, S, K, H_qk]
 
         start = self._cache_start() if cache_ready else jnp.zeros((), jnp.int32)
         query_pos = start + jnp.arange(num_queries)  # [T] absolute positions of the queries (and new keys)
@@ -393,10 +414,10 @@ class MultiHeadAttention(nn.Module):
         elif self.positions == "shaw":
             k = int(self.shaw_max_distance)
             shaw_init = axes.partitioned(self.kernel_init, (None, axes.HEAD_DIM))
-            table_k = self.param("shaw_key", shaw_init, (2 * k + 1, head_dim), self.param_dtype)
+            table_k = self.param("shaw_key", shaw_init, (2 * k + 1, qk_dim), self.param_dtype)
             table_v = self.param("shaw_value", shaw_init, (2 * k + 1, head_dim), self.param_dtype)
             shaw_ids = (jnp.clip(distance, -k, k) + k).astype(jnp.int32)  # [T, S]
-            shaw = shaw_logits(query, table_k, shaw_ids, scale=1.0 / float(head_dim) ** 0.5)  # [B, N, T, S]
+            shaw = shaw_logits(query, table_k, shaw_ids, scale=1.0 / float(qk_dim) ** 0.5)  # [B, N, T, S]
             bias = shaw if bias is None else bias.astype(jnp.float32) + shaw
 
         need_weights = return_weights or shaw_ids is not None
@@ -407,21 +428,26 @@ class MultiHeadAttention(nn.Module):
         if broadcast:  # one [T, S] mask for every row and head: dropped here, on the weights attention_fn returns
             rate, broadcast_rng, dropout_rng = 0.0, dropout_rng, None
         need_weights = need_weights or sow_weights or broadcast
-        spec = spec.bind(query, key, value)
+        # d_k != d_v: one common head size for the backends (zero features change neither q . k nor the output).
+        common = max(qk_dim, head_dim)
+        scale_kw = {} if qk_dim == head_dim else {"scale": 1.0 / float(qk_dim) ** 0.5}
+        query_in, key_in, value_in = (_pad_features(x, common) for x in (query, key, value))  # [.., max(H_qk, H)]
+        spec = spec.bind(query_in, key_in, value_in)
         implementation = self.implementation
         if self.decode and mask is not None and implementation is not None and self.attention_fn is dot_product_attention:
             # A prefill (or the init call) needs the dense cache mask; a backend that takes none (flash, cudnn)
             # hands that call to implementation=None instead of failing. One-token steps keep the backend.
-            ok, reason = supports(implementation, query, key, value, mask=spec)
+            ok, reason = supports(implementation, query_in, key_in, value_in, mask=spec, **scale_kw)
             if not ok:
                 logging.log_first_n(logging.INFO, "MultiHeadAttention: the cache prefill runs on "
                                     "implementation=None: %s", 1, reason)
                 implementation = None
         result = self.attention_fn(
-            query, key, value, bias, spec, dropout_rate=rate, dropout_rng=dropout_rng,
-            return_weights=need_weights, implementation=implementation,
+            query_in, key_in, value_in, bias, spec, dropout_rate=rate, dropout_rng=dropout_rng,
+            return_weights=need_weights, implementation=implementation, **scale_kw,
         )
-        context, weights = (result[0], result[1]) if need_weights else (result, None)  # [B, T, N, H]
+        context, weights = (result[0], result[1]) if need_weights else (result, None)  # [B, T, N, max(H_qk, H)]
+        context = context[..., :head_dim]  # [B, T, N, H]
         if broadcast:
             keep = jax.random.bernoulli(broadcast_rng, 1.0 - self.dropout_rate, weights.shape[2:])  # [T, S]
             weights = jnp.where(keep, weights / (1.0 - self.dropout_rate), 0.0)  # [B, N, T, S]
@@ -445,7 +471,7 @@ class MultiHeadAttention(nn.Module):
         return self.get_variable("cache", "cache_index")
 
     def _use_cache(self, key, value, mask, cache_ready):
-        """Writes key/value [B, T, K, H] at cache_index; returns the cache [B, S_max, K, H], its mask and lengths.
+        """Writes key [B, T, K, H_qk] / value [B, T, K, H] at cache_index; returns the caches, mask and lengths.
 
         A one-token step (T = 1) with no user mask sees exactly the cache slots s <= cache_index, which is the
         key length cache_index + 1: it returns (key, value, None, lengths [B]), so the step needs no dense mask
@@ -459,7 +485,7 @@ class MultiHeadAttention(nn.Module):
         start = cache_index.value if cache_ready else jnp.zeros((), jnp.int32)
         zero = jnp.zeros((), jnp.int32)
         full_key = jax.lax.dynamic_update_slice(cached_key.value, key.astype(cached_key.value.dtype),
-                                                (zero, start, zero, zero))  # [B, S_max, K, H]
+                                                (zero, start, zero, zero))  # [B, S_max, K, H_qk]
         full_value = jax.lax.dynamic_update_slice(cached_value.value, value.astype(cached_value.value.dtype),
                                                   (zero, start, zero, zero))  # [B, S_max, K, H]
         if cache_ready:  # the init call only shapes the cache; it stays empty with index 0
@@ -473,3 +499,11 @@ class MultiHeadAttention(nn.Module):
         causal = (key_pos <= query_pos)[None, None]  # [1, 1, T, S_max]; also hides unwritten slots
         mask = causal if mask is None else jnp.logical_and(mask, causal)
         return full_key, full_value, mask, None
+
+
+def _pad_features(x: jax.Array, features: int) -> jax.Array:
+    """[..., H] -> [..., features] with zeros after the H features (x itself when H == features)."""
+    missing = features - x.shape[-1]
+    if missing == 0:
+        return x
+    return jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, missing)])

@@ -2,7 +2,7 @@
 
 One small subclass per layer configuration: BahdanauAttention (plain and with cached projected keys),
 LuongAttention (every mode x every score), MultiHeadAttention (self, cross, GQA, RoPE, ALiBi,
-Shaw), RelativeMultiHeadAttention, MultiStepAttention, WeightedBranchAttention, GatedMultiHeadAttention and
+Shaw, d_k != d_v), RelativeMultiHeadAttention, MultiStepAttention, WeightedBranchAttention, GatedMultiHeadAttention and
 Aaren. Tiny sizes (B=2, T=5, S=6, D=8) keep the file fast; the models are in tests/models/contract_test.py.
 """
 
@@ -134,12 +134,14 @@ class MultiHeadSelfAttentionContractTest(contract.LayerContract):
     NUM_HEADS = 2
     NUM_KV_HEADS = None
     POSITIONS = None
+    QK_HEAD_DIM = None
     SKIP = {"masked_inputs": "in self-attention a masked key position is also a live query row, so its raw input "
                              "must stay finite; test_masked_never_leak_keys poisons the projected keys and values"}
 
     def make_module(self):
         return MultiHeadAttention(num_heads=self.NUM_HEADS, num_kv_heads=self.NUM_KV_HEADS, positions=self.POSITIONS,
-                                  shaw_max_distance=2, bias_init=nn.initializers.normal(0.3))
+                                  qk_head_dim=self.QK_HEAD_DIM, shaw_max_distance=2,
+                                  bias_init=nn.initializers.normal(0.3))
 
     def make_inputs(self, rng):
         return dict(inputs_q=_normal(rng, B, T, D), key_lengths=jnp.asarray([T, 3], jnp.int32))
@@ -190,6 +192,19 @@ class MultiHeadAlibiContractTest(MultiHeadSelfAttentionContractTest):
 
 class MultiHeadShawContractTest(MultiHeadSelfAttentionContractTest):
     POSITIONS = "shaw"
+
+
+class MultiHeadQKHeadDimContractTest(MultiHeadSelfAttentionContractTest):
+    """d_k = 2 < d_v = 4 (arXiv:1706.03762 Table 3 row B): q and k are zero-padded to d_v for the backend."""
+
+    QK_HEAD_DIM = 2
+
+
+class MultiHeadQKHeadDimRopeContractTest(MultiHeadSelfAttentionContractTest):
+    """d_k = 6 > d_v = 4 with RoPE on the queries and keys: v is zero-padded and the output sliced back."""
+
+    QK_HEAD_DIM = 6
+    POSITIONS = "rope"
 
 
 class MultiHeadCrossAttentionContractTest(contract.LayerContract):

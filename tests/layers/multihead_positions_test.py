@@ -122,6 +122,22 @@ class ReferenceTest(chex.TestCase):
         chex.assert_trees_all_close(out, expected.astype(np.float32), atol=ATOL, rtol=1e-5)
         chex.assert_trees_all_close(weights, expected_w.astype(np.float32), atol=ATOL, rtol=1e-5)
 
+    @parameterized.parameters(("rope", 4), ("alibi", 1), ("shaw", 3))
+    def test_positions_with_qk_head_dim(self, positions, d_k):
+        # d_k != d_v = H (Table 3 row B of arXiv:1706.03762): the reference scales by sqrt(d_k), and the Shaw key
+        # table has d_k columns, the value table d_v.
+        model = _module(positions, qk_head_dim=d_k, shaw_max_distance=2)
+        x = _x(7)
+        params = _init(model, x)
+        chex.assert_shape([params["query"]["kernel"], params["value"]["kernel"]], [(D, N, d_k), (D, N, H)])
+        if positions == "shaw":
+            chex.assert_shape([params["shaw_key"], params["shaw_value"]], [(5, d_k), (5, H)])
+        lengths = jnp.array([T, 3], jnp.int32)
+        out, weights = model.apply({"params": params}, x, is_causal=True, key_lengths=lengths, return_weights=True)
+        expected, expected_w = _np_attention(params, x, positions, causal=True, key_lengths=lengths, shaw_k=2)
+        chex.assert_trees_all_close(out, expected.astype(np.float32), atol=ATOL, rtol=1e-5)
+        chex.assert_trees_all_close(weights, expected_w.astype(np.float32), atol=ATOL, rtol=1e-5)
+
     def test_shaw_clipping_distance_matters(self):
         # With T > k + 1, distances beyond k share a row; perturbing the last row of the key table moves only
         # logits with s - t >= k, so k=1 and k=3 must disagree once the tables are trained apart.
@@ -275,6 +291,8 @@ class ErrorsTest(parameterized.TestCase):
     def test_rope_odd_head_dim(self):
         with pytest.raises(ValueError, match="even head dim, got H=3"):
             MultiHeadAttention(num_heads=2, head_dim=3, positions="rope").init(jax.random.PRNGKey(0), _x(0))
+        with pytest.raises(ValueError, match="even head dim, got H=3 .qk_head_dim"):
+            MultiHeadAttention(num_heads=2, qk_head_dim=3, positions="rope").init(jax.random.PRNGKey(0), _x(0))
         # An even explicit head dim works.
         MultiHeadAttention(num_heads=2, head_dim=4, positions="rope").init(jax.random.PRNGKey(0), _x(0))
 

@@ -47,14 +47,15 @@ def _random_mask(seed, t, s):
 def _np_multihead(params, xq, xkv, mask=None, causal=False):
     """float64 numpy MultiHead(Q, K, V) = Concat(head_1..head_N) W^O (arXiv:1706.03762 §3.2.2).
 
-    head_i = softmax(Q W^Q_i (K W^K_i)^T / sqrt(H)) V W^V_i, with key/value head i // G for GQA.
+    head_i = softmax(Q W^Q_i (K W^K_i)^T / sqrt(d_k)) V W^V_i, with key/value head i // G for GQA; d_k is the
+    query/key head size and d_v (the value head size) may differ (Table 3 row B).
     """
     p = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
     xq, xkv = np.asarray(xq, np.float64), np.asarray(xkv, np.float64)
     q = np.einsum("btd,dnh->btnh", xq, p["query"]["kernel"]) + p["query"]["bias"]
     k = np.einsum("bsd,dkh->bskh", xkv, p["key"]["kernel"]) + p["key"]["bias"]
     v = np.einsum("bsd,dkh->bskh", xkv, p["value"]["kernel"]) + p["value"]["bias"]
-    heads, kv_heads, head_dim = q.shape[2], k.shape[2], q.shape[3]
+    heads, kv_heads, d_k, d_v = q.shape[2], k.shape[2], q.shape[3], v.shape[3]
     t, s = q.shape[1], k.shape[1]
     allowed = np.ones((xq.shape[0], heads, t, s), bool)
     if mask is not None:
@@ -64,15 +65,15 @@ def _np_multihead(params, xq, xkv, mask=None, causal=False):
     outs = []
     for i in range(heads):
         j = i // (heads // kv_heads)  # the key/value head of query head i
-        logits = np.einsum("bth,bsh->bts", q[:, :, i], k[:, :, j]) / np.sqrt(head_dim)
+        logits = np.einsum("bth,bsh->bts", q[:, :, i], k[:, :, j]) / np.sqrt(d_k)
         logits = np.where(allowed[:, i], logits, -np.inf)
         top = np.max(logits, axis=-1, keepdims=True)
         e = np.where(allowed[:, i], np.exp(logits - np.where(np.isfinite(top), top, 0.0)), 0.0)
         z = e.sum(-1, keepdims=True)
         w = np.where(z > 0, e / np.where(z > 0, z, 1.0), 0.0)
         outs.append(np.einsum("bts,bsh->bth", w, v[:, :, j]))
-    concat = np.concatenate(outs, axis=-1)  # [B, T, N*H]
-    w_o = p["out"]["kernel"].reshape(heads * head_dim, -1)
+    concat = np.concatenate(outs, axis=-1)  # [B, T, N*d_v]
+    w_o = p["out"]["kernel"].reshape(heads * d_v, -1)
     return concat @ w_o + p["out"]["bias"]
 
 
@@ -155,14 +156,24 @@ class ReferenceTest(parameterized.TestCase):
 class DecodeTest(parameterized.TestCase):
     @parameterized.product(kv_heads=(4, 2), prefill=(3, 6, 1))
     def test_incremental_equals_full_causal(self, kv_heads, prefill):
+        self._check_incremental(kv_heads, prefill)
+
+    @parameterized.parameters((2, 3, 5))
+    def test_incremental_with_qk_head_dim(self, kv_heads, prefill, qk_head_dim):
+        # d_k != d_v = D // N = 2: the key cache holds d_k features, the value cache d_v (d_k < d_v is stepped by
+        # MultiHeadQKHeadDimContractTest in tests/layers/contract_test.py).
+        self._check_incremental(kv_heads, prefill, qk_head_dim=qk_head_dim)
+
+    def _check_incremental(self, kv_heads, prefill, qk_head_dim=None):
         length = 6
         x, _ = _inputs(20 + kv_heads, t=length)
-        params = nn.unbox(_module(kv_heads).init(jax.random.PRNGKey(2), x)["params"])
-        full = _module(kv_heads).apply({"params": params}, x, is_causal=True)  # [B, 6, D]
+        params = nn.unbox(_module(kv_heads, qk_head_dim=qk_head_dim).init(jax.random.PRNGKey(2), x)["params"])
+        full = _module(kv_heads, qk_head_dim=qk_head_dim).apply({"params": params}, x, is_causal=True)  # [B, 6, D]
 
-        decoder = _module(kv_heads, decode=True)
+        decoder = _module(kv_heads, qk_head_dim=qk_head_dim, decode=True)
         cache = nn.unbox(decoder.init(jax.random.PRNGKey(2), jnp.zeros((B, length, D)))["cache"])  # S_max = 6
-        chex.assert_shape(cache["cached_key"], (B, length, kv_heads, D // N))
+        chex.assert_shape(cache["cached_key"], (B, length, kv_heads, qk_head_dim or D // N))
+        chex.assert_shape(cache["cached_value"], (B, length, kv_heads, D // N))
         self.assertEqual(int(cache["cache_index"]), 0)
         pieces = []
         out, state = decoder.apply({"params": params, "cache": cache}, x[:, :prefill], mutable=["cache"])
@@ -292,6 +303,81 @@ class BehaviourTest(chex.TestCase):
         self.assertEqual(out.dtype, jnp.bfloat16)
         expected = _np_multihead(variables["params"], xq, xq)
         np.testing.assert_allclose(np.asarray(out, np.float32), expected, atol=5e-2, rtol=5e-2)
+
+
+class QKHeadDimTest(chex.TestCase):
+    """Query/key head size d_k apart from the value head size d_v (arXiv:1706.03762 Table 3 row B)."""
+
+    @chex.variants(with_jit=True, without_jit=True)
+    @parameterized.product(dims=((1, 3), (5, 2)), masked=(False, True), cross=(False, True))
+    def test_matches_numpy_multihead(self, dims, masked, cross):
+        d_k, d_v = dims
+        model = _module(2, qk_head_dim=d_k, head_dim=d_v)
+        xq, xkv = _inputs(60 + d_k)
+        xkv = xkv if cross else None
+        s = S if cross else T
+        mask = _random_mask(d_k, T, s) if masked else None
+        params = nn.unbox(model.init(jax.random.PRNGKey(d_k), xq, xkv)["params"])
+        apply = self.variant(lambda p, a, b, m: model.apply({"params": p}, a, b, mask=m))
+        out = apply(params, xq, xkv, mask)
+        chex.assert_shape(out, (B, T, D))
+        expected = _np_multihead(params, xq, xq if xkv is None else xkv, mask)
+        np.testing.assert_allclose(out, expected, atol=ATOL, rtol=1e-5)
+        # The scale is 1 / sqrt(d_k): rescaling the query kernel by sqrt(d_v / d_k) (what 1 / sqrt(d_v), or a
+        # scale taken from the padded size, would amount to) moves the output.
+        wrong = jax.tree.map(lambda a: a, params)
+        wrong["query"] = {"kernel": params["query"]["kernel"] * np.sqrt(d_v / d_k),
+                          "bias": params["query"]["bias"] * np.sqrt(d_v / d_k)}
+        self.assertGreater(float(np.max(np.abs(_np_multihead(wrong, xq, xq if xkv is None else xkv, mask)
+                                              - np.asarray(out)))), 1e-3)
+
+    def test_parameter_shapes_and_count(self):
+        d_k, d_v, kv_heads = 3, 5, 2
+        xq, xkv = _inputs(61)
+        params = nn.unbox(_module(kv_heads, qk_head_dim=d_k, head_dim=d_v).init(jax.random.key(0), xq, xkv)["params"])
+        shapes = jax.tree.map(jnp.shape, params)
+        self.assertEqual(shapes, {"query": {"kernel": (D, N, d_k), "bias": (N, d_k)},
+                                  "key": {"kernel": (D, kv_heads, d_k), "bias": (kv_heads, d_k)},
+                                  "value": {"kernel": (D, kv_heads, d_v), "bias": (kv_heads, d_v)},
+                                  "out": {"kernel": (N, d_v, D), "bias": (D,)}})
+        boxed = _module(kv_heads, qk_head_dim=d_k, head_dim=d_v).init(jax.random.key(0), xq, xkv)["params"]
+        self.assertEqual(boxed["query"]["kernel"].names, ("embed", "heads", "head_dim"))
+        self.assertEqual(boxed["key"]["kernel"].names, ("embed", "kv_heads", "head_dim"))
+
+    @parameterized.parameters((1, 3), (5, 2))
+    def test_backends_agree_and_attention_fn_gets_the_scale(self, d_k, d_v):
+        from attention_jax.dot_product import BlockwiseBackend
+        calls = []
+
+        def recording_attention(query, key, value, bias=None, mask=None, **kwargs):
+            calls.append((query.shape, key.shape, value.shape, kwargs.get("scale")))
+            return dot_product_attention(query, key, value, bias, mask, **kwargs)
+
+        xq, xkv = _inputs(62)
+        lengths = jnp.asarray([S, 3], jnp.int32)
+        variables = nn.unbox(_module(2, qk_head_dim=d_k, head_dim=d_v).init(jax.random.key(1), xq, xkv))
+        want = _module(2, qk_head_dim=d_k, head_dim=d_v, implementation="xla").apply(variables, xq, xkv,
+                                                                                     key_lengths=lengths)
+        got = _module(2, qk_head_dim=d_k, head_dim=d_v, implementation=BlockwiseBackend(block_k=4)).apply(
+            variables, xq, xkv, key_lengths=lengths)
+        np.testing.assert_allclose(got, want, atol=ATOL, rtol=1e-5)
+        _module(2, qk_head_dim=d_k, head_dim=d_v, attention_fn=recording_attention).apply(variables, xq, xkv)
+        common = max(d_k, d_v)
+        self.assertEqual(calls, [((B, T, N, common), (B, S, 2, common), (B, S, 2, common), 1.0 / np.sqrt(d_k))])
+
+    def test_equal_sizes_pass_no_scale(self):
+        # qk_head_dim == head_dim is the plain module: same params, same output, no scale keyword.
+        calls = []
+
+        def recording_attention(query, key, value, bias=None, mask=None, **kwargs):
+            calls.append(kwargs)
+            return dot_product_attention(query, key, value, bias, mask, **kwargs)
+
+        xq, xkv = _inputs(63)
+        variables = nn.unbox(_module(2).init(jax.random.key(2), xq, xkv))
+        out = _module(2, qk_head_dim=D // N, attention_fn=recording_attention).apply(variables, xq, xkv)
+        np.testing.assert_array_equal(out, _module(2).apply(variables, xq, xkv))
+        self.assertNotIn("scale", calls[0])
 
 
 class BadInputTest(absltest.TestCase):
@@ -467,7 +553,7 @@ class FlagsAndBadInputTest(parameterized.TestCase):
         with _raises_type("head_gates", "list"):
             self.module.apply(self.variables, self.xq, self.xkv, head_gates=[1.0] * N)
 
-    @parameterized.parameters("num_heads", "head_dim", "out_features", "qkv_features")
+    @parameterized.parameters("num_heads", "head_dim", "qk_head_dim", "out_features", "qkv_features")
     def test_zero_sizes_at_construction(self, name):
         kw = {"num_heads": N, name: 0}
         with _raises(name, "0"):
