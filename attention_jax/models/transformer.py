@@ -15,8 +15,8 @@
   - `label_smoothed_cross_entropy` (§5.4, Szegedy et al. 2016, arXiv:1512.00567, §7) and
     `transformer_schedule`, the warm-up learning rate of §5.3 (eq. 3) as an optax schedule.
 
-Letters: B batch, S source length, T target length, D = d_model, N heads, K key/value heads, H = d_k = d_v,
-F = d_ff, V vocabulary.
+Letters: B batch, S source length, T target length, D = d_model, N heads, K key/value heads, H = d_v (and d_k
+unless `qk_head_dim` sets it apart, Table 3 row B), F = d_ff, V vocabulary.
 """
 
 from __future__ import annotations
@@ -199,6 +199,7 @@ class _Layer(nn.Module):
     num_heads: int
     d_ff: int
     head_dim: int | None = None
+    qk_head_dim: int | None = None
     num_kv_heads: int | None = None
     dropout_rate: float = 0.1
     attention_dropout_rate: float = 0.0
@@ -216,8 +217,8 @@ class _Layer(nn.Module):
         extra = dict(positions=self.positions, shaw_max_distance=self.shaw_max_distance) if relative else {}
         return MultiHeadAttention(
             num_heads=self.num_heads, num_kv_heads=self.num_kv_heads, head_dim=self.head_dim,
-            dropout_rate=self.attention_dropout_rate, dtype=self.dtype, param_dtype=self.param_dtype,
-            implementation=self.implementation, decode=decode, name=name, **extra)
+            qk_head_dim=self.qk_head_dim, dropout_rate=self.attention_dropout_rate, dtype=self.dtype,
+            param_dtype=self.param_dtype, implementation=self.implementation, decode=decode, name=name, **extra)
 
     def _block(self, name: str) -> _Sublayer:
         return _Sublayer(norm=self.norm, dropout_rate=self.dropout_rate, dtype=self.dtype,
@@ -234,7 +235,9 @@ class EncoderLayer(_Layer):
     Attributes:
       num_heads: N.
       d_ff: F.
-      head_dim: H = d_k = d_v; None means D // N.
+      head_dim: H = d_v (and d_k when qk_head_dim is None); None means D // N.
+      qk_head_dim: d_k, the query/key head size of every attention; None means head_dim
+        (`MultiHeadAttention.qk_head_dim`).
       num_kv_heads: K (grouped-query attention); None means N.
       dropout_rate: residual dropout P_drop (§5.4).
       attention_dropout_rate: dropout on the attention weights.
@@ -315,7 +318,9 @@ class Transformer(nn.Module):
       num_heads: N (8).
       d_ff: F (2048).
       num_encoder_layers, num_decoder_layers: the stack depths (6 each).
-      head_dim: H = d_k = d_v; None means D // N (the paper's choice, Table 3 row B changes it).
+      head_dim: H = d_v (and d_k when qk_head_dim is None); None means D // N (the paper's choice).
+      qk_head_dim: d_k, the query/key head size of every attention; None means head_dim. Table 3 row (B) of
+        arXiv:1706.03762 shrinks d_k (16, 32) with d_v = 64 fixed; logits are scaled by 1 / sqrt(d_k).
       num_kv_heads: K for grouped-query attention; None means N.
       dropout_rate: P_drop, on sub-layer outputs and on the sums of embeddings and positions (0.1).
       attention_dropout_rate: on the attention weights (0 in the paper).
@@ -334,8 +339,8 @@ class Transformer(nn.Module):
       decode: the decoder self-attentions keep key/value caches (set by `init_decode_state`).
 
     Raises:
-      ValueError: at construction, for non-positive sizes, D not a multiple of N without head_dim, an odd head
-        dim with "rope", rates outside [0, 1), or an unknown norm, positions or head_gates.
+      ValueError: at construction, for non-positive sizes, D not a multiple of N without head_dim, an odd
+        query/key head dim with "rope", rates outside [0, 1), or an unknown norm, positions or head_gates.
     """
 
     vocab_size: int
@@ -345,6 +350,7 @@ class Transformer(nn.Module):
     num_encoder_layers: int = 6
     num_decoder_layers: int = 6
     head_dim: int | None = None
+    qk_head_dim: int | None = None
     num_kv_heads: int | None = None
     dropout_rate: float = 0.1
     attention_dropout_rate: float = 0.0
@@ -370,6 +376,7 @@ class Transformer(nn.Module):
                              f"num_heads={self.num_heads}")
         head_dim = self.d_model // self.num_heads if self.head_dim is None else \
             _checks.positive_int("head_dim", self.head_dim)
+        qk_dim = head_dim if self.qk_head_dim is None else _checks.positive_int("qk_head_dim", self.qk_head_dim)
         if self.num_kv_heads is not None and self.num_heads % _checks.positive_int("num_kv_heads", self.num_kv_heads):
             raise ValueError(f"num_heads={self.num_heads} must be a multiple of num_kv_heads={self.num_kv_heads}")
         for name in ("dropout_rate", "attention_dropout_rate", "relu_dropout_rate"):
@@ -379,16 +386,17 @@ class Transformer(nn.Module):
         _checks.choice("head_gates", self.head_gates, HEAD_GATES)
         for name in ("share_embeddings", "decode"):
             _checks.flag(name, getattr(self, name))
-        if self.positions == "rope" and head_dim % 2:
-            raise ValueError(f"positions='rope' needs an even head dim, got {head_dim} (d_model={self.d_model}, "
-                             f"num_heads={self.num_heads}, head_dim={self.head_dim})")
+        if self.positions == "rope" and qk_dim % 2:
+            raise ValueError(f"positions='rope' needs an even head dim, got {qk_dim} (d_model={self.d_model}, "
+                             f"num_heads={self.num_heads}, head_dim={self.head_dim}, qk_head_dim={self.qk_head_dim})")
         if self.head_gates != "none" and self.num_kv_heads not in (None, self.num_heads):
             raise ValueError(f"head_gates={self.head_gates!r} needs num_kv_heads None or num_heads, got "
                              f"{self.num_kv_heads}")
         super().__post_init__()
 
     def _layer_kwargs(self) -> dict[str, Any]:
-        return dict(num_heads=self.num_heads, d_ff=self.d_ff, head_dim=self.head_dim, num_kv_heads=self.num_kv_heads,
+        return dict(num_heads=self.num_heads, d_ff=self.d_ff, head_dim=self.head_dim, qk_head_dim=self.qk_head_dim,
+                    num_kv_heads=self.num_kv_heads,
                     dropout_rate=self.dropout_rate, attention_dropout_rate=self.attention_dropout_rate,
                     relu_dropout_rate=self.relu_dropout_rate, norm=self.norm,
                     positions=self.positions if self.positions in _RELATIVE else None,
@@ -557,8 +565,8 @@ class Transformer(nn.Module):
             attribute max_len with learned positions, whose table has that many rows).
 
         Returns:
-          (memory, state): memory from `encode`; state a pytree of zeros, every leaf [B, L, K, H] (the keys and
-          values of each decoder layer's self-attention, without the cache index: `decode_next` writes at t).
+          (memory, state): memory from `encode`; state a pytree of zeros, [B, L, K, d_k] keys and [B, L, K, H]
+          values of each decoder layer's self-attention, without the cache index (`decode_next` writes at t).
 
         Raises:
           ValueError: bad source shapes (see `encode`), max_len not an int >= 1, or beyond the learned table.
@@ -640,7 +648,7 @@ def init_decode_state(model: Transformer, params: PyTree, memory: Mapping[str, A
       max_len: the cache length, at least the number of steps to decode; a Python int.
 
     Returns:
-      A pytree of zeros, every leaf [B, max_len, K, H] (keys and values per decoder layer): the `state` of
+      A pytree of zeros, [B, max_len, K, d_k] keys and [B, max_len, K, H] values per decoder layer: the `state` of
       `make_step_fn`'s step function.
 
     Raises:

@@ -229,6 +229,22 @@ class ReferenceTest(parameterized.TestCase):
         chex.assert_trees_all_close(weights, expected_w.astype(np.float32), atol=1e-5, rtol=1e-5)
         np.testing.assert_array_equal(np.asarray(weights)[1, :, S - 2:], 0.0)  # padded source keys
 
+    @parameterized.parameters(2, 6)
+    def test_qk_head_dim_matches_numpy(self, d_k):
+        # Table 3 row (B): d_k apart from d_v = D // N = 4 in every attention; the reference scales by sqrt(d_k).
+        model = _model(num_encoder_layers=1, num_decoder_layers=1, qk_head_dim=d_k)
+        src, lengths, tgt = _batch(7)
+        params = _init(model, noise=0.2)
+        for layer, name in (("encoder_layers_0", "self_attention"), ("decoder_layers_0", "self_attention"),
+                            ("decoder_layers_0", "cross_attention")):
+            attention = params[layer][name]
+            chex.assert_shape([attention["query"]["kernel"], attention["key"]["kernel"], attention["value"]["kernel"],
+                               attention["out"]["kernel"]], [(D, N, d_k), (D, N, d_k), (D, N, D // N), (N, D // N, D)])
+        logits, weights = model.apply({"params": params}, src, lengths, tgt)
+        expected, expected_w = _np_transformer(params, src, lengths, tgt)
+        chex.assert_trees_all_close(logits, expected.astype(np.float32), atol=1e-4, rtol=1e-4)
+        chex.assert_trees_all_close(weights, expected_w.astype(np.float32), atol=1e-5, rtol=1e-5)
+
     def test_pre_differs_from_post_and_has_final_norms(self):
         src, lengths, tgt = _batch(2)
         pre, post = _model(norm="pre"), _model(norm="post")
@@ -274,7 +290,13 @@ def _step_decode(model, params, src, lengths, tgt):
 class DecodeTest(parameterized.TestCase):
     @parameterized.product(positions=POSITIONS, norm=("post", "pre"))
     def test_step_by_step_equals_teacher_forcing(self, positions, norm):
-        model = _model(positions=positions, norm=norm, num_decoder_layers=1)  # 2 layers: the search test
+        self._check_steps(positions, norm)
+
+    def test_step_by_step_with_qk_head_dim(self):
+        self._check_steps("rope", "post", qk_head_dim=2)  # d_k = 2 < d_v = 4: caches of their own sizes
+
+    def _check_steps(self, positions, norm, **kwargs):
+        model = _model(positions=positions, norm=norm, num_decoder_layers=1, **kwargs)  # 2 layers: the search test
         src, lengths, tgt = _batch(4)
         params = _init(model, noise=0.05)
         forward = jax.jit(lambda p, s_, l, t_: model.apply({"params": p}, s_, l, t_))
@@ -343,6 +365,10 @@ class DecodeTest(parameterized.TestCase):
             np.testing.assert_array_equal(leaf, 0.0)
         with pytest.raises(ValueError, match="max_len"):
             init_decode_state(model, params, memory, 0)
+        model = _model(num_kv_heads=2, qk_head_dim=3)
+        state = init_decode_state(model, None, memory, 7)  # the shapes follow from the model and the memory
+        layer = state["decoder_layers_0"]["self_attention"]
+        chex.assert_shape([layer["cached_key"], layer["cached_value"]], [(B, 7, 2, 3), (B, 7, 2, D // N)])
 
 
 def _target_embedding_jacobian(model, params, src, lengths, tgt):
@@ -521,6 +547,7 @@ class BadInputsTest(parameterized.TestCase):
             dict(attention_dropout_rate=-0.1), dict(relu_dropout_rate=True), dict(d_model=18),
             dict(vocab_size=0), dict(d_ff=0), dict(max_len=0), dict(num_encoder_layers=-1),
             dict(num_kv_heads=3), dict(head_gates="all", num_kv_heads=2), dict(shaw_max_distance=-1),
+            dict(qk_head_dim=0), dict(qk_head_dim=2.5),
         ]
         for kwargs in bad:
             with pytest.raises(ValueError):
@@ -529,6 +556,8 @@ class BadInputsTest(parameterized.TestCase):
             _model(d_model=18)
         with pytest.raises(ValueError, match="even head dim"):
             _model(head_dim=3, positions="rope")
+        with pytest.raises(ValueError, match="even head dim, got 3"):
+            _model(qk_head_dim=3, positions="rope")
         with pytest.raises(ValueError, match="norm"):
             _model(norm="middle")
         # Valid neighbours construct fine.
