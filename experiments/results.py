@@ -40,8 +40,9 @@ TEXT_COLUMNS = ("row", "attention", "score", "mode", "norm", "positions", "descr
 
 def statistics_columns(columns: Sequence[tuple[str, str]], *, baseline: str = "", significance: bool = True,
                        paper: bool = False) -> tuple[tuple[str, str], ...]:
-    """``columns`` with the statistics: "seeds" after "row"; after "test BLEU" its 95% CI, the p-value against
-    ``baseline`` (when ``significance``), test chrF and, when ``paper``, the paper's number (column "paper")."""
+    """``columns`` with the statistics: after "test BLEU" its 95% CI, the p-value against ``baseline`` (when
+    ``significance``), test chrF and, when ``paper``, the paper's number (column "paper"); the number of seeds
+    before "steps" (or last)."""
     extra = []
     if significance:
         extra.append(("test BLEU 95% CI", "test_bleu_ci"))
@@ -51,14 +52,16 @@ def statistics_columns(columns: Sequence[tuple[str, str]], *, baseline: str = ""
     if paper:
         extra.append(("paper", "paper"))
     out: list[tuple[str, str]] = []
+    seeds = [("seeds", "n_seeds")]
     for header, key in columns:
+        if key == "steps":
+            out.extend(seeds)
+            seeds = []
         out.append((header, key))
-        if key == "row":
-            out.append(("seeds", "n_seeds"))
         if key == "test_bleu":
             out.extend(extra)
             extra = []
-    return tuple(out + extra)
+    return tuple(out + extra + seeds)
 
 
 def describe_model(model_config: Mapping[str, Any]) -> dict[str, str]:

@@ -38,7 +38,6 @@ import ml_collections
 import numpy as np
 import optax
 
-from experiments import configs
 from experiments import data
 from experiments import evaluation
 from experiments import plots

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging as std_logging
 import os
 import pathlib
 import random
@@ -17,6 +18,7 @@ import shutil
 import subprocess
 import sys
 
+from absl import logging as absl_logging
 import chex
 import jax
 import numpy as np
@@ -29,6 +31,7 @@ from experiments import evaluation
 from experiments import training
 from experiments.bahdanau import EXPERIMENT as BAHDANAU
 from experiments.luong import EXPERIMENT as LUONG
+from experiments.training import report
 from experiments.training import spec
 from experiments.training import translation
 
@@ -72,7 +75,7 @@ def tiny_config(exp=LUONG, **overrides):
         "data.buckets": (16,), "train.batch_size": 8, "train.num_steps": 10, "train.max_minutes": 0.0,
         "train.log_every": 5, "train.eval_every": 5, "train.checkpoint_every": 5, "eval.batch_size": 16,
         "eval.beam_size": 2, "eval.max_decode_len": 15, "eval.num_heatmaps": 1, "eval.heatmap_max_tokens": 15,
-        "eval.length_bins": (3, 6),
+        "eval.length_bins": (3, 6), "eval.dev_bleu": True,
     }
     flat.update(overrides)
     return cli.build_config(exp, "smoke", flat)
@@ -145,14 +148,16 @@ def test_outputs_are_written(first_run):
         assert [json.loads(line)["row"] for line in f] == [ROW]
     with open(os.path.join(workdir, "results.md")) as f:
         table = f.read()
-    assert ("| row | seeds | attention | score | mode | dev ppl | test ppl | dev BLEU | test BLEU | test BLEU 95% CI | "
-            "test chrF | steps | train minutes |") in table
-    assert f"| {ROW} | 1 | luong | general | global |" in table
+    baseline = LUONG.default_baseline
+    assert ("| row | attention | score | mode | dev ppl | test ppl | dev BLEU | test BLEU | test BLEU 95% CI | "
+            + (f"p vs {baseline} | " if baseline else "") + "test chrF | "
+            + ("paper | " if LUONG.paper_numbers else "") + "seeds | steps | train minutes |") in table
+    assert f"| {ROW} | luong | general | global |" in table
     assert record["seed"] == 0 and 0 <= record["test_chrf"] <= 100
     low, high = record["test_bleu_ci"]
     assert low <= high and "sacreBLEU signatures" in table and "chrF: `nrefs:1|" in table
     # Titles and captions name the data actually used, the experiment's title only the paper.
-    assert table.startswith(f"# {LUONG.title}; data: German->English, Ding dictionary")
+    assert table.startswith(f"# {LUONG.title}; data: {report.data_description(tiny_config().data)}\n")
     with open(os.path.join(workdir, "test_references.txt")) as f:
         assert f.read().splitlines() == [ex.tgt_text for ex in tiny_dataset().test]
     assert sorted(train_losses(workdir)) == [5, 10]
@@ -201,17 +206,33 @@ def test_killed_run_resumes_from_checkpoint(first_run, dataset, tmp_path):
     assert len(calls) == 4 and records[0]["steps"] == 14
 
 
-def test_another_seed_trains_only_that_run(first_run, dataset, tmp_path, caplog):
+@contextlib.contextmanager
+def absl_log_lines():
+    """The absl INFO lines logged inside the block (other tests may leave absl's logger off the root logger)."""
+    lines = []
+    handler = std_logging.Handler()
+    handler.emit = lambda record: lines.append(record.getMessage())
+    logger, verbosity = absl_logging.get_absl_logger(), absl_logging.get_verbosity()
+    absl_logging.set_verbosity(absl_logging.INFO)
+    logger.addHandler(handler)
+    try:
+        yield lines
+    finally:
+        logger.removeHandler(handler)
+        absl_logging.set_verbosity(verbosity)
+
+
+def test_another_seed_trains_only_that_run(first_run, dataset, tmp_path):
     workdir = str(tmp_path / "w")
     shutil.copytree(first_run[0], workdir)
-    caplog.set_level("INFO")
-    with count_train_steps() as calls:
+    with count_train_steps() as calls, absl_log_lines() as log:
         records = training.run_experiment(LUONG, tiny_config(**{"seeds": "0,1"}), [ROW], workdir, command="test",
                                           dataset=dataset)
     assert len(calls) == 10  # seed 0 is finished: only seed 1 trains
     assert [(r["row"], r["seed"]) for r in records] == [(ROW, 0), (ROW, 1)]
     assert records[0]["test_bleu"] == first_run[1][0]["test_bleu"]
-    assert "table: 1/1 runs done" in caplog.text
+    assert any(line.startswith("table: 1/1 runs done, elapsed ") for line in log), log
+    assert any("table eta" in line for line in log)  # the per-step line of train_loop
     assert all("table_eta_s" in r for r in
                map(json.loads, pathlib.Path(workdir, ROW, "seed_1", "metrics.jsonl").read_text().splitlines())
                if "loss" in r)
@@ -221,7 +242,8 @@ def test_another_seed_trains_only_that_run(first_run, dataset, tmp_path, caplog)
     with open(os.path.join(workdir, "results.jsonl")) as f:
         assert [json.loads(line)["seed"] for line in f] == [0, 1]
     table = pathlib.Path(workdir, "results.md").read_text()
-    assert f"| {ROW} | 2 |" in table and " ± " in table and "mean ± sample standard deviation" in table
+    line = next(line for line in table.splitlines() if line.startswith(f"| {ROW} |"))
+    assert "| 2 | 10 |" in line and " ± " in line and "mean ± sample standard deviation" in table
     # A count of 2 is seeds 0 and 1: both finished, nothing trains.
     with count_train_steps() as calls:
         training.run_experiment(LUONG, tiny_config(**{"seeds": "2"}), [ROW], workdir, command="test", dataset=dataset)
