@@ -267,7 +267,9 @@ def write_report(exp: spec.Experiment, config: ml_collections.ConfigDict, workdi
                             f"Test BLEU by source sentence length{' (mean over seeds)' if several else ''}; "
                             f"data: {description}."))
     if exp.extra_figures is not None and summary:
-        figures.extend((path, f"Data: {description}.") for path in exp.extra_figures(summary, workdir))
+        figures.extend((path, f"{os.path.splitext(os.path.basename(path))[0]}"
+                              f"{' (means over seeds)' if several else ''}; data: {description}.")
+                       for path in exp.extra_figures(summary, workdir))
     for line in summary:
         figures.extend((os.path.join(workdir, p), f"Attention weights of row {line['row']} on a test sentence of "
                         f"{description}.") for p in (line.get("heatmaps") or [])[:2])
