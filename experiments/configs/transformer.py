@@ -8,12 +8,34 @@ SentencePiece-detokenised) per row. The rows follow Table 3's groups:
   smoothing 0.1, the warm-up schedule of §5.3).
 * (A) ``A_heads1``, ``A_heads4``, ``A_heads16``: the number of heads N with d_k = d_v = D / N, so the
   computation stays constant.
-* (B) ``B_dk8``: smaller attention key size (here d_k = d_v = 8 with 8 heads; the paper shrinks d_k only).
+* (B) ``B_dk8``, ``B_dk4``: the attention key size d_k alone (``model.qk_head_dim``), d_v = D / N = 16 kept:
+  d_k = d_v / 2 and d_v / 4, as the paper's d_k = 32 and 16 with d_v = 64. Queries and keys are projected to
+  d_k features per head and the logits scaled by 1 / sqrt(d_k) (`MultiHeadAttention.qk_head_dim`); the
+  ``paper`` preset's rows are ``--rows=custom --config.model.qk_head_dim=16`` (or 32).
 * (C) ``C_layers1``: depth (1+1 layers instead of 2+2); ``C_dmodel64``: width (D = 64 with d_k = D / 8
   and d_ff = 4 D); ``C_dff256``: the feed-forward width. Only the cheaper side of each variation fits the
   hour this table has here; the ``paper`` preset (or ``--rows=custom``) runs the larger ones.
 * (D) ``D_dropout0``, ``D_dropout0.2``: P_drop; ``D_ls0``, ``D_ls0.2``: label smoothing eps_ls.
 * (E) ``E_learned``: learned instead of sinusoidal positions.
+* The other families on the same corpus, beside the base model (the comparison of the paper's Table 2:
+  recurrent, convolutional and self-attention encoder-decoders in one table), each sized to
+  about the base Transformer's parameter count in every preset (small: 1.44M Transformer, 1.49M RNNsearch,
+  1.46M ConvS2S with the 4k vocabulary) and trained with its own paper's recipe, with Adam:
+
+  - ``RNNsearch`` (Bahdanau et al. 2014, arXiv:1409.0473): `attention_jax.models.seq2seq.Seq2Seq` with a
+    bidirectional GRU encoder and the additive attention (``model.rnnsearch.*``: E 64, 128 GRU units,
+    alignment model of 128 at small); Adam at a constant 2e-3, gradient norm clipped at 5, no label
+    smoothing, no dropout, like ``experiments/configs/bahdanau.py``'s RNNsearch rows.
+  - ``ConvS2S`` (Gehring et al. 2017, arXiv:1705.03122): `attention_jax.models.convs2s.ConvS2S`
+    (``model.convs2s.*``: E 64, C 128, 3+3 GLU blocks of width 3 at small) with the authors' small-data
+    recipe (fairseq's IWSLT'14 de-en ``fconv_iwslt_de_en``: dropout 0.2, gradient norm clipped at 0.1 as in
+    the paper's §5.1, label smoothing 0.1), but Adam at a constant 3e-3 instead of Nesterov's momentum at
+    0.25 (a probe at small, 600 steps: test perplexity 84 at 3e-3, 96 at 2e-3; 1e-3 trailed far behind at
+    200 steps).
+
+  ``model.family`` picks the family ("transformer", "rnnsearch", "convs2s"); the Transformer-only columns
+  (N, d_k, d_v, d_model, d_ff, positions, norm) read "-" on the other rows. The report tests Table 2's claim
+  that the base Transformer beats both on test BLEU (``CLAIMS``; every row's p is against ``base``).
 * Beyond the paper: ``pre_ln`` (Xiong et al. 2020, arXiv:2002.04745), ``shaw`` (Shaw et al. 2018,
   arXiv:1803.02155, k = 16), ``rope`` (arXiv:2104.09864) and ``alibi`` (arXiv:2108.12409): relative
   positions in every self-attention instead of the sinusoidal input encodings.
@@ -32,8 +54,8 @@ from the checkpoints and skips finished rows):
   sentences: about 1-2 minutes. Checks the plumbing only.
 * ``small``: D=128, 8 heads, 2+2 layers, d_ff 512, batch 48 sentences, 600 steps per row (about 1.6 epochs
   of the 17.7k training pairs; no time cap, so every row gets the same steps), beam 4 on the
-  500-sentence test set: the 16 default rows are sized for about an hour here (see WORKSPACE.md for the
-  measured time and numbers).
+  500-sentence test set: the 16 Transformer rows are sized for about an hour here, and the B_dk4,
+  RNNsearch and ConvS2S rows add a few minutes each (see WORKSPACE.md for the measured time and numbers).
 * ``paper``: the base model's sizes (D=512, 8 heads, 6+6 layers, d_ff 2048, warm-up 4000, beam 4, length
   penalty 0.6); meant for an accelerator and a bigger corpus (``--data_path``).
 
@@ -45,8 +67,8 @@ alibi 97.4, rope 99.2, shaw 100.8, E_learned 101.2, C_layers1 101.8; worst C_dmo
 perplexity. The smoke preset took 52 s in CI.
 
 Differences from the paper: the corpus (Ding's ~18.5k sentence pairs instead of WMT'14's 4.5M), the sizes and
-training length (minutes on a CPU instead of 12 hours on 8 P100s), no checkpoint averaging, and row (B)
-shrinks d_v with d_k.
+training length (minutes on a CPU instead of 12 hours on 8 P100s), no checkpoint averaging; the RNNsearch and
+ConvS2S rows are trained here, on the same corpus and budget, where Table 2 quotes their papers' numbers.
 """
 
 from __future__ import annotations
@@ -54,13 +76,15 @@ from __future__ import annotations
 import ml_collections
 
 from experiments import configs
+from experiments.stats import Claim
 
 ROWS = {
     "base": {},
     "A_heads1": {"model.num_heads": 1},
     "A_heads4": {"model.num_heads": 4},
     "A_heads16": {"model.num_heads": 16},
-    "B_dk8": {"model.head_dim": 8},
+    "B_dk8": {"model.qk_head_dim": 8},  # d_k = d_v / 2 at small (d_v = D / N = 16)
+    "B_dk4": {"model.qk_head_dim": 4},  # d_k = d_v / 4
     "C_layers1": {"model.num_encoder_layers": 1, "model.num_decoder_layers": 1},
     "C_dmodel64": {"model.d_model": 64, "model.d_ff": 256},
     "C_dff256": {"model.d_ff": 256},
@@ -73,6 +97,11 @@ ROWS = {
     "shaw": {"model.positions": "shaw"},
     "rope": {"model.positions": "rope"},
     "alibi": {"model.positions": "alibi"},
+    "RNNsearch": {"model.family": "rnnsearch", "train.schedule": "constant", "train.learning_rate": 2e-3,
+                  "train.grad_clip_norm": 5.0, "train.label_smoothing": 0.0, "train.adam_b2": 0.999,
+                  "train.adam_eps": 1e-8},
+    "ConvS2S": {"model.family": "convs2s", "train.schedule": "constant", "train.learning_rate": 3e-3,
+                "train.grad_clip_norm": 0.1, "train.adam_b2": 0.999, "train.adam_eps": 1e-8},
 }
 DEFAULT_ROWS = tuple(r for r in ROWS if r != "pre_ln")  # pre_ln runs on request (--rows=pre_ln)
 CUSTOM_ROW = "custom"
@@ -91,6 +120,13 @@ PRESETS = {
         "model.num_encoder_layers": 1,
         "model.num_decoder_layers": 1,
         "model.max_len": 64,
+        "model.rnnsearch.embed_dim": 16,
+        "model.rnnsearch.hidden_size": 24,
+        "model.rnnsearch.attention_features": 24,
+        "model.convs2s.embed_dim": 16,
+        "model.convs2s.hidden_size": 24,
+        "model.convs2s.num_encoder_layers": 1,
+        "model.convs2s.num_decoder_layers": 1,
         "train.batch_size": 32,
         "train.num_steps": 30,
         "train.warmup_steps": 10,
@@ -143,6 +179,13 @@ PRESETS = {
         "model.num_encoder_layers": 6,
         "model.num_decoder_layers": 6,
         "model.max_len": 256,
+        "model.rnnsearch.embed_dim": 620,  # Bahdanau's embedding; 800 GRU units match the base's 52M parameters
+        "model.rnnsearch.hidden_size": 800,
+        "model.rnnsearch.attention_features": 800,
+        "model.convs2s.embed_dim": 512,
+        "model.convs2s.hidden_size": 512,
+        "model.convs2s.num_encoder_layers": 7,
+        "model.convs2s.num_decoder_layers": 7,
         "train.batch_size": 128,
         "train.learning_rate": 1.0,
         "train.num_steps": 100000,
@@ -160,21 +203,38 @@ PRESETS = {
 }
 DEFAULT_PRESET = "small"
 
+# Vaswani et al.'s claim against the other families (Table 2, WMT'14 EN-DE test BLEU; RNNsearch is not in that
+# table, GNMT + RL stands for recurrent attention there). Our corpus and budget differ: compare orderings.
+_TABLE2 = "Vaswani et al. 2017, arXiv:1706.03762, Table 2, WMT'14 EN-DE newstest2014"
+BASELINE_ROW = "base"
+CLAIMS = (
+    Claim(name="the Transformer beats recurrent attention", better="base", worse=("RNNsearch",),
+          paper="base 27.3 BLEU vs the recurrent GNMT + RL 24.6", source=_TABLE2),
+    Claim(name="the Transformer beats ConvS2S", better="base", worse=("ConvS2S",),
+          paper="base 27.3 BLEU vs ConvS2S 25.16", source=_TABLE2),
+)
+
 
 def get_config() -> ml_collections.ConfigDict:
     """Returns the base Transformer config: the shared data / train / eval sections and a Transformer model.
 
-    ``model`` holds `attention_jax.models.transformer.Transformer`'s keyword arguments (``head_dim`` and
-    ``num_kv_heads`` 0 mean None, ``implementation`` "auto" means None); ``train`` adds the schedule of §5.3 (``learning_rate`` scales it),
-    Adam's beta_2 = 0.98 and eps = 1e-9, and label smoothing 0.1 (§5.4).
+    ``model`` holds ``family`` ("transformer", "rnnsearch" or "convs2s"), then
+    `attention_jax.models.transformer.Transformer`'s keyword arguments (``head_dim``, ``qk_head_dim`` and
+    ``num_kv_heads`` 0 mean None, ``implementation`` "auto" means None), and the sub-sections ``rnnsearch``
+    (the sizes of a bidirectional-GRU `Seq2Seq` with Bahdanau attention) and ``convs2s`` (`ConvS2S`'s
+    keyword arguments); ``model.max_len`` is also ConvS2S's number of learned positions. ``train`` adds the
+    schedule of §5.3 (``learning_rate`` scales it), Adam's beta_2 = 0.98 and eps = 1e-9, and label smoothing
+    0.1 (§5.4); the RNNsearch and ConvS2S rows set their own.
     """
     config = configs.base_config()
     config.experiment = "transformer"
     config.data.corpus = "ding_de_en"
     model = ml_collections.ConfigDict()
+    model.family = "transformer"
     model.d_model = 128
     model.num_heads = 8
-    model.head_dim = 0
+    model.head_dim = 0  # d_v (and d_k unless qk_head_dim is set); 0: d_model // num_heads
+    model.qk_head_dim = 0  # d_k alone (Table 3 row B); 0: head_dim
     model.num_kv_heads = 0
     model.d_ff = 512
     model.num_encoder_layers = 2
@@ -192,6 +252,24 @@ def get_config() -> ml_collections.ConfigDict:
     # "xla", "blockwise", "flash" (the Pallas kernel, GPU/TPU), "cudnn" (NVIDIA GPUs, bf16/f16 only), or the
     # sequence-parallel "ring" and "ulysses" (they need --config.mesh.seq >= 2).
     model.implementation = "auto"
+    # The recurrent family (Bahdanau et al. 2014): a bidirectional GRU encoder, a GRU decoder and the additive
+    # attention (`attention_jax.models.seq2seq.Seq2Seq`, attention="bahdanau"), ~1.49M parameters at small.
+    rnnsearch = ml_collections.ConfigDict()
+    rnnsearch.embed_dim = 64
+    rnnsearch.hidden_size = 128
+    rnnsearch.attention_features = 128
+    rnnsearch.num_layers = 1
+    rnnsearch.dropout_rate = 0.0
+    model.rnnsearch = rnnsearch
+    # The convolutional family (Gehring et al. 2017): `attention_jax.models.convs2s.ConvS2S`, ~1.46M at small.
+    convs2s = ml_collections.ConfigDict()
+    convs2s.embed_dim = 64
+    convs2s.hidden_size = 128
+    convs2s.num_encoder_layers = 3
+    convs2s.num_decoder_layers = 3
+    convs2s.kernel_size = 3
+    convs2s.dropout_rate = 0.2  # arXiv:1705.03122 §5.1
+    model.convs2s = convs2s
     config.model = model
     config.train.learning_rate = 0.3  # scales the schedule: peak 0.3 * 128^-0.5 * 200^-0.5 = 1.9e-3 (small)
     config.train.schedule = "rsqrt_warmup"

@@ -1,6 +1,7 @@
 """End-to-end tests of the Transformer experiments (experiments/transformer.py, head_pruning.py) and the
 harness pieces they added: label smoothing and the warm-up schedule in the train step, warm starts
-(train.init_from), per-row record extras and figures, per-preset default rows, and CLI errors.
+(train.init_from), per-row record extras and figures, per-preset default rows, and CLI errors; Table 3's row
+(B) shrinking d_k alone, and the RNNsearch and ConvS2S rows (model.family) beside the Transformer.
 
 Runs on the tiny word-level copy-and-reverse dataset of tests/experiments/training/translation_test.py (no
 corpus, no network).
@@ -13,6 +14,7 @@ import os
 import subprocess
 import sys
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -21,7 +23,9 @@ import pytest
 
 from experiments import cli
 from experiments import evaluation
+from experiments import results
 from experiments import training
+from experiments import transformer as transformer_exp
 from experiments.head_pruning import EXPERIMENT as PRUNING
 from experiments.transformer import EXPERIMENT as TRANSFORMER
 from tests.experiments.training.translation_test import REPO, tiny_dataset
@@ -33,6 +37,12 @@ TINY_MODEL = {
     "train.eval_every": 4, "train.checkpoint_every": 4, "eval.batch_size": 16, "eval.beam_size": 2,
     "eval.max_decode_len": 15, "eval.num_heatmaps": 1, "eval.heatmap_max_tokens": 15, "eval.length_bins": (3, 6),
 }
+
+
+def _run_dir(workdir, row):
+    """The directory of a row's (seed 0) run: ``<row>/seed_0`` where runs are kept per seed, else ``<row>``."""
+    seeded = os.path.join(workdir, row, "seed_0")
+    return seeded if os.path.isdir(seeded) else os.path.join(workdir, row)
 
 
 def tiny_config(exp, **overrides):
@@ -60,14 +70,116 @@ def test_transformer_rows_report_table3_columns(transformer_run):
     assert [r["row"] for r in records] == ["base", "rope"]
     for rec in records:
         assert rec["steps"] == 8 and np.isfinite(rec["test_ppl"]) and rec["test_bleu"] is not None
-        assert rec["num_heads"] == 4 and rec["head_dim"] == 4 and rec["layers"] == "1+1"
+        assert rec["family"] == "Transformer" and rec["layers"] == "1+1"
+        assert rec["num_heads"] == 4 and rec["qk_head_dim"] == 4 and rec["head_dim"] == 4
         assert rec["label_smoothing"] == 0.1 and rec["params"] > 0
         assert rec["bleu_by_length"] and rec["heatmaps"]
     assert records[0]["positions"] == "sinusoidal" and records[1]["positions"] == "rope"
     text = open(os.path.join(workdir, "results.md")).read()
-    assert "| row | N | d_k | layers |" in text and "eps_ls" in text
+    assert "| model | N | d_k | d_v | layers |" in text and "eps_ls" in text
     for name in ("results.jsonl", "loss_curves.png", "bleu_by_length.png"):
         assert os.path.exists(os.path.join(workdir, name)), name
+
+
+@pytest.mark.parametrize("row,model_class", [("B_dk8", "Transformer"), ("RNNsearch", "Seq2Seq"),
+                                             ("ConvS2S", "ConvS2S")])
+def test_each_family_trains_one_step_and_decodes(dataset, row, model_class):
+    cfg = training.row_config(TRANSFORMER, tiny_config(TRANSFORMER), row)
+    TRANSFORMER.validate_model(cfg)
+    model = TRANSFORMER.make_model(cfg.model, dataset.tokenizer.vocab_size, 16)
+    assert type(model).__name__ == model_class
+    params = training.init_params(model, jax.random.PRNGKey(0), (16,))
+    batch = evaluation.model_batch(next(iter(evaluation.data.batches(dataset.train, 8, (16,), shuffle=False, seed=0,
+                                                                      epoch=0))))
+    optimizer = training.make_optimizer(cfg.train, cfg.model)
+    step = training.make_train_step(model, optimizer, cfg.train)
+    before = jax.tree.map(np.asarray, params)
+    after, _, total, count = step(jax.tree.map(jnp.array, params), optimizer.init(params), batch,
+                                  jax.random.PRNGKey(1))
+    assert np.isfinite(float(total)) and float(count) == float(np.sum(batch["tgt_mask"]))
+    moved = [float(np.max(np.abs(np.asarray(a) - b))) for a, b in zip(jax.tree.leaves(after), jax.tree.leaves(before))]
+    assert max(moved) > 0.0
+    tokens = evaluation.make_decoder(model, beam_size=1)(after, batch["src"], batch["src_lengths"], 6)
+    assert tokens.shape == (batch["src"].shape[0], 6) and tokens.dtype == jnp.int32
+    assert int(jnp.min(tokens)) >= 0 and int(jnp.max(tokens)) < dataset.tokenizer.vocab_size
+
+
+def test_family_rows_use_their_own_recipe_and_size():
+    config = cli.build_config(TRANSFORMER, "small", {})
+    rnn, conv, base = (training.row_config(TRANSFORMER, config, r) for r in ("RNNsearch", "ConvS2S", "base"))
+    # RNNsearch: Adam at a constant 2e-3 clipped at 5 (experiments/configs/bahdanau.py); ConvS2S: clip 0.1.
+    assert training.learning_rate(rnn.train, rnn.model) == 2e-3 and rnn.train.grad_clip_norm == 5.0
+    assert rnn.train.label_smoothing == 0.0 and rnn.train.adam_b2 == 0.999
+    assert training.learning_rate(conv.train, conv.model) == 3e-3 and conv.train.grad_clip_norm == 0.1
+    assert callable(training.learning_rate(base.train, base.model))  # the Transformer keeps its warm-up schedule
+
+    def count(cfg):
+        model = TRANSFORMER.make_model(cfg.model, 4000, 64)
+        src = jax.ShapeDtypeStruct((2, 16), jnp.int32)
+        shapes = jax.eval_shape(lambda s: model.init({"params": jax.random.PRNGKey(0)}, s, jnp.full((2,), 16), s),
+                                src)["params"]
+        return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes))
+
+    sizes = {name: count(cfg) for name, cfg in (("base", base), ("RNNsearch", rnn), ("ConvS2S", conv))}
+    for name in ("RNNsearch", "ConvS2S"):  # roughly the base Transformer's parameter count at small
+        assert abs(sizes[name] / sizes["base"] - 1.0) < 0.1, sizes
+
+
+def test_row_b_shrinks_d_k_alone():
+    config = cli.build_config(TRANSFORMER, "small", {})
+    for row, d_k in (("B_dk8", 8), ("B_dk4", 4), ("base", 16)):
+        cfg = training.row_config(TRANSFORMER, config, row)
+        model = TRANSFORMER.make_model(cfg.model, 4000, 64)
+        src = jax.ShapeDtypeStruct((2, 16), jnp.int32)
+        params = nn.unbox(jax.eval_shape(
+            lambda s: model.init({"params": jax.random.PRNGKey(0)}, s, jnp.full((2,), 16), s), src)["params"])
+        for name in ("self_attention", "cross_attention"):
+            attention = params["decoder_layers_0"][name]
+            assert attention["query"]["kernel"].shape == (128, 8, d_k)
+            assert attention["key"]["kernel"].shape == (128, 8, d_k)
+            assert attention["value"]["kernel"].shape == (128, 8, 16)  # d_v = D / N stays
+            assert attention["out"]["kernel"].shape == (8, 16, 128)
+        described = TRANSFORMER.describe(cfg)
+        assert (described["qk_head_dim"], described["head_dim"]) == (d_k, 16)
+
+
+def test_table_shows_model_family_and_dashes_for_transformer_columns():
+    config = cli.build_config(TRANSFORMER, "smoke", {})
+    records = [{"row": r, **TRANSFORMER.describe(training.row_config(TRANSFORMER, config, r))}
+               for r in ("base", "RNNsearch", "ConvS2S")]
+    lines = results.markdown_table(records, TRANSFORMER.columns).splitlines()
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    cells = {line.split("|")[1].strip(): [c.strip() for c in line.strip("|").split("|")] for line in lines[2:]}
+    column = dict(zip(header, range(len(header))))
+    assert [cells[r][column["model"]] for r in ("base", "RNNsearch", "ConvS2S")] == ["Transformer", "RNNsearch",
+                                                                                    "ConvS2S"]
+    for name in ("N", "d_k", "d_v", "d_model", "d_ff", "positions", "norm"):
+        assert cells["base"][column[name]] != "-"
+        assert cells["RNNsearch"][column[name]] == "-" and cells["ConvS2S"][column[name]] == "-", name
+    assert cells["RNNsearch"][column["eps_ls"]] == "0.0" and cells["ConvS2S"][column["layers"]] == "1+1"
+
+
+def test_family_config_errors():
+    def check(rows, match, **overrides):
+        config = cli.build_config(TRANSFORMER, "smoke", overrides)
+        with pytest.raises(training.ConfigError, match=match):
+            cli.validate(TRANSFORMER, config, rows)
+
+    check(["custom"], "model.family='lstm' is not valid; fix: use one of transformer, rnnsearch, convs2s",
+          **{"model.family": "lstm"})
+    check(["RNNsearch"], "model.rnnsearch.hidden_size=0 is not valid; fix: use an int >= 1",
+          **{"model.rnnsearch.hidden_size": 0})
+    check(["ConvS2S"], "model.convs2s.dropout_rate=1.0 is not valid", **{"model.convs2s.dropout_rate": 1.0})
+    check(["custom"], "invalid model config.*qk_head_dim", **{"model.qk_head_dim": -1})
+    # The Transformer-only fields do not stop the other families' rows.
+    cli.validate(TRANSFORMER, cli.build_config(TRANSFORMER, "smoke", {"model.implementation": "xla"}),
+                 ["RNNsearch", "ConvS2S"])
+    # A config from before model.family (a trained workdir's row_config.json) still builds its Transformer.
+    legacy = cli.build_config(TRANSFORMER, "smoke", {}).model.to_dict()
+    for name in ("family", "qk_head_dim", "rnnsearch", "convs2s"):
+        legacy.pop(name)
+    model = transformer_exp.build_model(ml_collections.ConfigDict(legacy), 100, 16)
+    assert type(model).__name__ == "Transformer" and model.qk_head_dim is None
 
 
 def test_train_step_smooths_loss_but_reports_nll(dataset):
@@ -125,14 +237,15 @@ def test_pruning_rows_warm_start_and_count_heads(pruning_run):
     assert 0 <= pruned["heads_kept"] <= 4
     assert os.path.exists(os.path.join(workdir, "bleu_vs_heads.png"))
     # The fine-tuned row's first logged loss is that of a trained model, not of a fresh one.
-    first = lambda row: [json.loads(l) for l in open(os.path.join(workdir, row, "metrics.jsonl")) if '"loss"' in l][0]
+    first = lambda row: [json.loads(l) for l in open(os.path.join(_run_dir(workdir, row), "metrics.jsonl"))
+                         if '"loss"' in l][0]
     assert first("l0_0.05")["loss"] < first("dense")["loss"]
 
 
 def test_strong_penalty_closes_heads(pruning_run, dataset, tmp_path):
     workdir, _ = pruning_run
     config = tiny_config(PRUNING, **{"train.finetune_steps": 40, "train.gate_learning_rate": 0.5,
-                                     "train.l0_penalty": 0.05, "train.init_from": os.path.join(workdir, "dense")})
+                                     "train.l0_penalty": 0.05, "train.init_from": _run_dir(workdir, "dense")})
     records = training.run_experiment(PRUNING, config, ["custom"], str(tmp_path), preset="smoke", command="test",
                                       dataset=dataset)
     assert records[0]["steps"] == 40
@@ -142,7 +255,7 @@ def test_strong_penalty_closes_heads(pruning_run, dataset, tmp_path):
 def test_warm_start_copies_matching_arrays_and_rejects_missing(pruning_run, tmp_path):
     workdir, _ = pruning_run
     fresh = {"encoder_layers_0": {"log_alpha": jnp.full((4,), -7.0)}, "unrelated": {"w": jnp.zeros((2,))}}
-    params, copied = training.warm_start(fresh, os.path.join(workdir, "dense"))
+    params, copied = training.warm_start(fresh, _run_dir(workdir, "dense"))
     assert copied == 1 and float(params["encoder_layers_0"]["log_alpha"][0]) != -7.0
     np.testing.assert_array_equal(params["unrelated"]["w"], 0.0)
     with pytest.raises(training.ConfigError, match="holds no checkpoint"):
