@@ -176,6 +176,11 @@ class LoopOutcome:
     last_eval: dict[str, float] | None  # the last `evaluate` metrics of this run
 
 
+def _is_scalar(value: Any) -> bool:
+    """A number or a 0-d array (a metric for the log line), as opposed to a list or a larger array."""
+    return isinstance(value, (int, float, np.number)) or getattr(value, "ndim", None) == 0
+
+
 def _zeros_like(tree: Any) -> Any:
     return jax.tree.map(jnp.zeros_like, tree)
 
@@ -200,7 +205,8 @@ def train_loop(step_fn: StepFn, params: Any, opt_state: Any,
       run_dir: holds checkpoints/ and metrics.jsonl (created).
       rng: the key of the step's randomness (dropout, gates); step k gets fold_in(rng, k).
       carry: the carried state at the start of an epoch (zeros), or None.
-      evaluate: None, or params -> metrics, run every ``train_config.eval_every`` steps.
+      evaluate: None, or params -> metrics, run every ``train_config.eval_every`` steps. Scalar metrics are logged
+        and written to metrics.jsonl; other values (lists, arrays) only written there.
       eval_at_end: also evaluate after the last step of this run.
       on_fresh_start: (params, opt_state) -> (params, opt_state), applied when there is no checkpoint to
         resume (e.g. a warm start from another run).
@@ -300,10 +306,13 @@ def train_loop(step_fn: StepFn, params: Any, opt_state: Any,
     def run_eval(metrics_file) -> None:
         nonlocal last_eval
         paused = time.monotonic()
-        last_eval = {k: float(v) for k, v in evaluate(params).items()}
+        metrics = evaluate(params)
+        # Scalars go to the log line; anything else (e.g. lists of per-sentence values) only to metrics.jsonl.
+        last_eval = {k: float(v) for k, v in metrics.items() if _is_scalar(v)}
+        extra = {k: v.tolist() if hasattr(v, "tolist") else v for k, v in metrics.items() if k not in last_eval}
         logging.info("%sstep %d  %s", prefix, step, "  ".join(f"{k.replace('_', ' ')} {v:.2f}"
                                                               for k, v in last_eval.items()))
-        metrics_file.write(json.dumps({"step": step, **last_eval, "elapsed_s": round(elapsed(), 1)}) + "\n")
+        metrics_file.write(json.dumps({"step": step, **last_eval, **extra, "elapsed_s": round(elapsed(), 1)}) + "\n")
         metrics_file.flush()
         window["pause"] += time.monotonic() - paused
 

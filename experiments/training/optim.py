@@ -41,23 +41,45 @@ def make_optimizer(train_config: ml_collections.ConfigDict,
     Optional fields (the Transformer experiment sets them): ``train.schedule`` (see `learning_rate`),
     ``train.adam_b2`` and ``train.adam_eps`` (0.98 and 1e-9 in arXiv:1706.03762 §5.3), and
     ``train.gate_learning_rate`` (> 0: a separate constant Adam learning rate for the head gates'
-    "log_alpha" parameters, which must travel several units while the weights are fine-tuned).
+    "log_alpha" parameters, which must travel several units while the weights are fine-tuned), and
+    ``train.position_lr_scale`` (the local-p position predictor W_p, v_p trains at this multiple of the
+    learning rate; see the Luong experiment's config for why 0.01).
     """
     parts = []
     if train_config.grad_clip_norm > 0:
         parts.append(optax.clip_by_global_norm(train_config.grad_clip_norm))
     adam = functools.partial(optax.adam, b2=train_config.get("adam_b2", 0.999), eps=train_config.get("adam_eps", 1e-8))
+    rate = learning_rate(train_config, model_config)
     gate_lr = float(train_config.get("gate_learning_rate", 0.0))
+    position_scale = float(train_config.get("position_lr_scale", 1.0))
+    groups = {"weights": adam(rate)}
     if gate_lr > 0:
-        def labels(params):
-            return jax.tree_util.tree_map_with_path(
-                    lambda path, _: "gates" if "log_alpha" in jax.tree_util.keystr(path) else "weights", params)
-
-        parts.append(optax.multi_transform({"weights": adam(learning_rate(train_config, model_config)),
-                                            "gates": adam(gate_lr)}, labels))
+        groups["gates"] = adam(gate_lr)
+    if position_scale != 1.0:
+        groups["position"] = adam(_scaled(rate, position_scale))
+    if len(groups) == 1:
+        parts.append(groups["weights"])
     else:
-        parts.append(adam(learning_rate(train_config, model_config)))
+        def labels(params):
+            def label(path, _):
+                name = getattr(path[-1], "key", "")
+                if "gates" in groups and "log_alpha" in jax.tree_util.keystr(path):
+                    return "gates"
+                return "position" if "position" in groups and name in POSITION_PARAMS else "weights"
+
+            return jax.tree_util.tree_map_with_path(label, params)
+
+        parts.append(optax.multi_transform(groups, labels))
     return optax.chain(*parts)
+
+
+# The local-p position predictor of Luong et al. 2015 (eq. 9: p_t = S sigmoid(v_p^T tanh(W_p h_t))), the parameters
+# `train.position_lr_scale` applies to.
+POSITION_PARAMS = ("w_p", "v_p")
+
+
+def _scaled(rate: float | optax.Schedule, scale: float) -> float | optax.Schedule:
+    return (lambda step: scale * rate(step)) if callable(rate) else scale * rate
 
 
 def warmup_cosine_schedule(tc: ml_collections.ConfigDict) -> optax.Schedule:

@@ -79,6 +79,9 @@ class Experiment:
       record_extras: None or (model, params, row config) -> extra fields of the row's record (for
         example the heads a pruned model keeps).
       extra_figures: None or (records in table order, workdir) -> paths of further PNG figures.
+      dev_metrics: None or (model, params, run config, dev examples) -> a dict of further metrics computed at
+        every dev evaluation during training (scalars are logged; lists only go to the run's metrics.jsonl), e.g.
+        where local-p's windows sit (`experiments.local_p`).
       paper: row -> the paper's numbers for it, e.g. {"bleu": 19.0, "ppl": 5.9, "source": "Luong et al. 2015,
         Table 4, row 'Local-p (general) + feed'"} ("text" may replace or add to the numbers). Empty: the
         ``PAPER`` of the config module that defines ``get_config``.
@@ -104,6 +107,7 @@ class Experiment:
     preset_rows: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
     record_extras: Callable[[Any, Any, ml_collections.ConfigDict], dict[str, Any]] | None = None
     extra_figures: Callable[[Sequence[dict[str, Any]], str], list[str]] | None = None
+    dev_metrics: Callable[..., dict[str, Any]] | None = None
     paper: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
     claims: tuple[Any, ...] = ()
     baseline_row: str = ""

@@ -179,7 +179,8 @@ def filter_train(examples: Sequence[Any], max_source_words: int) -> list[Any]:
 
 def train_row(model, cfg: ml_collections.ConfigDict, train_examples: Sequence[Any], dev_examples: Sequence[Any],
               row_dir: str, *, row: str, workdir: str | None = None,
-              after_s: float | Callable[[float], float | None] | None = None) -> TrainOutcome:
+              after_s: float | Callable[[float], float | None] | None = None,
+              dev_metrics: Callable[..., dict[str, Any]] | None = None) -> TrainOutcome:
     """Trains (or resumes) one (row, seed) run until its step or time budget is spent.
 
     Args:
@@ -192,6 +193,8 @@ def train_row(model, cfg: ml_collections.ConfigDict, train_examples: Sequence[An
       workdir: the experiment directory, where ``train.init_from="@row"`` looks for that row's run of the same
         seed (default: two levels above ``row_dir``).
       after_s: the seconds the runs queued after this one will take (see `loop.train_loop`), for the table ETA.
+      dev_metrics: None, or (model, params, cfg, dev_examples) -> further metrics of each dev evaluation
+        (`spec.Experiment.dev_metrics`), written to metrics.jsonl beside the dev perplexity.
 
     Returns:
       A `TrainOutcome`.
@@ -230,7 +233,10 @@ def train_row(model, cfg: ml_collections.ConfigDict, train_examples: Sequence[An
 
     def dev_perplexity(params) -> dict[str, float]:
         dev = evaluation.perplexity(forward, params, dev_examples, batch_size=cfg.eval.batch_size, buckets=buckets)
-        return {"dev_loss": dev["nll"], "dev_ppl": dev["ppl"]}
+        out = {"dev_loss": dev["nll"], "dev_ppl": dev["ppl"]}
+        if dev_metrics is not None:
+            out.update(dev_metrics(model, params, cfg, dev_examples))
+        return out
 
     def warm_start(params, opt_state):
         init_from = tc.get("init_from", "")
@@ -431,7 +437,7 @@ def run_experiment(exp: spec.Experiment, config: ml_collections.ConfigDict, rows
         # need a mesh ("ring", "ulysses") and the models' logical constraints see it everywhere.
         with distributed.activate(mesh, distributed.rules_for(mesh, _num_kv_heads(model))):
             outcome = train_row(model, cfg, train_examples, dataset.dev, run_dir, row=label, workdir=workdir,
-                                after_s=after_s)
+                                after_s=after_s, dev_metrics=exp.dev_metrics)
             scores = evaluate_row(model, outcome.params, cfg, dataset, run_dir, heatmap_dir,
                                   row=row if len(seeds) == 1 else f"{row}_seed{seed}", forward=outcome.forward)
         record = {"row": row, "seed": seed, **exp.describe(cfg),
