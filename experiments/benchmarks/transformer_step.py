@@ -90,6 +90,7 @@ import numpy as np
 
 # XLA:CPU's switch to one intra-op thread; it has none for other counts (it uses every core).
 XLA_ONE_THREAD = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+XLA_TRACEME = "--xla_cpu_enable_xprof_traceme=true"  # XLA:CPU reports each thunk to jax.profiler
 FIRST_TOKEN = 4  # ids 0..3 are pad, unk, bos, eos; random tokens never use them.
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -128,6 +129,9 @@ def define_flags() -> None:
                       "on a shared machine (--nointerleave: all JAX steps, then all PyTorch steps)")
     flags.DEFINE_enum("prng", "threefry2x32", ["threefry2x32", "rbg", "unsafe_rbg"],
                       "jax_default_prng_impl for the JAX side's dropout masks")
+    flags.DEFINE_string("profile_dir", "", "after timing, trace 3 more JAX steps with jax.profiler into this "
+                        "folder (a Perfetto trace) and print the XLA ops that take the most time per step")
+    flags.DEFINE_integer("profile_top", 25, "how many ops the --profile_dir table lists")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -444,9 +448,65 @@ def format_table(results: Sequence[Result]) -> str:
     return "\n".join(lines)
 
 
+def profile_ops(run_step: Callable[[int], float], trace_dir: str, *, steps: int = 3, first: int = 0,
+                top: int = 25) -> list[tuple[str, float, int]]:
+    """Traces ``steps`` JAX steps with `jax.profiler` and sums the time of each XLA op (thunk) per step.
+
+    XLA:CPU reports its thunks to the profiler only with ``--xla_cpu_enable_xprof_traceme=true`` in XLA_FLAGS
+    (set before the backend starts: `main` does it when --profile_dir is given). The trace is also left in
+    ``trace_dir`` for Perfetto (ui.perfetto.dev) or TensorBoard's profile plugin.
+
+    Returns:
+      (op name, milliseconds per step, calls per step): first the six most expensive kinds of op ("all
+      ynn_fusion*": every op of that name with its number stripped), then the ``top`` most expensive ops; the
+      executor's own spans (the whole program, waits) are left out.
+    """
+    import collections
+    import glob
+    import gzip
+    import re
+
+    import jax
+
+    with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
+        for i in range(first, first + steps):
+            run_step(i)
+    paths = sorted(glob.glob(os.path.join(trace_dir, "**", "*.trace.json.gz"), recursive=True))
+    if not paths:
+        return []
+    with gzip.open(paths[-1], "rt") as f:
+        trace = json.load(f)
+    events = trace["traceEvents"] if isinstance(trace, dict) else trace
+    total, calls = collections.Counter(), collections.Counter()
+    for event in events:
+        name = str(event.get("name", ""))
+        if event.get("ph") != "X" or "dur" not in event or name.startswith(("$", "Thunk", "Pjit", "Slinky")):
+            continue
+        total[name] += float(event["dur"])
+        calls[name] += 1
+    kinds = collections.Counter()
+    for name, micros in total.items():
+        kinds[re.sub(r"[._]\d+$", "", name)] += micros
+    ranked = [(name, micros / 1000.0 / steps, calls[name] // steps) for name, micros in total.most_common(top)]
+    by_kind = [(f"all {kind}*", micros / 1000.0 / steps, sum(c for n, c in calls.items()
+                                                              if re.sub(r"[._]\d+$", "", n) == kind) // steps)
+               for kind, micros in kinds.most_common(6)]
+    return by_kind + ranked
+
+
+def format_profile(ops: Sequence[tuple[str, float, int]], step_ms: float | None) -> str:
+    """The --profile_dir table: op, ms per step, share of the median step, calls per step."""
+    lines = ["| XLA op (thunk) | ms / step | share of the step | calls / step |", "|---|---:|---:|---:|"]
+    for name, ms, count in ops:
+        share = f"{100 * ms / step_ms:.1f}%" if step_ms else "-"
+        lines.append(f"| {name} | {ms:.1f} | {share} | {count} |")
+    return "\n".join(lines)
+
+
 def run(config: Config, *, skip_torch: bool, interleave: bool = True, output_json: str = "",
-        prng: str = "threefry2x32") -> dict[str, Any]:
-    """Times both frameworks, prints the config, the table and the ratio; returns the JSON record."""
+        prng: str = "threefry2x32", profile_dir: str = "", profile_top: int = 25) -> dict[str, Any]:
+    """Times both frameworks, prints the config, the table and the ratio (and, with ``profile_dir``, the JAX
+    step's most expensive XLA ops); returns the JSON record."""
     import jax
 
     jax.config.update("jax_default_prng_impl", prng)
@@ -477,10 +537,17 @@ def run(config: Config, *, skip_torch: bool, interleave: bool = True, output_jso
         print(f"ratio JAX/PyTorch (target tokens/s at the median step): {ratio:.2f}x", flush=True)
     if torch_note:
         print(torch_note, flush=True)
+    profile = None
+    if profile_dir:
+        ops = profile_ops(runners[0].run_step, profile_dir, first=1, top=profile_top)
+        profile = [{"op": name, "ms_per_step": ms, "calls_per_step": count} for name, ms, count in ops]
+        print(f"JAX step profile ({profile_dir}; 3 traced steps; the ops run on XLA's intra-op threads, so "
+              "their times can add up to more than the step):", flush=True)
+        print(format_profile(ops, 1000.0 * results[0].median_s), flush=True)
     wall_s = time.perf_counter() - wall_start
     print(f"wall time: {wall_s:.1f} s", flush=True)
     record = dict(config=dataclasses.asdict(config), prng=prng, interleave=interleave,
-                  results=[r.to_json() for r in results], ratio_jax_over_torch=ratio, wall_s=wall_s,
+                  results=[r.to_json() for r in results], ratio_jax_over_torch=ratio, wall_s=wall_s, profile=profile,
                   command=" ".join(sys.argv))
     if output_json:
         with open(output_json, "w") as f:
@@ -494,8 +561,10 @@ def main(argv: Sequence[str]) -> None:
     if FLAGS.threads == 1:
         # Read when the XLA backend starts, which is later (jax is imported in `run`).
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + XLA_ONE_THREAD).strip()
+    if FLAGS.profile_dir and "xla_cpu_enable_xprof_traceme" not in os.environ.get("XLA_FLAGS", ""):
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + XLA_TRACEME).strip()
     run(config_from_flags(), skip_torch=FLAGS.skip_torch, interleave=FLAGS.interleave, output_json=FLAGS.output_json,
-        prng=FLAGS.prng)
+        prng=FLAGS.prng, profile_dir=FLAGS.profile_dir, profile_top=FLAGS.profile_top)
 
 
 if __name__ == "__main__":

@@ -142,11 +142,13 @@ PRESETS = {
     },
     "small": {
         "data.vocab_size": 4000,
-        "data.max_words": 30,
-        "data.dev_size": 500,
-        "data.test_size": 500,
+        "data.max_words": 60,
+        "data.dev_size": 300,
+        "data.test_size": 700,
         "data.max_train": 0,
-        "data.buckets": (16, 32, 64),
+        "data.buckets": (32, 64, 96),
+        "data.test_min_per_bin": 100,
+        "data.test_bins": (10, 20, 30, 40, 50),
         "model.d_model": 128,
         "model.num_heads": 8,
         "model.d_ff": 512,
@@ -160,11 +162,12 @@ PRESETS = {
         "train.log_every": 50,
         "train.eval_every": 300,
         "train.checkpoint_every": 150,
-        "eval.batch_size": 250,
+        "eval.batch_size": 150,
         "eval.beam_size": 4,
-        "eval.max_decode_len": 64,
+        "eval.max_decode_len": 128,
         "eval.num_heatmaps": 2,
         "eval.dev_bleu": False,
+        "eval.length_bins": (10, 20, 30, 40, 50),
     },
     "paper": {
         "data.vocab_size": 16000,
@@ -228,7 +231,7 @@ def get_config() -> ml_collections.ConfigDict:
     """
     config = configs.base_config()
     config.experiment = "transformer"
-    config.data.corpus = "ding_de_en"
+    config.data.corpus = "bible_en_es"
     model = ml_collections.ConfigDict()
     model.family = "transformer"
     model.d_model = 128
