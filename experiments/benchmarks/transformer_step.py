@@ -336,7 +336,7 @@ def prepare_jax(config: Config, batches: Sequence[dict[str, np.ndarray]]) -> Run
     steps = [jnp.int32(i) for i in range(1 + config.warmup + config.steps)]
 
     def run_step(i: int) -> float:
-        state[0], state[1], loss = compiled(state[0], state[1], device_batches[i % len(device_batches)], steps[i])
+        state[0], state[1], loss = compiled(state[0], state[1], device_batches[i % len(device_batches)], steps[i % len(steps)])
         jax.block_until_ready((loss, state[0]))
         return float(loss)
 

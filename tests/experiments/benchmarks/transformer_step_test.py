@@ -63,3 +63,17 @@ def test_inverse_sqrt_lr_matches_the_library_schedule():
     schedule = transformer_schedule(512, 4000)
     for step in (0, 10, 3999, 4000, 10000):
         assert transformer_step.inverse_sqrt_lr(step, 512, 4000) == pytest.approx(float(schedule(step)), rel=1e-6)
+
+
+def test_profile_lists_the_step_s_xla_ops(tmp_path):
+    # A subprocess: XLA:CPU reports its thunks to the profiler only when the flag is set before it starts.
+    out = subprocess.run([sys.executable, "-m", "experiments.benchmarks.transformer_step", "--preset=tiny",
+                          "--steps=1", "--warmup=0", "--skip_torch", f"--profile_dir={tmp_path / 'trace'}",
+                          "--profile_top=3", f"--output_json={tmp_path / 'step.json'}"],
+                         cwd=REPO, capture_output=True, text=True, timeout=300, check=True).stdout
+    assert "JAX step profile" in out and "| XLA op (thunk) | ms / step |" in out
+    profile = json.loads((tmp_path / "step.json").read_text())["profile"]
+    kinds = [p for p in profile if p["op"].startswith("all ")]
+    assert kinds and len(profile) == len(kinds) + 3
+    assert all(p["ms_per_step"] > 0 and p["calls_per_step"] >= 1 for p in profile)
+    assert list((tmp_path / "trace").rglob("*.trace.json.gz"))  # the trace stays for Perfetto
