@@ -88,8 +88,6 @@ class Encoder(nn.Module):
         cell: "lstm" or "gru".
         bidirectional: concatenate a forward and a backward RNN in every layer.
         dropout_rate: dropout between layers.
-        unroll: time steps per iteration of the recurrent loops (`jax.lax.scan`'s ``unroll``): a speed knob
-            only; every value computes the same function.
 
     Raises (at construction):
         ValueError: cell not in ``CELLS``, non-positive sizes, dropout_rate outside [0, 1).
@@ -102,7 +100,6 @@ class Encoder(nn.Module):
     cell: str = "lstm"
     bidirectional: bool = False
     dropout_rate: float = 0.0
-    unroll: int = 1
 
     def __post_init__(self):
         _checks.choice("cell", self.cell, CELLS)
@@ -112,7 +109,6 @@ class Encoder(nn.Module):
         _checks.int_at_least("num_layers", self.num_layers, 1)
         _checks.rate("dropout_rate", self.dropout_rate)
         _checks.flag("bidirectional", self.bidirectional)
-        _checks.int_at_least("unroll", self.unroll, 1)
         super().__post_init__()
 
     @property
@@ -126,13 +122,13 @@ class Encoder(nn.Module):
             if self.bidirectional:
                 layers.append(
                     nn.Bidirectional(
-                        nn.RNN(_make_cell(self.cell, self.hidden_size), unroll=self.unroll),
-                        nn.RNN(_make_cell(self.cell, self.hidden_size), unroll=self.unroll),
+                        nn.RNN(_make_cell(self.cell, self.hidden_size)),
+                        nn.RNN(_make_cell(self.cell, self.hidden_size)),
                         return_carry=True,
                     )
                 )
             else:
-                layers.append(nn.RNN(_make_cell(self.cell, self.hidden_size), return_carry=True, unroll=self.unroll))
+                layers.append(nn.RNN(_make_cell(self.cell, self.hidden_size), return_carry=True))
         self.layers = layers
         self.dropout = nn.Dropout(self.dropout_rate)
 
@@ -336,8 +332,6 @@ class Seq2Seq(nn.Module):
         score, mode, window, max_source_len: `LuongAttention` options (validated for "luong" only).
         input_feeding: Luong's input feeding (§3.3).
         attention_features: A for Bahdanau (0 -> hidden_size) and for Luong concat/local-p (0 -> He).
-        unroll: time steps per iteration of the encoder's and the teacher-forced decoder's loops (a speed knob;
-            the same function for every value).
 
     Raises (at construction):
         ValueError: unknown attention, cell, Luong score or mode, bad window or sizes, and
@@ -358,11 +352,9 @@ class Seq2Seq(nn.Module):
     input_feeding: bool = True
     max_source_len: int = 0
     attention_features: int = 0
-    unroll: int = 1
 
     def __post_init__(self):
         _checks.choice("attention", self.attention, ATTENTIONS)
-        _checks.int_at_least("unroll", self.unroll, 1)
         _checks.choice("cell", self.cell, CELLS)
         for what in ("vocab_size", "embed_dim", "hidden_size", "num_layers"):
             _checks.int_at_least(what, getattr(self, what), 1)
@@ -389,7 +381,6 @@ class Seq2Seq(nn.Module):
             self.cell,
             self.bidirectional,
             self.dropout_rate,
-            self.unroll,
         )
         parts = 2 if self.cell == "lstm" else 1
         self.bridge = nn.Dense(self.num_layers * parts * self.hidden_size, **axes.dense_inits(None, axes.MLP))
@@ -558,7 +549,6 @@ class Seq2Seq(nn.Module):
             split_rngs={"params": False, "dropout": True},
             in_axes=(nn.broadcast, 0),
             out_axes=0,
-            unroll=self.unroll,
         )
         steps = jnp.arange(tgt_in.shape[1], dtype=jnp.int32)
         _, (outs, weights) = scan(self.decoder, state, memory, (tgt_in.T, steps))  # [T,B,H], [T,B,S]

@@ -423,17 +423,3 @@ class BadOptionsTest(parameterized.TestCase):
 
 if __name__ == "__main__":
     absltest.main()
-
-
-class UnrollTest(absltest.TestCase):
-
-    def test_unrolled_loops_compute_the_same_function(self):
-        for kwargs in (dict(attention="luong", score="general", mode="local_p", window=1),
-                       dict(attention="bahdanau", cell="gru", bidirectional=True)):
-            base, unrolled = _model(**kwargs), _model(unroll=3, **kwargs)
-            variables = _init(base, seed=5)
-            want = base.apply(variables, SRC, SRC_LENGTHS, TGT_IN)
-            got = unrolled.apply(variables, SRC, SRC_LENGTHS, TGT_IN)
-            chex.assert_trees_all_close(got, want, rtol=1e-5, atol=1e-5)
-        with _raises(ValueError, "unroll", "0"):
-            _model(unroll=0)
