@@ -173,11 +173,7 @@ def corpus_bleu(hypotheses: Sequence[str], references: Sequence[str]) -> float:
     Raises:
       ValueError: if the two lists differ in length.
     """
-    if len(hypotheses) != len(references):
-        raise ValueError(f"{len(hypotheses)=} differs from {len(references)=}")
-    if not hypotheses:
-        return 0.0
-    return float(sacrebleu.corpus_bleu(list(hypotheses), [list(references)]).score)
+    return _corpus_score(sacrebleu.corpus_bleu, hypotheses, references)
 
 
 def corpus_chrf(hypotheses: Sequence[str], references: Sequence[str]) -> float:
@@ -187,11 +183,16 @@ def corpus_chrf(hypotheses: Sequence[str], references: Sequence[str]) -> float:
     Raises:
       ValueError: if the two lists differ in length.
     """
+    return _corpus_score(sacrebleu.corpus_chrf, hypotheses, references)
+
+
+def _corpus_score(metric, hypotheses: Sequence[str], references: Sequence[str]) -> float:
+    """``metric(hypotheses, [references]).score`` (one reference per sentence); 0 for no sentence."""
     if len(hypotheses) != len(references):
         raise ValueError(f"{len(hypotheses)=} differs from {len(references)=}")
     if not hypotheses:
         return 0.0
-    return float(sacrebleu.corpus_chrf(list(hypotheses), [list(references)]).score)
+    return float(metric(list(hypotheses), [list(references)]).score)
 
 
 def metric_signatures() -> dict[str, str]:
