@@ -15,6 +15,7 @@ from attention_jax import _checks
 from attention_jax.core import context as context_lib
 from attention_jax.core import scores
 from attention_jax.core import axes
+from attention_jax.core import masks
 from attention_jax.layers._common import vector_init
 
 Array = jax.Array
@@ -107,7 +108,10 @@ class LuongAttention(nn.Module):
         value: Array | None = None,
         mask: Array | None = None,
         query_positions: Array | None = None,
-    ) -> tuple[Array, Array]:
+        projected_keys: Array | None = None,
+        *,
+        keys_only: bool = False,
+    ) -> tuple[Array, Array] | Array:
         """Attends from decoder hidden states h_t to source states h_s.
 
         Masked source positions (even NaN) and queries with no valid position reach neither the output nor any
@@ -121,6 +125,10 @@ class LuongAttention(nn.Module):
                 on each query's span of valid positions (left or right padding alike).
             query_positions: [B, T] int target positions t for local-m (default arange(T)); needed when
                 decoding one step at a time. Ignored by the other modes.
+            projected_keys: [B, S, A] floating, the output of `project_keys` for these keys, or None. Only for
+                the global ``concat`` score, whose key half of W_a [h_t; h_s] does not depend on t: a decoder
+                computes it once per sentence instead of once per step (the same logits).
+            keys_only: internal to `project_keys` (returns the projected keys and attends nothing).
 
         Returns:
             context: [B, T, Dv] in value's dtype.
@@ -130,9 +138,13 @@ class LuongAttention(nn.Module):
 
         Raises:
             ValueError: mismatched shapes or a zero feature size; ``dot`` with Dq != Dk; ``location`` with
-                S > max_source_len.
+                S > max_source_len; ``projected_keys`` for another score or mode than global concat, or of the
+                wrong shape.
             TypeError: inputs that are not floating arrays, or a non-boolean mask.
         """
+        if (projected_keys is not None or keys_only) and (self.score, self.mode) != ("concat", "global"):
+            raise ValueError(f"projected keys exist for score='concat' in mode='global' only, got "
+                             f"score={self.score!r} mode={self.mode!r}")
         value = context_lib.check_attend_inputs(query, key, value, mask)
         dq, dk, num_keys = query.shape[-1], key.shape[-1], key.shape[1]
         a = self.features or dk
@@ -159,6 +171,24 @@ class LuongAttention(nn.Module):
             valid = context_lib.valid_keys(mask, None, query.shape[0], query.shape[1], num_keys)
             self.sow("intermediates", "position",
                      context_lib.window_centres(query, valid, num_keys, mode=self.mode, params=params))
+        if keys_only:
+            # W_a's rows [Dq:] act on h_s (`scores.concat_score`); dead key rows are zeroed first, so NaN stored
+            # in padding reaches neither the projection nor the gradient of W_a.
+            valid = masks.broadcast_key_mask(mask, query.shape[0], 1, num_keys)[:, 0] if mask is not None else None
+            if valid is not None:
+                key = jnp.where(valid[..., None], key, jnp.zeros((), key.dtype))
+            projected = jnp.einsum("BSK,KA->BSA", key.astype(jnp.float32), params["w_a"][dq:].astype(jnp.float32))
+            return axes.constrain(projected, (axes.BATCH, axes.LENGTH, axes.MLP))
+        if projected_keys is not None:
+            _checks.floating("projected_keys", projected_keys)
+            _checks.shape("projected_keys", projected_keys, tuple(key.shape[:2]) + (a,))
+            valid = masks.broadcast_key_mask(mask, query.shape[0], query.shape[1], num_keys)
+            # Zero the dead rows before the score: tanh'(NaN) * 0 would reach d query and d W_a otherwise.
+            query, projected_keys, value = context_lib.zero_unattended(valid, query, projected_keys, value)
+            projected_query = jnp.einsum("BTQ,QA->BTA", query.astype(jnp.float32),
+                                         params["w_a"][:dq].astype(jnp.float32))
+            logits = scores.additive_score_projected(projected_query, projected_keys, params["v_a"])
+            return context_lib.attend_from_logits(logits, value, mask)
         return context_lib.attend(
             query,
             key,
@@ -170,3 +200,28 @@ class LuongAttention(nn.Module):
             window=None if self.mode == "global" else self.window,
             query_positions=query_positions if self.mode == "local_m" else None,
         )
+
+    def project_keys(self, query_features: int, key: Array, mask: Array | None = None) -> Array:
+        """The key half of the global ``concat`` score, W_a[Dq:]^T h_s, to reuse at every decoder step.
+
+        Luong et al. 2015 (arXiv:1508.04025), eq. (8) 'concat': v_a^T tanh(W_a [h_t; h_s]) splits into
+        W_a[:Dq] h_t + W_a[Dq:] h_s. Pass the result back as ``projected_keys``; the logits are the same as
+        without it (the tests check this), at one [B, S, Dk] x [Dk, A] matmul per sentence instead of per step.
+
+        Args:
+            query_features: Dq, the size of the queries of the later calls (W_a is [Dq + Dk, A]).
+            key: [B, S, Dk] floating, the source states h_s.
+            mask: None or [B, S] bool, the mask of the later calls; masked positions are zeroed first.
+
+        Returns:
+            [B, S, A] float32.
+
+        Raises:
+            ValueError: for another score or mode than global concat, a mask that is not [B, S], or bad shapes.
+            TypeError: for a non-floating key or a non-boolean mask.
+        """
+        query_features = _checks.positive_int("query_features", query_features)
+        if mask is not None:
+            _checks.shape("mask", mask, tuple(jnp.shape(key)[:2]))
+        query = jnp.zeros((jnp.shape(key)[0], 1, query_features), jnp.result_type(key))
+        return self(query, key, None, mask, keys_only=True)

@@ -218,9 +218,20 @@ class DecoderCell(nn.Module):
             self.readout = nn.Dense(self.hidden_size, **axes.dense_inits(None, axes.MLP))  # the deep output's tanh
         self.w_out = nn.Dense(self.vocab_size, **axes.dense_inits(axes.MLP, axes.VOCAB))  # W_s eq. 6 / W_o A.2.2
 
+    @property
+    def projects_keys(self) -> bool:
+        """Whether the attention's key-side projection is computed once per sentence (`project_keys`)."""
+        return self.attention == "bahdanau" or (self.attention == "luong" and self.score == "concat"
+                                                and self.mode == "global")
+
     def project_keys(self, annotations: Array, mask: Array) -> Array:
-        """U_a h_j of the Bahdanau attention, [B, S, A] float32, computed once per sentence in `encode`."""
-        return self.attn.project_keys(annotations, mask)
+        """The key-side projection, [B, S, A] float32, computed once per sentence in `encode`.
+
+        U_a h_j of the Bahdanau attention, or W_a[H:] h_s of Luong's global ``concat`` score.
+        """
+        if self.attention == "bahdanau":
+            return self.attn.project_keys(annotations, mask)
+        return self.attn.project_keys(self.hidden_size, annotations, mask)
 
     def _run_stack(self, carries: tuple, x: Array, train: bool) -> tuple[tuple, Array]:
         new = []
@@ -281,7 +292,8 @@ class DecoderCell(nn.Module):
             x = jnp.concatenate([emb, state["feed"]], -1) if self.input_feeding else emb
             rnn, h = self._run_stack(state["rnn"], x, train)  # h: [B,H]
             positions = jnp.broadcast_to(jnp.asarray(t, jnp.int32), (batch, 1))
-            c, w = self.attn(h[:, None, :], keys, keys, mask, query_positions=positions)
+            c, w = self.attn(h[:, None, :], keys, keys, mask, query_positions=positions,
+                             projected_keys=memory.get("projected_keys"))
             c, weights = c[:, 0], w[:, 0]
             out = jnp.tanh(self.w_c(jnp.concatenate([c, h], -1)))  # h~_t, eq. 5
             if self.input_feeding:
@@ -320,7 +332,7 @@ class Seq2Seq(nn.Module):
     encoder and decoder and on the vector fed to the vocabulary projection.
 
     Memory (from `encode`): dict ``annotations`` [B,S,He] f32, ``mask`` [B,S] bool, ``lengths`` [B]
-    int32, ``summary`` [B,He] f32, plus ``projected_keys`` [B,S,A] f32 for "bahdanau".
+    int32, ``summary`` [B,He] f32, plus ``projected_keys`` [B,S,A] f32 for "bahdanau" and global "concat".
     State (from `init_state`): dict ``rnn``: tuple over layers of the cell carry (LSTM: (c [B,H],
     h [B,H]); GRU: h [B,H]), plus ``feed`` = h~_{t-1} [B,H] for "luong" with input feeding.
     Every leaf has the batch as leading axis, so `attention_jax.models.decoding` can tile and reorder them.
@@ -410,7 +422,7 @@ class Seq2Seq(nn.Module):
 
         Returns:
             memory: dict ``annotations`` [B,S,He] f32, ``mask`` [B,S] bool, ``lengths`` [B] int32,
-            ``summary`` [B,He] f32 and, for "bahdanau", ``projected_keys`` [B,S,A] f32.
+            ``summary`` [B,He] f32 and, for "bahdanau" and Luong's global "concat", ``projected_keys`` [B,S,A] f32.
 
         Raises:
             ValueError / TypeError: bad shapes or dtypes (see `Encoder`).
@@ -424,7 +436,7 @@ class Seq2Seq(nn.Module):
             "lengths": lengths,
             "summary": summary,
         }
-        if self.attention == "bahdanau":
+        if self.decoder.projects_keys:
             memory["projected_keys"] = self.decoder.project_keys(annotations, mask)
         return memory
 

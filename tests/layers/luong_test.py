@@ -146,5 +146,51 @@ class LuongAttentionTest(parameterized.TestCase):
             _module("location", "global").init(jax.random.key(0), jnp.asarray(query), jnp.zeros((B, S_MAX + 1, DK)))
 
 
+    def test_concat_projected_keys_give_the_same_outputs_and_gradients(self):
+        query, key, value = _inputs("concat", seed=3)
+        key[1, 4:] = np.nan  # padding: must reach neither path's outputs nor gradients
+        value[1, 4:] = np.nan
+        mask = jnp.asarray(ref.padding_mask([S, 4], S))
+        module = _module("concat", "global")
+        q, k, v = map(jnp.asarray, (query, key, value))
+        params = module.init(jax.random.key(0), q, k, v, mask)
+
+        def run(p, q, projected):
+            if projected:
+                pk = module.apply(p, DQ, k, mask, method=LuongAttention.project_keys)
+                return module.apply(p, q, k, v, mask, projected_keys=pk)
+            return module.apply(p, q, k, v, mask)
+
+        for projected in (False, True):
+            context, weights = jax.jit(run, static_argnums=2)(params, q, projected)
+            self.assertTrue(np.all(np.isfinite(np.asarray(context))))
+        want = run(params, q, False)
+        got = run(params, q, True)
+        chex.assert_trees_all_close(got, want, rtol=1e-5, atol=1e-6)
+        loss = lambda p, q, projected: jnp.sum(run(p, q, projected)[0] ** 2)
+        g_want = jax.grad(loss, argnums=(0, 1))(params, q, False)
+        g_got = jax.grad(loss, argnums=(0, 1))(params, q, True)
+        self.assertTrue(all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(g_got)))
+        chex.assert_trees_all_close(g_got, g_want, rtol=1e-5, atol=1e-6)
+
+    def test_projected_keys_only_for_global_concat(self):
+        query, key, value = _inputs("general")
+        q, k = jnp.asarray(query), jnp.asarray(key)
+        module = _module("general", "global")
+        params = module.init(jax.random.key(0), q, k)
+        with _raises(ValueError, "score='general'", "mode='global'"):
+            module.apply(params, q, k, projected_keys=jnp.zeros((B, S, A)))
+        concat = _module("concat", "local_m")
+        query, key, _ = _inputs("concat")
+        q, k = jnp.asarray(query), jnp.asarray(key)
+        params = concat.init(jax.random.key(0), q, k)
+        with _raises(ValueError, "score='concat'", "mode='local_m'"):
+            concat.apply(params, DQ, k, method=LuongAttention.project_keys)
+        glob = _module("concat", "global")
+        params = glob.init(jax.random.key(0), q, k)
+        with _raises(ValueError, "projected_keys", str((B, S, A))):
+            glob.apply(params, q, k, projected_keys=jnp.zeros((B, S, A + 1)))
+
+
 if __name__ == "__main__":
     absltest.main()
