@@ -95,13 +95,12 @@ def label_smoothed_cross_entropy(
     if mask is not None:
         _checks.shape("mask", mask, tuple(jnp.shape(logits)[:2]))
     _checks.rate("smoothing", smoothing)
-    log_p = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)  # [B, T, V]
-    nll = -jnp.take_along_axis(log_p, labels[..., None].astype(jnp.int32), axis=-1)[..., 0]  # [B, T]
+    # Dense one-hot targets through optax: the backward pass is then softmax(logits) - q', elementwise, where
+    # gathering the label's log-probability (take_along_axis) differentiates into a scatter over [B, T, V].
+    targets = jax.nn.one_hot(labels, jnp.shape(logits)[-1], dtype=jnp.float32)  # [B, T, V]
     if smoothing > 0.0:
-        uniform = -jnp.mean(log_p, axis=-1)  # [B, T], -sum_k log p(k) / V
-        loss = (1.0 - smoothing) * nll + smoothing * uniform
-    else:
-        loss = nll
+        targets = optax.smooth_labels(targets, smoothing)
+    loss = optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)  # [B, T]
     weights = jnp.ones_like(loss) if mask is None else jnp.asarray(mask).astype(jnp.float32)
     return jnp.sum(loss * weights), jnp.sum(weights)
 
