@@ -70,8 +70,8 @@ def define_flags(exp: training.Experiment, argv: list[str] | None = None, *, dat
     """
     flags.DEFINE_string("preset", exp.default_preset, f"size preset, one of {', '.join(exp.presets)}")
     flags.DEFINE_string("workdir", exp.default_workdir, "output directory (checkpoints, logs, results, figures)")
-    flags.DEFINE_string("rows", "", f"comma-separated rows to run (default: all of {', '.join(exp.default_rows)}; "
-                        f"'{exp.custom_row}' runs config.model as given)")
+    flags.DEFINE_string("rows", "", f"comma-separated rows to run (default: {', '.join(exp.default_rows)}; "
+                        f"'all' adds the rows run on request; '{exp.custom_row}' runs config.model as given)")
     flags.DEFINE_string("data_path", "", data_path_help or "your own parallel text instead of the default corpus: "
                         "a TSV file of 'source<TAB>target' lines, or 'SOURCE_FILE,TARGET_FILE' (sets "
                         "config.data.data_path)")
@@ -119,13 +119,15 @@ def _list_in_help() -> None:
 
 
 def parse_rows(exp: training.Experiment, text: str, preset: str = "") -> list[str]:
-    """Splits ``--rows``; empty means the default rows.
+    """Splits ``--rows``; empty means the default rows, ``all`` every named row (those run on request too).
 
     Raises:
       training.ConfigError: unknown row name.
     """
     default = exp.preset_rows.get(preset, exp.default_rows)
     names = [r.strip() for r in text.split(",") if r.strip()] if text else list(default)
+    if names == ["all"]:
+        names = list(exp.rows)
     unknown = [r for r in names if r not in exp.row_names]
     if unknown or not names:
         raise training.ConfigError(f"unknown row {unknown[0] if unknown else text!r} for the {exp.name} experiment; "

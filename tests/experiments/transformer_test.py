@@ -266,6 +266,8 @@ def test_preset_rows():
     assert cli.parse_rows(TRANSFORMER, "", "smoke") == ["base", "A_heads1", "rope"]
     assert cli.parse_rows(TRANSFORMER, "", "small") == list(TRANSFORMER.default_rows)
     assert "pre_ln" not in TRANSFORMER.default_rows and "pre_ln" in TRANSFORMER.row_names
+    everything = cli.parse_rows(TRANSFORMER, "all", "small")
+    assert "pre_ln" in everything and "custom" not in everything and len(everything) == len(TRANSFORMER.rows)
 
 
 @pytest.mark.parametrize("module,args", [
