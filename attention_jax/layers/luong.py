@@ -174,9 +174,8 @@ class LuongAttention(nn.Module):
         if keys_only:
             # W_a's rows [Dq:] act on h_s (`scores.concat_score`); dead key rows are zeroed first, so NaN stored
             # in padding reaches neither the projection nor the gradient of W_a.
-            valid = masks.broadcast_key_mask(mask, query.shape[0], 1, num_keys)[:, 0] if mask is not None else None
-            if valid is not None:
-                key = jnp.where(valid[..., None], key, jnp.zeros((), key.dtype))
+            valid = masks.broadcast_key_mask(mask, query.shape[0], 1, num_keys)
+            _, key = context_lib.zero_unattended(valid, query, key)
             projected = jnp.einsum("BSK,KA->BSA", key.astype(jnp.float32), params["w_a"][dq:].astype(jnp.float32))
             return axes.constrain(projected, (axes.BATCH, axes.LENGTH, axes.MLP))
         if projected_keys is not None:
