@@ -323,11 +323,12 @@ def _fmt(x: float | None) -> str:
     return "-" if x is None else f"{x:.2f}"
 
 
-def _log_table_progress(done: int, total: int, durations: Sequence[float], elapsed: float) -> None:
-    """"table: k/n runs done, elapsed, ETA" (the ETA: the mean seconds of the runs finished in this invocation,
-    training and evaluation, times the runs left)."""
+def _log_table_progress(done: int, total: int, durations: Sequence[float], elapsed: float,
+                        processes: int = 1) -> None:
+    """"table: k/n runs done, elapsed, ETA" (the ETA: the mean seconds of the runs finished in this process,
+    training and evaluation, times the runs left, shared among ``processes`` workers)."""
     left = total - done
-    eta = (sum(durations) / len(durations)) * left if durations else None
+    eta = (sum(durations) / len(durations)) * -(-left // processes) if durations else None
     logging.info("table: %d/%d runs done, elapsed %s, ETA %s", done, total, loop.format_seconds(elapsed),
                  "-" if eta is None else loop.format_seconds(eta))
 
@@ -364,6 +365,30 @@ def _run_workers(count: int, command: Sequence[str]) -> None:
                                "its checkpoints")
 
 
+def _count_finished(workdir: str, runs: Sequence[tuple[str, int]], fps: dict) -> int:
+    """How many of ``runs`` ((row, seed) pairs) have a done record with their fingerprint, by any process."""
+    return sum(spec.done_record(spec.run_dir(workdir, row, seed), fps[(row, seed)]) is not None
+               for row, seed in runs)
+
+
+def _claim_run(run_dir: str):
+    """Takes the exclusive lock of one run for a worker process; returns the open lock file, or None if taken.
+
+    The lock is ``run_dir/.worker.lock`` under ``fcntl.flock``: closing the file (or the process ending, even
+    by a crash) releases it, so a stale lock never blocks a rerun.
+    """
+    import fcntl  # pylint: disable=import-outside-toplevel
+
+    os.makedirs(run_dir, exist_ok=True)
+    lock = open(os.path.join(run_dir, ".worker.lock"), "w", encoding="utf-8")  # pylint: disable=consider-using-with
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        return None
+    return lock
+
+
 def _write_data_files(workdir: str, dataset) -> None:
     """test_references.txt (one line per test sentence, to re-score outputs) and data.json (the dataset's info:
     source, counts, tokenizer path)."""
@@ -396,8 +421,10 @@ def run_experiment(exp: spec.Experiment, config: ml_collections.ConfigDict, rows
         WORKSPACE.md). Each run trains exactly as it would alone (same config, seed, data order); only its wall
         time is shared. 1 trains in this process.
       worker_command: the command line of a worker (required when jobs > 1).
-      worker: (i, n) in a worker process: train only the runs i, i + n, ... of the runs left to train, write no
-        report, and return [] (the parent reports once every worker has finished).
+      worker: (i, n) in a worker process: take the runs left to train one at a time, in table order, each under
+        an exclusive lock on its run directory (``_claim_run``), so a worker that finishes early takes the next
+        free run instead of idling while another works through a fixed share; write no report, and return []
+        (the parent reports once every worker has finished).
 
     Returns:
       One record per (row, seed) in table order (row, then seed), with its statistics; runs finished earlier
@@ -448,12 +475,10 @@ def run_experiment(exp: spec.Experiment, config: ml_collections.ConfigDict, rows
         _write_data_files(workdir, dataset)
     if todo:
         logging.info("table: %d runs (%d rows x %d seeds), %d to train%s", len(order), len(rows), len(seeds),
-                     len(todo), "" if worker is None else f"; worker {worker[0] + 1} of {worker[1]} trains "
-                     f"{len(todo[worker[0]::worker[1]])} of them")
+                     len(todo), "" if worker is None else f"; worker {worker[0] + 1} of {worker[1]} takes the "
+                     "next free one")
     if worker is not None:
-        mine = set(todo[worker[0]::worker[1]])
-        order = [key for key in order if key in mine]
-        todo = [key for key in todo if key in mine]
+        order = list(todo)
     elif jobs > 1 and len(todo) > 1:
         _run_workers(min(jobs, len(todo)), worker_command)
         # Normally every run is finished now and the loop below only collects the records.
@@ -463,18 +488,30 @@ def run_experiment(exp: spec.Experiment, config: ml_collections.ConfigDict, rows
     records: dict[tuple[str, int], dict[str, Any]] = {}
     durations: list[float] = []
     trained = 0
+    claim = None  # a worker's lock on the run it is training
     for row, seed in order:
+        if claim is not None:
+            claim.close()  # releases the lock of the previous run
+            claim = None
         run_dir = spec.run_dir(workdir, row, seed)
         cfg, fp = run_cfgs[(row, seed)], fps[(row, seed)]
         label = row if len(seeds) == 1 else f"{row} seed {seed}"
+        if worker is not None:
+            claim = _claim_run(run_dir)
+            if claim is None:  # another worker is training it
+                continue
         done = spec.done_record(run_dir, fp)
+        if done is not None and worker is not None:  # another worker finished it before this one looked
+            continue
         if done is not None:
             logging.info("[%s] already finished with this config (%s); re-reporting it", label,
                          os.path.join(run_dir, "done.json"))
             records[(row, seed)] = done
             continue
         run_started = time.monotonic()
-        left = len(todo) - trained - 1
+        finished = _count_finished(workdir, todo, fps) if worker is not None else trained
+        # Runs after this one that this process will train (a worker: its share of what no one has taken).
+        left = len(todo) - finished - 1 if worker is None else -(-(len(todo) - finished - 1) // worker[1])
         after_s = ((sum(durations) / len(durations)) * left if durations
                    else (lambda total, left=left: total * left))
         os.makedirs(run_dir, exist_ok=True)
@@ -509,10 +546,16 @@ def run_experiment(exp: spec.Experiment, config: ml_collections.ConfigDict, rows
         records[(row, seed)] = record
         trained += 1
         durations.append(time.monotonic() - run_started)
-        _log_table_progress(trained, len(todo), durations, time.monotonic() - started)
+        if worker is None:
+            _log_table_progress(trained, len(todo), durations, time.monotonic() - started)
+        else:
+            _log_table_progress(_count_finished(workdir, todo, fps), len(todo), durations,
+                                time.monotonic() - started, processes=worker[1])
         if worker is None:
             report.write_report(exp, config, workdir, rows, records, preset=preset, command=command,
                                 started=started, seeds=seeds)
+    if claim is not None:
+        claim.close()
     if worker is not None:
         return []
     return report.write_report(exp, config, workdir, rows, records, preset=preset, command=command, final=True,

@@ -1,4 +1,4 @@
-"""Tests of --jobs: worker processes that each train a share of a table's runs, and the parent that reports."""
+"""Tests of --jobs: worker processes that each take the next free run of a table, and the parent that reports."""
 
 from __future__ import annotations
 
@@ -20,23 +20,22 @@ def _done(workdir, row):
     return os.path.exists(os.path.join(workdir, row, "seed_0", "done.json"))
 
 
-def test_workers_share_the_runs_and_the_parent_only_reports(tmp_path):
+def test_workers_take_free_runs_and_the_parent_only_reports(tmp_path):
     workdir, dataset = str(tmp_path / "w"), tiny_dataset()
     config = tiny_config(luong.EXPERIMENT, **{"train.num_steps": 4, "eval.significance": "none",
                                              "eval.num_heatmaps": 0})
+    # Another worker holds the first row's run: this one takes every other free run, in table order.
+    held = translation._claim_run(os.path.join(workdir, ROWS[0], "seed_0"))
+    assert held is not None and translation._claim_run(os.path.join(workdir, ROWS[0], "seed_0")) is None
     with count_train_steps() as calls:
         assert translation.run_experiment(luong.EXPERIMENT, config, ROWS, workdir, dataset=dataset,
                                           worker=(1, 2)) == []
-    # Worker 2 of 2 trains runs 1, 3, ... of the runs left: here the second row only, and writes no report.
-    assert len(calls) == 4 and [_done(workdir, r) for r in ROWS] == [False, True, False]
-    assert not os.path.exists(os.path.join(workdir, "results.md"))
+    assert len(calls) == 8 and [_done(workdir, r) for r in ROWS] == [False, True, True]
+    assert not os.path.exists(os.path.join(workdir, "results.md"))  # a worker writes no report
+    held.close()  # released (as when its process ends): the next worker takes it
     with count_train_steps() as calls:
         translation.run_experiment(luong.EXPERIMENT, config, ROWS, workdir, dataset=dataset, worker=(0, 2))
-    # A worker shares out the runs left when it starts (the workers of one --jobs start together): now the
-    # first and third rows, of which worker 1 of 2 takes the first.
-    assert len(calls) == 4 and [_done(workdir, r) for r in ROWS] == [True, True, False]
-    translation.run_experiment(luong.EXPERIMENT, config, ROWS, workdir, dataset=dataset, worker=(0, 2))
-    assert all(_done(workdir, r) for r in ROWS)
+    assert len(calls) == 4 and all(_done(workdir, r) for r in ROWS)
     with count_train_steps() as calls:
         records = translation.run_experiment(luong.EXPERIMENT, config, ROWS, workdir, dataset=dataset)
     assert not calls and [r["row"] for r in records] == sorted(ROWS, key=luong.EXPERIMENT.row_names.index)
