@@ -123,14 +123,31 @@ def zero_unattended(valid: jax.Array | None, query: jax.Array, *key_rows: jax.Ar
     """
     if valid is None:
         return (query, *key_rows)
-    live_query = jnp.any(valid, axis=2)  # [B, T]
+    return (_keep_live(query, jnp.any(valid, axis=2)), *zero_unattended_keys(valid, *key_rows))
+
+
+def zero_unattended_keys(valid: jax.Array | None, *key_rows: jax.Array) -> tuple[jax.Array, ...]:
+    """The key side of `zero_unattended`: zeros in the key/value rows that no query attends.
+
+    For a layer that projects its keys once, before any query exists (e.g. Bahdanau's U_a h_j).
+
+    Args:
+      valid: None (nothing is masked) or [B, T, S] bool, True = query t may attend key s.
+      *key_rows: arrays [B, S, ...].
+
+    Returns:
+      key_rows, each in its own dtype, with the rows s that no t may attend zeroed.
+    """
+    if valid is None:
+        return key_rows
     live_key = jnp.any(valid, axis=1)  # [B, S]
+    return tuple(_keep_live(x, live_key) for x in key_rows)
 
-    def keep(x, live):
-        live = live.reshape(live.shape + (1,) * (jnp.ndim(x) - 2))
-        return jnp.where(live, x, jnp.zeros((), x.dtype))
 
-    return (keep(query, live_query), *(keep(x, live_key) for x in key_rows))
+def _keep_live(x: jax.Array, live: jax.Array) -> jax.Array:
+    """x [B, L, ...] with the rows where live [B, L] is False replaced by zeros."""
+    live = live.reshape(live.shape + (1,) * (jnp.ndim(x) - 2))
+    return jnp.where(live, x, jnp.zeros((), x.dtype))
 
 
 def attend_from_logits(

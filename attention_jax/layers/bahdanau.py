@@ -77,7 +77,7 @@ class BahdanauAttention(nn.Module):
             _checks.rank("mask", mask, (2, 3))
             num_queries = 1 if jnp.ndim(mask) == 2 else jnp.shape(mask)[1]
             valid = masks.broadcast_key_mask(mask, key.shape[0], num_queries, key.shape[1])  # [B, T, S]
-            key = jnp.where(jnp.any(valid, axis=1)[..., None], key, jnp.zeros((), key.dtype))
+            (key,) = context_lib.zero_unattended_keys(valid, key)
         w_k = self.w_k(key.shape[-1])
         projected = jnp.einsum("BSD,DA->BSA", key.astype(jnp.float32), w_k.astype(jnp.float32))  # [B, S, A]
         return axes.constrain(projected, (axes.BATCH, axes.LENGTH, axes.MLP))

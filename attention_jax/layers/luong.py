@@ -175,7 +175,7 @@ class LuongAttention(nn.Module):
             # W_a's rows [Dq:] act on h_s (`scores.concat_score`); dead key rows are zeroed first, so NaN stored
             # in padding reaches neither the projection nor the gradient of W_a.
             valid = masks.broadcast_key_mask(mask, query.shape[0], 1, num_keys)
-            _, key = context_lib.zero_unattended(valid, query, key)
+            (key,) = context_lib.zero_unattended_keys(valid, key)
             projected = jnp.einsum("BSK,KA->BSA", key.astype(jnp.float32), params["w_a"][dq:].astype(jnp.float32))
             return axes.constrain(projected, (axes.BATCH, axes.LENGTH, axes.MLP))
         if projected_keys is not None:

@@ -658,6 +658,25 @@ class AttendNanPaddingGradientTest(parameterized.TestCase):
         chex.assert_trees_all_close(got, want, rtol=1e-6, atol=1e-6)
 
 
+class ZeroUnattendedTest(parameterized.TestCase):
+    """The dead-row zeroing that every score runs on its inputs first."""
+
+    def test_dead_rows_become_zeros_and_live_rows_stay(self):
+        valid = np.zeros((2, 3, 4), bool)
+        valid[0, :2, :3] = True  # batch 0: queries 0-1 attend keys 0-2; batch 1 attends nothing
+        query = np.full((2, 3, 5), np.nan, np.float32)
+        key = np.full((2, 4, 6), np.inf, np.float32)
+        query[0, :2], key[0, :3] = 1.0, 2.0
+        got_query, got_key = context.zero_unattended(jnp.asarray(valid), jnp.asarray(query), jnp.asarray(key))
+        want_query = np.where(valid.any(2)[..., None], query, 0.0)
+        want_key = np.where(valid.any(1)[..., None], key, 0.0)
+        np.testing.assert_array_equal(got_query, want_query)
+        np.testing.assert_array_equal(got_key, want_key)
+        (only_key,) = context.zero_unattended_keys(jnp.asarray(valid), jnp.asarray(key))
+        np.testing.assert_array_equal(only_key, want_key)
+        self.assertEqual(context.zero_unattended_keys(None, key)[0] is key, True)
+
+
 class AttendKeyLengthsTest(parameterized.TestCase):
     """key_lengths is a mask in every mode (before the fix it was ignored in global and local-m)."""
 
