@@ -488,6 +488,7 @@ def run_experiment(exp: spec.Experiment, config: ml_collections.ConfigDict, rows
     records: dict[tuple[str, int], dict[str, Any]] = {}
     durations: list[float] = []
     trained = 0
+    processes = 1 if worker is None else worker[1]  # the processes that share the runs left
     claim = None  # a worker's lock on the run it is training
     for row, seed in order:
         if claim is not None:
@@ -501,17 +502,15 @@ def run_experiment(exp: spec.Experiment, config: ml_collections.ConfigDict, rows
             if claim is None:  # another worker is training it
                 continue
         done = spec.done_record(run_dir, fp)
-        if done is not None and worker is not None:  # another worker finished it before this one looked
-            continue
         if done is not None:
-            logging.info("[%s] already finished with this config (%s); re-reporting it", label,
-                         os.path.join(run_dir, "done.json"))
-            records[(row, seed)] = done
+            if worker is None:  # (in a worker: another one finished it before this one looked)
+                logging.info("[%s] already finished with this config (%s); re-reporting it", label,
+                             os.path.join(run_dir, "done.json"))
+                records[(row, seed)] = done
             continue
         run_started = time.monotonic()
-        finished = _count_finished(workdir, todo, fps) if worker is not None else trained
-        # Runs after this one that this process will train (a worker: its share of what no one has taken).
-        left = len(todo) - finished - 1 if worker is None else -(-(len(todo) - finished - 1) // worker[1])
+        finished = trained if worker is None else _count_finished(workdir, todo, fps)
+        left = -(-(len(todo) - finished - 1) // processes)  # runs after this one that this process will train
         after_s = ((sum(durations) / len(durations)) * left if durations
                    else (lambda total, left=left: total * left))
         os.makedirs(run_dir, exist_ok=True)
@@ -546,11 +545,8 @@ def run_experiment(exp: spec.Experiment, config: ml_collections.ConfigDict, rows
         records[(row, seed)] = record
         trained += 1
         durations.append(time.monotonic() - run_started)
-        if worker is None:
-            _log_table_progress(trained, len(todo), durations, time.monotonic() - started)
-        else:
-            _log_table_progress(_count_finished(workdir, todo, fps), len(todo), durations,
-                                time.monotonic() - started, processes=worker[1])
+        _log_table_progress(trained if worker is None else _count_finished(workdir, todo, fps), len(todo),
+                            durations, time.monotonic() - started, processes=processes)
         if worker is None:
             report.write_report(exp, config, workdir, rows, records, preset=preset, command=command,
                                 started=started, seeds=seeds)
