@@ -674,7 +674,7 @@ class ZeroUnattendedTest(parameterized.TestCase):
         np.testing.assert_array_equal(got_key, want_key)
         (only_key,) = context.zero_unattended_keys(jnp.asarray(valid), jnp.asarray(key))
         np.testing.assert_array_equal(only_key, want_key)
-        self.assertEqual(context.zero_unattended_keys(None, key)[0] is key, True)
+        self.assertIs(context.zero_unattended_keys(None, key)[0], key)
 
 
 class AttendKeyLengthsTest(parameterized.TestCase):
