@@ -1,15 +1,22 @@
 """Suite-wide settings, applied before any test touches a device.
 
-The tests run tiny shapes, so XLA's compile time dominates their run time. LLVM's optimisation passes are
-skipped (`--xla_backend_optimization_level=0`): about a quarter off the suite's wall time, measured on
-tests/models/contract_test.py (87 s -> 66 s), with the same numerics (XLA's own HLO passes still run, and
-without fast-math LLVM does not reassociate floating point). XLA reads XLA_FLAGS when its CPU client starts,
-on first use, so setting it here takes effect even after `import jax`; child processes (the `*_devices.py`
-files, the jax.distributed workers) inherit it. A value the user set is kept.
+The tests run tiny shapes, so XLA's compile time dominates their run time. Two XLA:CPU flags cut it, with the
+same numerics up to float32 rounding order (every test compares with tolerances, or one configuration with
+itself):
+
+* `--xla_backend_optimization_level=0` skips LLVM's optimisation passes (XLA's own HLO passes still run, and
+  without fast-math LLVM does not reassociate floating point): tests/models/contract_test.py 87 s -> 66 s.
+* `--xla_cpu_use_fusion_emitters=false` emits fusions with the older elemental IR emitters instead of the
+  MLIR fusion emitters, which take longer to compile: tests/core/alignment_test.py, scores_test.py and
+  tests/layers/luong_test.py, one process, alternated twice: 54.3 / 54.7 s with them, 35.5 / 32.9 s without.
+
+XLA reads XLA_FLAGS when its CPU client starts, on first use, so setting it here takes effect even after
+`import jax`; child processes (the `*_devices.py` files, the jax.distributed workers, the experiment CLIs)
+inherit it. A flag the user set is kept.
 """
 
 import os
 
-_FLAG = "--xla_backend_optimization_level"
-if _FLAG not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_FLAG}=0".strip()
+for _flag, _value in (("--xla_backend_optimization_level", "0"), ("--xla_cpu_use_fusion_emitters", "false")):
+    if _flag not in os.environ.get("XLA_FLAGS", ""):
+        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_flag}={_value}".strip()
