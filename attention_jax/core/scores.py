@@ -189,9 +189,36 @@ def concat_score(query: jax.Array, key: jax.Array, w_a: jax.Array, v_a: jax.Arra
     _check_query_key(query, key, same_features=False)
     dq = query.shape[-1]
     _check_matrix("w_a", w_a, dq + key.shape[-1])
-    projected_query = jnp.einsum("BTQ,QA->BTA", query.astype(_F32), w_a[:dq].astype(_F32))
-    projected_key = jnp.einsum("BSK,KA->BSA", key.astype(_F32), w_a[dq:].astype(_F32))
-    return additive_score_projected(projected_query, projected_key, v_a)
+    return additive_score_projected(concat_query_half(query, w_a), concat_key_half(key, w_a, dq), v_a)
+
+
+def concat_query_half(query: jax.Array, w_a: jax.Array) -> jax.Array:
+    """The query half of the 'concat' score's W_a [h_t; h_s]: rows [:Dq] of W_a applied to h_t.
+
+    Args:
+      query: [B, T, Dq] floating.
+      w_a: [Dq + Dk, A] floating (`concat_score`'s weight; shapes are checked there).
+
+    Returns:
+      [B, T, A] float32.
+    """
+    return jnp.einsum("BTQ,QA->BTA", query.astype(_F32), w_a[: query.shape[-1]].astype(_F32))
+
+
+def concat_key_half(key: jax.Array, w_a: jax.Array, query_features: int) -> jax.Array:
+    """The key half of the 'concat' score's W_a [h_t; h_s]: rows [Dq:] of W_a applied to h_s.
+
+    It does not depend on t, so a decoder can compute it once per sentence (`LuongAttention.project_keys`).
+
+    Args:
+      key: [B, S, Dk] floating.
+      w_a: [Dq + Dk, A] floating.
+      query_features: Dq, where W_a's key rows start.
+
+    Returns:
+      [B, S, A] float32.
+    """
+    return jnp.einsum("BSK,KA->BSA", key.astype(_F32), w_a[query_features:].astype(_F32))
 
 
 def location_score(query: jax.Array, w_a: jax.Array, num_keys: int) -> jax.Array:

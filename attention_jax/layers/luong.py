@@ -69,8 +69,8 @@ class LuongAttention(nn.Module):
     Scores (eq. 8, ``LUONG_SCORES``, the eq.-8 entries of the core registry `attention_jax.core.scores.SCORES`):
     ``dot`` h_t^T h_s, ``general`` h_t^T W_a h_s, ``concat`` v_a^T tanh(W_a [h_t; h_s]), ``location``
     (W_a h_t)[:S]. The module creates each score's parameters under the registry's names and shapes
-    (`scores.param_shapes`): matrices with lecun-normal, vectors with normal(1 / sqrt(A)). Modes: ``global`` (softmax over all valid source
-    positions), ``local_m`` (window [t - D, t + D], p_t = t), ``local_p`` (p_t = S_b sigmoid(v_p^T tanh(W_p h_t)),
+    (`scores.param_shapes`): matrices with lecun-normal, vectors with normal(1 / sqrt(A)). Modes: ``global``
+    (softmax over all valid source positions), ``local_m`` (window [t - D, t + D], p_t = t), ``local_p`` (p_t = S_b sigmoid(v_p^T tanh(W_p h_t)),
     eq. 9, placed on the span of valid source positions, with the Gaussian factor of eq. 10). The math is
     `attention_jax.core.context.attend`.
 
@@ -176,17 +176,15 @@ class LuongAttention(nn.Module):
             # in padding reaches neither the projection nor the gradient of W_a.
             valid = masks.broadcast_key_mask(mask, query.shape[0], 1, num_keys)
             (key,) = context_lib.zero_unattended_keys(valid, key)
-            projected = jnp.einsum("BSK,KA->BSA", key.astype(jnp.float32), params["w_a"][dq:].astype(jnp.float32))
-            return axes.constrain(projected, (axes.BATCH, axes.LENGTH, axes.MLP))
+            return axes.constrain(scores.concat_key_half(key, params["w_a"], dq), (axes.BATCH, axes.LENGTH, axes.MLP))
         if projected_keys is not None:
             _checks.floating("projected_keys", projected_keys)
             _checks.shape("projected_keys", projected_keys, tuple(key.shape[:2]) + (a,))
             valid = masks.broadcast_key_mask(mask, query.shape[0], query.shape[1], num_keys)
             # Zero the dead rows before the score: tanh'(NaN) * 0 would reach d query and d W_a otherwise.
             query, projected_keys, value = context_lib.zero_unattended(valid, query, projected_keys, value)
-            projected_query = jnp.einsum("BTQ,QA->BTA", query.astype(jnp.float32),
-                                         params["w_a"][:dq].astype(jnp.float32))
-            logits = scores.additive_score_projected(projected_query, projected_keys, params["v_a"])
+            logits = scores.additive_score_projected(scores.concat_query_half(query, params["w_a"]), projected_keys,
+                                                     params["v_a"])
             return context_lib.attend_from_logits(logits, value, mask)
         return context_lib.attend(
             query,
