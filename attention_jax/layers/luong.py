@@ -70,8 +70,9 @@ class LuongAttention(nn.Module):
     ``dot`` h_t^T h_s, ``general`` h_t^T W_a h_s, ``concat`` v_a^T tanh(W_a [h_t; h_s]), ``location``
     (W_a h_t)[:S]. The module creates each score's parameters under the registry's names and shapes
     (`scores.param_shapes`): matrices with lecun-normal, vectors with normal(1 / sqrt(A)). Modes: ``global``
-    (softmax over all valid source positions), ``local_m`` (window [t - D, t + D], p_t = t), ``local_p`` (p_t = S_b sigmoid(v_p^T tanh(W_p h_t)),
-    eq. 9, placed on the span of valid source positions, with the Gaussian factor of eq. 10). The math is
+    (softmax over all valid source positions), ``local_m`` (window [t - D, t + D], p_t = t), ``local_p``
+    (p_t = S_b sigmoid(v_p^T tanh(W_p h_t)), eq. 9, placed on the span of valid source positions, with the
+    Gaussian factor of eq. 10). The math is
     `attention_jax.core.context.attend`.
 
     Attributes:
