@@ -12,11 +12,24 @@ itself):
 
 XLA reads XLA_FLAGS when its CPU client starts, on first use, so setting it here takes effect even after
 `import jax`; child processes (the `*_devices.py` files, the jax.distributed workers, the experiment CLIs)
-inherit it. A flag the user set is kept.
+inherit it. A flag the user set is kept. XLA aborts on a flag it does not know, so the fusion-emitter flag is
+only set for the jaxlib releases it was checked with (0.10); other releases run the suite without it, slower.
 """
 
+import importlib.metadata
 import os
 
-for _flag, _value in (("--xla_backend_optimization_level", "0"), ("--xla_cpu_use_fusion_emitters", "false")):
+
+def _jaxlib_minor() -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in importlib.metadata.version("jaxlib").split(".")[:2])
+    except (importlib.metadata.PackageNotFoundError, ValueError):
+        return ()
+
+
+_FLAGS = [("--xla_backend_optimization_level", "0")]
+if _jaxlib_minor() == (0, 10):
+    _FLAGS.append(("--xla_cpu_use_fusion_emitters", "false"))
+for _flag, _value in _FLAGS:
     if _flag not in os.environ.get("XLA_FLAGS", ""):
         os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_flag}={_value}".strip()
