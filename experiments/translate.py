@@ -489,7 +489,7 @@ class Translator:
         """Beam-search token ids of each example with a source (``[]`` for an empty one), in order.
 
         Decoding follows `experiments.training.translation.evaluate_row`: sources are padded to their bucket S
-        (a multiple of the last one beyond it) and decoded for at most
+        (beyond the last one, in `data.padded_length`'s steps) and decoded for at most
         ``decode_len(S, eval.decode_len_ratio, eval.decode_len_extra, max_decode_len)`` steps.
 
         Args:

@@ -36,12 +36,18 @@ def check_buckets(buckets: Sequence[int]) -> tuple[int, ...]:
 
 
 def padded_length(length: int, buckets: Sequence[int]) -> int:
-    """The smallest bucket boundary >= ``length``; beyond the last boundary L, the next multiple of L."""
+    """The smallest bucket boundary >= ``length``; beyond the last boundary L, L plus the next multiple of the
+    last step (L minus the boundary before it; L itself when there is one boundary).
+
+    The step keeps the rare longer dev or test example close to its length: with Luong's buckets
+    (..., 80, 96), a 97-token target pads to 112, not 192, so it still fits a model's 128 learned positions.
+    """
     for b in buckets:
         if length <= b:
             return int(b)
     last = int(buckets[-1])
-    return last * math.ceil(length / last)
+    step = last - int(buckets[-2]) if len(buckets) > 1 else last
+    return last + step * math.ceil((length - last) / step)
 
 
 def batches(examples: Sequence[Example], batch_size: int, buckets: Sequence[int], *, shuffle: bool,
@@ -60,7 +66,7 @@ def batches(examples: Sequence[Example], batch_size: int, buckets: Sequence[int]
       examples: the examples (`prepare`'s train, dev or test list).
       batch_size: B, rows per batch (>= 1).
       buckets: increasing token-length boundaries; S and T of a batch are each padded to the
-        smallest boundary that fits its longest row (multiples of the last one beyond it).
+        smallest boundary that fits its longest row (beyond the last one, `padded_length`'s steps).
       shuffle: shuffle within buckets and the batch order (training) or keep a fixed order (eval).
       seed: non-negative int.
       epoch: non-negative int.

@@ -14,8 +14,8 @@ The pipeline:
 5. `experiments.data.tokenizer.load_or_train_tokenizer`: one joint BPE SentencePiece model over the training
    sources and targets, with pad=0, unk=1, bos=2, eos=3, cached by a hash of its training text.
 6. Encode; training examples longer than the last bucket boundary (source tokens, or target tokens
-   + 1) are dropped; dev and test keep every example (`experiments.data.batching.batches` pads those to a
-   multiple of the last boundary).
+   + 1) are dropped; dev and test keep every example (`experiments.data.batching.batches` pads those beyond the
+   last boundary in steps of the last bucket's width, `experiments.data.batching.padded_length`).
 """
 
 from __future__ import annotations

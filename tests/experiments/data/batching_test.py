@@ -38,9 +38,10 @@ class TestBatches:
         assert not batch["tgt_in"][f].any() and not batch["tgt_out"][f].any()
 
     def test_bucket_boundaries(self):
+        # Beyond the last boundary 16: steps of 8 (16 - 8), so 17 -> 24 and 41 -> 48.
         buckets = (4, 8, 16)
         for s, t, want in [(4, 3, (4, 4)), (5, 3, (8, 4)), (2, 4, (4, 8)), (16, 15, (16, 16)),
-                           (17, 1, (32, 4)), (40, 40, (48, 48))]:
+                           (17, 1, (24, 4)), (40, 40, (40, 48)), (24, 25, (24, 32))]:
             (batch,) = list(data.batches(make_examples([(s, t)]), 2, buckets, shuffle=False, seed=0, epoch=0))
             assert (batch["src"].shape[1], batch["tgt_in"].shape[1]) == want, (s, t)
 
