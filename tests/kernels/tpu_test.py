@@ -157,20 +157,20 @@ class TpuKernelTest(parameterized.TestCase):
         # Unmasked and single-key-tile cases are the conformance suite's (FlashTpuInterpretConformanceTest);
         # these span two key tiles.
         dict(testcase_name="causal_t_ne_s_gqa", shape=(1, 72, 136, 4, 2), kw=dict(is_causal=True)),
-        dict(testcase_name="local_window", shape=(1, 72, 160, 2, 1), kw=dict(local_window=(20, 5))),
-        dict(testcase_name="causal_window", shape=(1, 70, 140, 2, 2),
-             kw=dict(is_causal=True, local_window=(33, None))),
-        dict(testcase_name="lengths", shape=(2, 50, 150, 2, 1),
-             kw=dict(query_lengths=jnp.array([37, 50]), key_lengths=jnp.array([131, 9]))),
+        # Each interpreted case costs ~15 s of compiling, so the masks are combined: a two-sided window with
+        # lengths here, a causal window with segments in test_segment_ids_gqa.
+        dict(testcase_name="local_window_lengths", shape=(2, 72, 160, 2, 1),
+             kw=dict(local_window=(20, 5), query_lengths=jnp.array([61, 72]), key_lengths=jnp.array([131, 9]))),
     )
     def test_matches_xla(self, shape, kw):
         self._check(shape, block_sizes=SMALL, **kw)
 
-    def test_segment_ids_gqa(self):
+    def test_segment_ids_gqa_causal_window(self):
         t, s = 72, 144
         q_ids = jnp.asarray([[0] * 15 + [1] * 35 + [2] * 22, [5] * 72], jnp.int32)
         kv_ids = jnp.asarray([[0] * 20 + [1] * 90 + [2] * 34, [5] * 100 + [6] * 44], jnp.int32)
-        self._check((2, t, s, 4, 2), block_sizes=SMALL, segment_ids=(q_ids, kv_ids), is_causal=True)
+        self._check((2, t, s, 4, 2), block_sizes=SMALL, segment_ids=(q_ids, kv_ids), is_causal=True,
+                    local_window=(33, None))
 
     def test_bfloat16_causal(self):
         self._check((1, 80, 140, 2, 1), dtype=jnp.bfloat16, block_sizes=SMALL, is_causal=True)

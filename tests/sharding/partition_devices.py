@@ -63,8 +63,7 @@ MESHES = {
     "fsdp": dict(fsdp=8),
     "dp_fsdp": dict(data=2, fsdp=4),
     "tp": dict(fsdp=2, model=4),  # FSDP x TP; K = 2 kv heads on a model axis of 4: kv_heads replicated
-    "tp2": dict(data=4, model=2),  # K = 2 on 2: kv_heads sharded
-    "dp_tp": dict(data=2, model=4),
+    "dp_tp": dict(data=4, model=2),  # K = 2 on 2: kv_heads sharded
 }
 
 
@@ -121,7 +120,7 @@ class PartitionTest(parameterized.TestCase):
         self.assertEqual(momentum.sharding, inner.sharding)
 
     def test_kv_heads_sharded_when_model_divides_them(self):
-        _, params, _, _ = self._result("tp2")
+        _, params, _, _ = self._result("dp_tp")
         key = params["encoder_layers_0"]["self_attention"]["key"]["kernel"]  # [D, K, H], K = 2 on model = 2
         self.assertEqual(key.addressable_shards[0].data.shape, (16, 1, 4))
 
