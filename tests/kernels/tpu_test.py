@@ -158,7 +158,7 @@ class TpuKernelTest(parameterized.TestCase):
         # these span two key tiles.
         dict(testcase_name="causal_t_ne_s_gqa", shape=(1, 72, 136, 4, 2), kw=dict(is_causal=True)),
         # Each interpreted case costs ~15 s of compiling, so the masks are combined: a two-sided window with
-        # lengths here, a causal window with segments in test_segment_ids_gqa.
+        # lengths here, a causal window with segments in test_segment_ids_gqa_causal_window.
         dict(testcase_name="local_window_lengths", shape=(2, 72, 160, 2, 1),
              kw=dict(local_window=(20, 5), query_lengths=jnp.array([61, 72]), key_lengths=jnp.array([131, 9]))),
     )
