@@ -5,8 +5,9 @@
 
 The package is layered, and imports run one way only (an import-linter contract in setup.cfg):
 
-    core         the math: scores (one registry), alignment (masked softmax, local windows), context, masks,
-                 positional encodings. Every classic attention is score -> alignment -> context.
+    core         the math: scores (one registry), alignment (masked softmax, sparse normalisers, local windows),
+                 context, masks, positional encodings, pooling. Every classic attention is score -> alignment ->
+                 context.
     kernels      the Pallas flash-attention kernels (loaded on first use; `import attention_jax` loads no Pallas).
     dot_product  one operation, `dot_product_attention`, with its backends: xla, blockwise, flash, cudnn, and
                  the sequence-parallel ring (`RingBackend`) and ulysses (`UlyssesBackend`).
@@ -58,6 +59,7 @@ from attention_jax.core.alignment import EMPTY_ROW_LSE, masked_softmax
 from attention_jax.core.context import attend, attend_from_logits, weighted_context
 from attention_jax.core.masks import padding_mask
 from attention_jax.core.scores import SCORE_PARAMS, compute_score
+from attention_jax.core.sparse import entmax, entmax15, sparsemax
 from attention_jax.dot_product import (
     AttentionMask,
     DotProductAttentionOutput,
@@ -112,15 +114,16 @@ __all__ = [
     "greedy_decode",
     "kernels",
     "layers",
+    "entmax",
+    "entmax15",
     "masked_softmax",
     "models",
     "padding_mask",
     "register_backend",
+    "sparsemax",
     "supports",
     "weighted_context",
 ]
-
-
 
 __version__ = "0.1.0"
 

@@ -53,7 +53,10 @@ def test_import_from_another_directory():
 _HOMES = {
     "core.context": ["attend", "attend_from_logits", "weighted_context"],
     "core.alignment": ["masked_softmax", "masked_softmax_with_lse", "local_alignment", "local_m_position",
-                       "local_p_position", "window_mask", "gaussian_window"],
+                       "local_p_position", "window_mask", "gaussian_window", "normalize"],
+    "core.sparse": ["sparsemax", "entmax15", "entmax"],
+    "core.pooling": ["sum_pool", "mean_pool", "max_pool", "kmax_pool", "dynamic_k", "chunk_max_pool",
+                     "stochastic_pool"],
     "core.masks": ["padding_mask", "broadcast_key_mask"],
     "core.scores": ["compute_score", "dot_score", "scaled_dot_score", "general_score", "concat_score",
                     "additive_score", "location_score", "cosine_score"],

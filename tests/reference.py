@@ -13,6 +13,13 @@ Sources:
     arXiv:1409.0473: eq. 5 (context vector), eq. 6 (softmax alignment), appendix A.1.2 (additive score).
   * Vaswani et al. 2017, "Attention Is All You Need", arXiv:1706.03762: eq. 1 (scaled dot product).
   * Graves et al. 2014, "Neural Turing Machines", arXiv:1410.5401: eq. 6 (cosine similarity).
+  * Martins & Astudillo 2016, "From Softmax to Sparsemax", arXiv:1602.02068: eq. 2 (sparsemax as the
+    projection onto the simplex).
+  * Peters, Niculae & Martins 2019, "Sparse Sequence-to-Sequence Models", arXiv:1905.05702: eq. 10
+    (alpha-entmax as a thresholded power).
+  * Raffel & Ellis 2015, arXiv:1512.08756, eqs. 1-2 (feed-forward attention pooling); Yang et al. 2016,
+    NAACL N16-1174, eqs. 5-7 (attention with a context vector).
+  * Lin et al. 2017, arXiv:1703.03130: eq. 6 (r-hop weights), M = A H, eq. 8 (the Frobenius penalty).
 """
 
 from __future__ import annotations
@@ -25,12 +32,15 @@ __all__ = [
     "SCORE_PARAMS",
     "TOLERANCE",
     "additive_score",
+    "attention_pool",
     "assert_close",
     "attend",
     "compute_score",
     "concat_score",
     "cosine_score",
     "dot_score",
+    "entmax",
+    "frobenius_penalty",
     "gaussian_window",
     "general_score",
     "local_alignment",
@@ -41,6 +51,8 @@ __all__ = [
     "padding_mask",
     "random_params",
     "scaled_dot_score",
+    "sparsemax",
+    "structured_self_attention",
     "sigmoid",
     "valid_span",
     "weighted_context",
@@ -188,6 +200,99 @@ def masked_softmax(logits, mask=None) -> np.ndarray:
     e = np.exp(np.where(mask, x - row_max, -np.inf))  # exp(-inf) = 0 exactly at masked entries.
     total = e.sum(-1, keepdims=True)
     return np.where(total > 0, e / np.where(total > 0, total, 1.0), 0.0)
+
+
+def sparsemax(logits, mask=None) -> np.ndarray:
+    """Martins & Astudillo eq. 2 over the last axis: argmin_p ||p - z||^2 on the simplex of the valid entries.
+
+    The projection onto the simplex written as in Duchi et al. 2008 (a sort and a scan, one row at a time).
+    Masked entries get exactly 0; rows with no valid entry are all 0.
+    """
+    x = _f64(logits)
+    mask = np.ones(x.shape, bool) if mask is None else np.broadcast_to(np.asarray(mask, bool), x.shape)
+    out = np.zeros_like(x)
+    for index in np.ndindex(x.shape[:-1]):
+        z = x[index][mask[index]]
+        if z.size == 0:
+            continue
+        u = np.sort(z)[::-1]
+        tau = 0.0
+        for k in range(1, z.size + 1):  # the last k with u_k > (sum of the top k - 1) / k
+            candidate = (u[:k].sum() - 1.0) / k
+            if u[k - 1] > candidate:
+                tau = candidate
+        row = np.zeros(x.shape[-1])
+        row[mask[index]] = np.maximum(z - tau, 0.0)
+        out[index] = row
+    return out
+
+
+def entmax(logits, mask=None, alpha: float = 1.5, iterations: int = 200) -> np.ndarray:
+    """Peters et al. eq. 10: p_i = [(alpha - 1) z_i - tau]_+^(1 / (alpha - 1)) with sum p = 1, alpha > 1.
+
+    tau by float64 bisection run to exhaustion (200 halvings), one row at a time. Masked entries get 0; rows
+    with no valid entry are all 0.
+    """
+    x = _f64(logits)
+    mask = np.ones(x.shape, bool) if mask is None else np.broadcast_to(np.asarray(mask, bool), x.shape)
+    out = np.zeros_like(x)
+    for index in np.ndindex(x.shape[:-1]):
+        z = (alpha - 1.0) * x[index][mask[index]]
+        if z.size == 0:
+            continue
+        weights = lambda tau: np.maximum(z - tau, 0.0) ** (1.0 / (alpha - 1.0))
+        low, high = z.max() - 1.0, z.max()  # sum >= 1 at low, 0 at high
+        for _ in range(iterations):
+            mid = 0.5 * (low + high)
+            low, high = (mid, high) if weights(mid).sum() >= 1.0 else (low, mid)
+        row = np.zeros(x.shape[-1])
+        row[mask[index]] = weights(low) / weights(low).sum()
+        out[index] = row
+    return out
+
+
+def attention_pool(inputs, logits, mask=None, normalizer=None):
+    """Raffel & Ellis eqs. 1-2: alpha = normalizer(e) over the valid positions, c = sum_t alpha_t h_t.
+
+    inputs [B, T, D], logits [B, T], mask [B, T]; `normalizer` is a float64 function (default: softmax).
+    Returns (context [B, D], weights [B, T]) in float64; masked inputs are never read.
+    """
+    normalizer = masked_softmax if normalizer is None else normalizer
+    x = _f64(inputs)
+    mask = np.ones(x.shape[:2], bool) if mask is None else np.asarray(mask, bool)
+    weights = normalizer(_f64(logits), mask)
+    context = np.zeros((x.shape[0], x.shape[2]))
+    for b in range(x.shape[0]):
+        for t in np.flatnonzero(mask[b]):
+            context[b] += weights[b, t] * x[b, t]
+    return context, weights
+
+
+def structured_self_attention(inputs, w_s1, w_s2, mask=None):
+    """Lin et al. eq. 6, A = softmax(W_s2 tanh(W_s1 H^T)) over the valid tokens, and M = A H, one sentence at a
+    time. inputs [B, T, D], w_s1 [D, A] (= W_s1^T), w_s2 [A, R] (= W_s2^T). Returns (M [B, R, D], A [B, R, T]).
+    """
+    x = _f64(inputs)
+    mask = np.ones(x.shape[:2], bool) if mask is None else np.asarray(mask, bool)
+    embeddings, weights = [], []
+    for b in range(x.shape[0]):
+        h = x[b][mask[b]]  # [n, D], the valid tokens only
+        a = np.zeros((np.shape(w_s2)[1], x.shape[1]))
+        if len(h):
+            scores = (np.tanh(h @ _f64(w_s1)) @ _f64(w_s2)).T  # [R, n]
+            e = np.exp(scores - scores.max(axis=1, keepdims=True))
+            a[:, mask[b]] = e / e.sum(axis=1, keepdims=True)
+        weights.append(a)
+        embeddings.append(a[:, mask[b]] @ h if len(h) else np.zeros((a.shape[0], x.shape[2])))
+    return np.stack(embeddings), np.stack(weights)
+
+
+def frobenius_penalty(weights) -> np.ndarray:
+    """Lin et al. eq. 8, ||A A^T - I||_F^2 for each [R, T] matrix of `weights` [B, R, T]; 0 for an all-zero A."""
+    out = []
+    for a in _f64(weights):
+        out.append(0.0 if not a.any() else float(np.sum((a @ a.T - np.eye(a.shape[0])) ** 2)))
+    return np.array(out)
 
 
 def local_m_position(batch: int, num_queries: int, offset=0) -> np.ndarray:

@@ -2,7 +2,9 @@
 
 Global (softmax over every valid key) and the local windows of Luong et al. 2015 (arXiv:1508.04025, §3.2):
 local-m, centred on p_t = t, and local-p, centred on a predicted p_t with a Gaussian that favours keys near it.
-Weights are float32 and rows whose keys are all masked are all zero, with zero gradients.
+`normalize` picks the normaliser by name: the softmax or one of the sparse normalisers of `core.sparse`
+(sparsemax, 1.5-entmax). Weights are float32 and rows whose keys are all masked are all zero, with zero
+gradients.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from attention_jax import _checks
+from attention_jax.core import sparse
 
 _F32 = jnp.float32
 
@@ -79,6 +82,38 @@ def masked_softmax(logits: jax.Array, mask: jax.Array | None = None) -> jax.Arra
       TypeError: if logits are not floating or the mask is not boolean.
     """
     return masked_softmax_with_lse(logits, mask)[0]
+
+
+NORMALIZERS = ("softmax", "sparsemax", "entmax15")
+"""The normaliser names `normalize`, `attend` and the xla backend of `dot_product_attention` take."""
+
+
+def normalize(logits: jax.Array, mask: jax.Array | None = None, normalizer: str = "softmax") -> jax.Array:
+    """Attention weights from logits by the named normaliser, over the last axis.
+
+    "softmax": `masked_softmax` (Bahdanau et al. 2014, arXiv:1409.0473, eq. 6). "sparsemax":
+    `sparse.sparsemax` (Martins & Astudillo 2016, arXiv:1602.02068, eq. 2). "entmax15": `sparse.entmax15`
+    (Peters et al. 2019, arXiv:1905.05702, eq. 10, alpha = 1.5). For any other alpha call `sparse.entmax`.
+
+    Args:
+      logits: [..., S] floating.
+      mask: None or bool of exactly the shape of `logits` (True = attend); never broadcast.
+      normalizer: a name in `NORMALIZERS`.
+
+    Returns:
+      weights: [..., S] float32; each row sums to 1 over its valid keys, or is all zero (with zero gradient)
+      if it has none, or when S = 0.
+
+    Raises:
+      ValueError: for an unknown normalizer or a mask shape that differs from the logits shape.
+      TypeError: if logits are not floating or the mask is not boolean.
+    """
+    _checks.choice("normalizer", normalizer, NORMALIZERS)
+    if normalizer == "sparsemax":
+        return sparse.sparsemax(logits, mask)
+    if normalizer == "entmax15":
+        return sparse.entmax15(logits, mask)
+    return masked_softmax(logits, mask)
 
 
 def local_m_position(batch: int, num_queries: int, offset: int | jax.Array = 0) -> jax.Array:

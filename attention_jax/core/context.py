@@ -151,9 +151,9 @@ def _keep_live(x: jax.Array, live: jax.Array) -> jax.Array:
 
 
 def attend_from_logits(
-    logits: jax.Array, value: jax.Array, mask: jax.Array | None = None
+    logits: jax.Array, value: jax.Array, mask: jax.Array | None = None, *, normalizer: str = "softmax"
 ) -> tuple[jax.Array, jax.Array]:
-    """Global attention from precomputed logits: a masked softmax, then the context.
+    """Global attention from precomputed logits: a masked softmax (or another normaliser), then the context.
 
     For callers that compute scores their own way, e.g. a decoder that projects the keys once per sentence
     (Bahdanau et al. 2014, arXiv:1409.0473, eq. 5-6 and A.1.2). Same mask semantics as `attend`: masked
@@ -165,13 +165,14 @@ def attend_from_logits(
       logits: [B, T, S] floating.
       value: [B, S, Dv] floating.
       mask: None, [B, S] or [B, T, S] bool; True = attend.
+      normalizer: a name in `alignment.NORMALIZERS` ("softmax", "sparsemax", "entmax15").
 
     Returns:
       context: [B, T, Dv] in value's dtype (zeros for a row with no valid key, and when S = 0).
       weights: [B, T, S] float32.
 
     Raises:
-      ValueError: if shapes do not fit.
+      ValueError: if shapes do not fit, or for an unknown normalizer.
       TypeError: for non-array or non-floating inputs or a non-boolean mask.
     """
     _checks.rank("logits", logits, 3)
@@ -181,8 +182,9 @@ def attend_from_logits(
     batch, num_queries, num_keys = logits.shape
     if value.shape[:2] != (batch, num_keys):
         raise ValueError(f"logits [B, T, S] and value [B, S, Dv] do not fit: {logits.shape=} {value.shape=}")
+    _checks.choice("normalizer", normalizer, alignment.NORMALIZERS)
     valid = masks.broadcast_key_mask(mask, batch, num_queries, num_keys)
-    weights = alignment.masked_softmax(logits, valid)
+    weights = alignment.normalize(logits, valid, normalizer)
     _, value = zero_unattended(valid, logits, value)
     return weighted_context(weights, value), weights
 
@@ -248,13 +250,16 @@ def attend(
     window: int | None = None,
     query_positions: jax.Array | None = None,
     key_lengths: jax.Array | None = None,
+    normalizer: str = "softmax",
 ) -> tuple[jax.Array, jax.Array]:
     """Attention in three steps: score -> alignment -> context.
 
     score: `scores.compute_score(score, ...)`; alignment: a masked softmax ('global', Luong et al. 2015,
     arXiv:1508.04025 eq. 7), or a local window centred on p_t = t ('local_m', §3.2) or on a predicted p_t with
     a Gaussian ('local_p', eq. 9-10); context: the weighted sum of values (Bahdanau et al. 2014,
-    arXiv:1409.0473 eq. 5).
+    arXiv:1409.0473 eq. 5). `normalizer` swaps the softmax for a sparse normaliser (sparsemax, Martins &
+    Astudillo 2016, arXiv:1602.02068; 1.5-entmax, Peters et al. 2019, arXiv:1905.05702) in every mode; in
+    local-p the Gaussian of eq. 10 then multiplies the sparse weights.
 
     Masking. The keys query t may attend are `mask` AND s < key_lengths[b] (AND, in the local modes, the
     window). A query with no such key gets zero weights and a zero context, with zero gradients. Keys, values
@@ -283,19 +288,21 @@ def attend(
         that attends one step at a time passes its step index.
       key_lengths: None or [B] integer source lengths S_b: keys s >= S_b are masked, in every mode (combined
         with `mask`).
+      normalizer: a name in `alignment.NORMALIZERS` ("softmax", "sparsemax", "entmax15").
 
     Returns:
       context: [B, T, Dv] in value's dtype.
       weights: [B, T, S] float32.
 
     Raises:
-      ValueError: for an unknown score or mode, a missing parameter or window, a zero feature size, or shapes
-        that do not fit.
+      ValueError: for an unknown score, mode or normalizer, a missing parameter or window, a zero feature
+        size, or shapes that do not fit.
       TypeError: for inputs that are not arrays or not floating, a non-boolean mask or non-integer
         positions/lengths, or params that are not a mapping.
     """
     score_spec = scores.get_score(score)
     _checks.choice("mode", mode, MODES)
+    _checks.choice("normalizer", normalizer, alignment.NORMALIZERS)
     value = check_attend_inputs(query, key, value, mask)
     batch, num_queries, _ = query.shape
     num_keys = key.shape[1]
@@ -332,7 +339,7 @@ def attend(
     def tail(query, key, value, params, valid, position):
         query, key, value = zero_unattended(valid, query, key, value)
         logits = scores.compute_score(score, query, key, params)  # [B, T, S]
-        weights = alignment.masked_softmax(logits, valid)
+        weights = alignment.normalize(logits, valid, normalizer)
         if mode == "local_p":
             weights = weights * alignment.gaussian_window(position, num_keys, window / 2.0)
         return weighted_context(weights, value), weights

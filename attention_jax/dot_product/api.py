@@ -28,7 +28,7 @@ import numpy as np
 from absl import logging
 
 from attention_jax import _checks
-from attention_jax.core import masks
+from attention_jax.core import alignment, masks
 from attention_jax.core.masks import AttentionMask
 from attention_jax.dot_product.base import (
     EMPTY_ROW_LSE,
@@ -167,8 +167,12 @@ def _mask_spec(mask: Any, sources: dict[str, Any]) -> AttentionMask:
 
 def _make_call(query, key, value, bias=None, mask=None, *, scale=None, is_causal=False, query_seq_lengths=None,
                key_value_seq_lengths=None, local_window_size=None, segment_ids=None, dropout_rate=0.0,
-               dropout_rng=None, return_weights=False, return_lse=False) -> AttentionCall:
+               dropout_rng=None, return_weights=False, return_lse=False, normalizer="softmax") -> AttentionCall:
     """Checks the arguments once and packs them (raises as `dot_product_attention` documents)."""
+    _checks.choice("normalizer", normalizer, alignment.NORMALIZERS)
+    if normalizer != "softmax" and _checks.flag("return_lse", return_lse):
+        raise ValueError(f"return_lse needs normalizer='softmax': the log-sum-exp is the softmax's normaliser, "
+                         f"{normalizer!r} has none")
     spec = _mask_spec(mask, dict(
         is_causal=is_causal, query_seq_lengths=query_seq_lengths, key_value_seq_lengths=key_value_seq_lengths,
         segment_ids=segment_ids, local_window_size=local_window_size))
@@ -179,7 +183,7 @@ def _make_call(query, key, value, bias=None, mask=None, *, scale=None, is_causal
         raise ValueError(f"dropout_rate={dropout_rate} needs a dropout_rng")
     return AttentionCall(
         query, key, value, bias, spec, masks.attention_scale(scale, query.shape[-1]), dropout_rate, dropout_rng,
-        _checks.flag("return_weights", return_weights), _checks.flag("return_lse", return_lse))
+        _checks.flag("return_weights", return_weights), _checks.flag("return_lse", return_lse), normalizer)
 
 
 def _resolve(implementation: Any) -> Backend | None:
@@ -220,20 +224,26 @@ def supports(implementation: str | Backend, query: Any, key: Any, value: Any, **
         call = _make_call(query, key, value, **kwargs)
     except (ValueError, TypeError) as err:
         return False, f"invalid arguments: {err}"
-    return backend.supports(call)
+    return _backend_supports(backend, call)
+
+
+def _backend_supports(backend: Backend, call: AttentionCall) -> tuple[bool, str]:
+    """backend.supports(call), after the normalizer check every backend shares (a registered function too)."""
+    reason = backend.normalizer_reason(call)
+    return (False, reason) if reason else backend.supports(call)
 
 
 def _choose_backend(implementation: Any, call: AttentionCall) -> Backend:
     backend = _resolve(implementation)
     if backend is not None:
-        ok, reason = backend.supports(call)
+        ok, reason = _backend_supports(backend, call)
         if not ok:
             raise ValueError(f"implementation {implementation!r} cannot run this call: {reason}")
         return backend
     reasons = []
     for name in auto_order(call):
         backend = _lookup(name)
-        ok, reason = backend.supports(call)
+        ok, reason = _backend_supports(backend, call)
         if ok:
             logged = (name, tuple(reasons))
             if logged not in _LOGGED_CHOICES:
@@ -264,6 +274,7 @@ def dot_product_attention(
     dropout_rng: jax.Array | None = None,
     return_weights: bool = False,
     return_lse: bool = False,
+    normalizer: str = "softmax",
 ) -> jax.Array | tuple[jax.Array, jax.Array] | DotProductAttentionOutput:
     """Scaled dot-product attention, softmax(Q K^T * scale + bias) V, over N query and K key/value heads.
 
@@ -329,7 +340,12 @@ def dot_product_attention(
         1 / (1 - rate)).
       dropout_rng: a PRNG key [2] uint32 (or typed key), required when dropout_rate > 0.
       return_weights: a bool; also return the weights.
-      return_lse: a bool; also return the log-sum-exp.
+      return_lse: a bool; also return the log-sum-exp (softmax only).
+      normalizer: "softmax" (eq. 1), or a sparse normaliser that gives keys exactly zero weight: "sparsemax"
+        (Martins & Astudillo 2016, arXiv:1602.02068) or "entmax15" (Peters et al. 2019, arXiv:1905.05702,
+        alpha = 1.5); the names are `attention_jax.core.alignment.NORMALIZERS`. Only "xla" computes the sparse
+        ones (each row's threshold needs all its logits at once); the other backends' `supports` say so, and
+        None picks "xla". Rows with no valid key still give zeros.
 
     Returns:
       output: [B, T, N, H] in the query dtype, when no return_* flag is set. With `return_residual`, jax.nn's
@@ -342,7 +358,8 @@ def dot_product_attention(
       ValueError: for wrong ranks; B, S, K or H that differ between query, key and value; N % K != 0; H = 0;
         mask, bias, lengths or segment id shapes that do not fit; a bad local window, scale or dropout rate;
         dropout without an rng; mask sources given both in an AttentionMask and as keywords; return_residual
-        with return_weights/return_lse; an unknown implementation or one that does not support the call.
+        with return_weights/return_lse; an unknown normalizer, or return_lse/return_residual with one other
+        than the softmax; an unknown implementation or one that does not support the call.
       TypeError: for arguments that are not arrays (e.g. Python lists), non-floating query/key/value/bias, a
         non-boolean mask, non-integer lengths or ids, flags that are not bools, or an implementation that is
         neither a name, a Backend nor None.
@@ -351,7 +368,10 @@ def dot_product_attention(
     call = _make_call(
         query, key, value, bias, mask, scale=scale, is_causal=is_causal, query_seq_lengths=query_seq_lengths,
         key_value_seq_lengths=key_value_seq_lengths, local_window_size=local_window_size, segment_ids=segment_ids,
-        dropout_rate=dropout_rate, dropout_rng=dropout_rng, return_weights=return_weights, return_lse=return_lse)
+        dropout_rate=dropout_rate, dropout_rng=dropout_rng, return_weights=return_weights, return_lse=return_lse,
+        normalizer=normalizer)
+    if return_residual and normalizer != "softmax":
+        raise ValueError(f"return_residual returns the softmax's lse; normalizer={normalizer!r} has none")
     if return_residual and (call.return_weights or call.return_lse):
         raise ValueError("return_residual (jax.nn's) cannot be combined with return_weights or return_lse")
     if return_residual:

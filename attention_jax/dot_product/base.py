@@ -9,7 +9,7 @@ checks nothing again.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -60,6 +60,8 @@ class AttentionCall(NamedTuple):
       scale: the logit scale (a Python float).
       dropout_rate: a Python float in [0, 1). dropout_rng: a PRNG key or None.
       return_weights, return_lse: what the caller asked for besides the output.
+      normalizer: the name of the function that turns logits into weights, one of
+        `attention_jax.core.alignment.NORMALIZERS`; only backends whose `normalizers` list it may run the call.
     """
 
     query: Any
@@ -72,6 +74,7 @@ class AttentionCall(NamedTuple):
     dropout_rng: Any = None
     return_weights: bool = False
     return_lse: bool = False
+    normalizer: str = "softmax"
 
 
 # (output [B, T, N, H] query dtype, weights [B, N, T, S] float32 or None, lse [B, N, T] float32 or None).
@@ -87,11 +90,21 @@ class Backend:
     """
 
     name: str = ""
+    # The normalisers (alignment.NORMALIZERS) this backend computes, and why it computes no other.
+    normalizers: ClassVar[tuple[str, ...]] = ("softmax",)
+    softmax_only_reason: ClassVar[str] = "computes the softmax only"
 
     def __call__(self, call: AttentionCall) -> BackendOutput:
         """Runs the checked call. Must return weights when call.return_weights and lse when call.return_lse,
         and give rows with no valid key a zero output, zero weights and EMPTY_ROW_LSE."""
         raise NotImplementedError
+
+    def normalizer_reason(self, call: AttentionCall) -> str:
+        """'' when this backend computes `call.normalizer`, else the sentence that says why it does not."""
+        if call.normalizer in self.normalizers:
+            return ""
+        return (f"normalizer={call.normalizer!r}: {self.name or type(self).__name__} {self.softmax_only_reason}; "
+                f"implementation='xla' takes every normalizer")
 
     def supports(self, call: AttentionCall) -> tuple[bool, str]:
         """(ok, reason): whether this backend can run the call; reason is '' when ok. Cheap, never raises.

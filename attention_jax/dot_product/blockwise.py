@@ -282,6 +282,9 @@ class BlockwiseBackend(Backend):
 
     block_k: int = 512
     name = "blockwise"
+    softmax_only_reason = (
+        "merges key blocks through a running max and sum (the online softmax); sparsemax and entmax need each "
+        "row's threshold tau over all of its logits at once")
 
     def __post_init__(self):
         _checks.positive_int("block_k", self.block_k)
@@ -292,6 +295,9 @@ class BlockwiseBackend(Backend):
         return output, weights, lse
 
     def supports(self, call: AttentionCall) -> tuple[bool, str]:
+        reason = self.normalizer_reason(call)
+        if reason:
+            return False, reason
         if call.dropout_rate > 0.0:
             return False, "blockwise has no attention dropout"
         return True, ""

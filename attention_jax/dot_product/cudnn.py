@@ -22,6 +22,7 @@ class CudnnBackend(Backend):
     """The "cudnn" backend: jax.nn's cuDNN flash attention (NVIDIA GPUs, bfloat16/float16)."""
 
     name = "cudnn"
+    softmax_only_reason = "runs cuDNN's fused kernel, whose normaliser is the softmax"
 
     def __call__(self, call: AttentionCall) -> BackendOutput:
         mask = call.mask
@@ -42,6 +43,9 @@ class CudnnBackend(Backend):
         return output, None, None
 
     def supports(self, call: AttentionCall) -> tuple[bool, str]:
+        reason = self.normalizer_reason(call)
+        if reason:
+            return False, reason
         platform = device_platform()
         if platform != "gpu":
             return False, f"cuDNN needs an NVIDIA GPU, this is {platform!r}"

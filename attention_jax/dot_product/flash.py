@@ -51,6 +51,9 @@ class FlashBackend(Backend):
     block_sizes: BlockSizes | None = None
     kernel: str | None = None
     name = "flash"
+    softmax_only_reason = (
+        "is a Pallas kernel that merges key blocks through a running max and sum (the online softmax); "
+        "sparsemax and entmax need each row's threshold tau over all of its logits at once")
 
     def __post_init__(self):
         if self.kernel is not None and self.kernel not in KERNELS:
@@ -70,6 +73,9 @@ class FlashBackend(Backend):
         return output, weights, lse
 
     def supports(self, call: AttentionCall) -> tuple[bool, str]:
+        reason = self.normalizer_reason(call)
+        if reason:
+            return False, reason
         if self.interpret is False:
             platform = device_platform()
             if platform not in ("gpu", "tpu"):

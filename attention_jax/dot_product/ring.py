@@ -300,6 +300,8 @@ class RingBackend(Backend):
     inner: Any = "blockwise"
     load_balance: bool = True
     name = "ring"
+    softmax_only_reason = (
+        "merges the shards' partial results through their log-sum-exp, which only the softmax has")
     sequence_parallel = True
 
     def __post_init__(self):
@@ -323,6 +325,9 @@ class RingBackend(Backend):
                                 call.key.shape[2])
 
     def supports(self, call: AttentionCall) -> tuple[bool, str]:
+        reason = self.normalizer_reason(call)
+        if reason:
+            return False, reason
         lay, reason = self._layout(call)
         if lay is None:
             return False, reason

@@ -60,6 +60,8 @@ class UlyssesBackend(Backend):
     head_axes: tuple = ("model",)
     inner: Any = "blockwise"
     name = "ulysses"
+    softmax_only_reason = (
+        "gathers partial results through the inner backend's log-sum-exp, which only the softmax has")
     sequence_parallel = True
 
     def __post_init__(self):
@@ -79,6 +81,9 @@ class UlyssesBackend(Backend):
         return lay, reason
 
     def supports(self, call: AttentionCall) -> tuple[bool, str]:
+        reason = self.normalizer_reason(call)
+        if reason:
+            return False, reason
         lay, reason = self._layout(call)
         if lay is None:
             return False, reason
