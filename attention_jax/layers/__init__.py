@@ -8,6 +8,9 @@
   weighted.py    Weighted Transformer branch attention (arXiv:1711.02132).
   head_gates.py  Hard Concrete head gates for pruning (arXiv:1905.09418).
   aaren.py       attention as a prefix-scan RNN (arXiv:2405.13956).
+  feedforward.py feed-forward attention pooling (arXiv:1512.08756) and Yang et al.'s context-vector form.
+  structured.py  structured self-attention, r hops with the ||AA^T - I|| penalty (arXiv:1703.03130).
+  nadaraya_watson.py  Nadaraya-Watson kernel regression as attention, with a learned bandwidth.
 
 Layers import `attention_jax.core` and `attention_jax.dot_product`, never `attention_jax.models`.
 """
