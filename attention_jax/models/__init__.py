@@ -5,5 +5,6 @@
   transformer_xl.py  the Transformer-XL language model with segment memories (arXiv:1901.02860).
   lm.py              a decoder-only causal Transformer LM (RoPE, pre-LN): the long-context, sequence-parallel model.
   convs2s.py         the convolutional sequence-to-sequence model (arXiv:1705.03122).
+  han.py             hierarchical attention networks for documents, HN-ATT / HN-AVE / HN-MAX (N16-1174).
   decoding.py        greedy and beam-search decoding over the step-function protocol every model implements.
 """

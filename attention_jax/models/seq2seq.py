@@ -51,7 +51,7 @@ CELLS = ("lstm", "gru")
 # ----------------------------------------------------------------------------------------------
 
 
-def _make_cell(cell: str, features: int, name: str | None = None) -> nn.RNNCellBase:
+def make_cell(cell: str, features: int, name: str | None = None) -> nn.RNNCellBase:
     """An LSTM or GRU cell with flax's default initializers, boxed with logical axes.
 
     Input kernels [Din, H] and recurrent kernels [H, H] shard their output (the state, "mlp") only: Din is the
@@ -122,13 +122,13 @@ class Encoder(nn.Module):
             if self.bidirectional:
                 layers.append(
                     nn.Bidirectional(
-                        nn.RNN(_make_cell(self.cell, self.hidden_size)),
-                        nn.RNN(_make_cell(self.cell, self.hidden_size)),
+                        nn.RNN(make_cell(self.cell, self.hidden_size)),
+                        nn.RNN(make_cell(self.cell, self.hidden_size)),
                         return_carry=True,
                     )
                 )
             else:
-                layers.append(nn.RNN(_make_cell(self.cell, self.hidden_size), return_carry=True))
+                layers.append(nn.RNN(make_cell(self.cell, self.hidden_size), return_carry=True))
         self.layers = layers
         self.dropout = nn.Dropout(self.dropout_rate)
 
@@ -201,7 +201,7 @@ class DecoderCell(nn.Module):
 
     def setup(self):
         self.embed = nn.Embed(self.vocab_size, self.embed_dim, embedding_init=axes.embed_init())
-        self.rnn = [_make_cell(self.cell, self.hidden_size) for _ in range(self.num_layers)]
+        self.rnn = [make_cell(self.cell, self.hidden_size) for _ in range(self.num_layers)]
         self.dropout = nn.Dropout(self.dropout_rate)
         if self.attention == "bahdanau":
             self.attn = BahdanauAttention(self.attention_features or self.hidden_size)

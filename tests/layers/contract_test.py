@@ -1,9 +1,11 @@
 """Every attention layer of attention_jax.layers through the layer contract suite (tests/layers/contract.py).
 
 One small subclass per layer configuration: BahdanauAttention (plain and with cached projected keys),
-LuongAttention (every mode x every score), MultiHeadAttention (self, cross, GQA, RoPE, ALiBi,
-Shaw, d_k != d_v), RelativeMultiHeadAttention, MultiStepAttention, WeightedBranchAttention, GatedMultiHeadAttention and
-Aaren. Tiny sizes (B=2, T=5, S=6, D=8) keep the file fast; the models are in tests/models/contract_test.py.
+LuongAttention (every mode x every score), MultiHeadAttention (self, cross, GQA, RoPE, ALiBi, Shaw,
+d_k != d_v), RelativeMultiHeadAttention, MultiStepAttention, WeightedBranchAttention, GatedMultiHeadAttention,
+Aaren, the pooling attentions (FeedForwardAttention in both forms, StructuredSelfAttention), NadarayaWatson and
+the HierarchicalAttentionNetwork classifier. Tiny sizes (B=2, T=5, S=6, D=8) keep the file fast; the
+encoder-decoder models are in tests/models/contract_test.py.
 """
 
 from __future__ import annotations
@@ -19,10 +21,14 @@ from absl.testing import absltest
 from attention_jax.layers import aaren as aaren_lib
 from attention_jax.layers import luong as luong_lib
 from attention_jax.layers.bahdanau import BahdanauAttention
+from attention_jax.layers.feedforward import FeedForwardAttention
 from attention_jax.layers.head_gates import GatedMultiHeadAttention
 from attention_jax.layers.multihead import MultiHeadAttention
 from attention_jax.layers.multistep import MultiStepAttention
+from attention_jax.layers.nadaraya_watson import NadarayaWatson
 from attention_jax.layers.relative import RelativeMultiHeadAttention
+from attention_jax.layers.structured import StructuredSelfAttention
+from attention_jax.models.han import HierarchicalAttentionNetwork
 from attention_jax.layers.weighted import WeightedBranchAttention
 from tests.layers import contract
 from tests.layers.contract import Poison
@@ -413,6 +419,112 @@ class AarenContractTest(contract.LayerContract):
             ("x of rank 2", {**inputs, "x": inputs["x"][:, 0]}, ("x", (B, D))),
             ("mask of another length", {**inputs, "mask": inputs["mask"][:, :-1]}, ("mask", (B, S - 1))),
         ]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Attention pooling: one vector (or R) per sequence, from the sequence itself.
+
+NO_STEP_POOL = ("{name} pools a whole sequence into one summary, with no query that advances by steps, so it has "
+                "no decoding step")
+
+
+class _Pooling(contract.LayerContract):
+    """Layers called as (inputs [B, T, D], mask [B, T]); their keys and values are the inputs."""
+
+    SKIP = {"masked_inputs": "its keys and values are its raw inputs, which test_masked_never_leak_keys poisons"}
+
+    def setUp(self):
+        self.SKIP = {**self.SKIP, "step": NO_STEP_POOL.format(name=type(self).__name__)}
+        super().setUp()
+
+    def make_inputs(self, rng):
+        return dict(inputs=_normal(rng, B, S, D), mask=_valid(KEY_LENGTHS, S))
+
+    def masked_keys(self, inputs):
+        return [Poison("inputs", ~inputs["mask"][..., None])]
+
+    def bad_inputs(self, inputs):
+        x, mask = inputs["inputs"], inputs["mask"]
+        return [
+            ("inputs of rank 2", {**inputs, "inputs": x[:, 0]}, ("inputs", (B, D))),
+            ("mask of another length", {**inputs, "mask": mask[:, :-1]}, ("mask", (B, S - 1))),
+            ("mask of another batch", {**inputs, "mask": mask[:1]}, ("mask", (1, S))),
+        ]
+
+
+class FeedForwardAttentionContractTest(_Pooling):
+    def make_module(self):
+        return FeedForwardAttention()
+
+
+class FeedForwardAttentionContextVectorContractTest(_Pooling):
+    def make_module(self):
+        return FeedForwardAttention(hidden_dim=4, normalizer="sparsemax")
+
+
+class StructuredSelfAttentionContractTest(_Pooling):
+    def make_module(self):
+        return StructuredSelfAttention(hops=3, hidden_dim=4, normalizer="entmax15")
+
+
+class NadarayaWatsonContractTest(contract.LayerContract):
+    """Parametric Nadaraya-Watson: queries [B, T, F] attend to (keys [B, S, F], values [B, S, Dv])."""
+
+    SKIP = {"masked_inputs": "its keys and values are its raw inputs, which test_masked_never_leak_keys poisons",
+            "step": "NadarayaWatson predicts every query independently from fixed (key, value) pairs: there is "
+                    "no state to step"}
+
+    def make_module(self):
+        return NadarayaWatson(kernel="epanechnikov", init_bandwidth=3.0)
+
+    def make_inputs(self, rng):
+        return dict(queries=_normal(rng, B, T, 2), keys=_normal(rng, B, S, 2), values=_normal(rng, B, S, 3),
+                    mask=_valid(KEY_LENGTHS, S))
+
+    def masked_keys(self, inputs):
+        dead = ~inputs["mask"][..., None]
+        return [Poison("keys", dead), Poison("values", dead)]
+
+    def bad_inputs(self, inputs):
+        return [
+            ("values of another length", {**inputs, "values": inputs["values"][:, :-1]}, ("values", (B, S - 1, 3))),
+            ("queries of another width", {**inputs, "queries": inputs["queries"][..., :1]}, ("queries", (B, T, 1))),
+            ("mask of another length", {**inputs, "mask": inputs["mask"][:, :-1]}, ("mask", (B, S - 1))),
+        ]
+
+
+class HierarchicalAttentionNetworkContractTest(contract.LayerContract):
+    """HAN over token ids [B, L, W] (0 = padding): padded words, an empty sentence, a padded sentence."""
+
+    SKIP = {"step": "HierarchicalAttentionNetwork classifies whole documents: there is no decoding step"}
+
+    def make_module(self):
+        return HierarchicalAttentionNetwork(vocab_size=11, num_classes=3, embed_dim=4, hidden_size=3,
+                                            attention_dim=4)
+
+    def make_inputs(self, rng):
+        tokens = rng.integers(1, 11, (B, 4, 5)).astype(np.int32)
+        tokens[0, 1, 3:] = 0
+        tokens[1, 1] = 0  # an empty sentence between two real ones
+        tokens[1, 3] = 0  # a padded sentence
+        tokens[1, 2, 2:] = 0
+        return dict(tokens=jnp.asarray(tokens))
+
+    def _dead_words(self, inputs):
+        tokens = inputs["tokens"]
+        return (tokens == 0).reshape(-1, tokens.shape[-1])[..., None]  # [B L, W, 1]
+
+    def masked_keys(self, inputs):
+        empty = ~jnp.any(inputs["tokens"] != 0, axis=-1)[..., None]  # [B, L, 1]
+        return [Poison(module="word_encoder", dead=self._dead_words(inputs)),
+                Poison(module="sentence_encoder", dead=empty)]
+
+    def masked_inputs(self, inputs):
+        return [Poison(module="embed", dead=self._dead_words(inputs))]
+
+    def bad_inputs(self, inputs):
+        tokens = inputs["tokens"]
+        return [("tokens of rank 2", {"tokens": tokens[:, 0]}, ("tokens", (B, 5)))]
 
 
 # ----------------------------------------------------------------------------------------------------------
