@@ -24,11 +24,24 @@ import jax.numpy as jnp
 
 from attention_jax import _checks
 
-__all__ = ["chunk_max_pool", "dynamic_k", "kmax_pool", "max_pool", "mean_pool", "stochastic_pool", "sum_pool"]
+__all__ = ["chunk_max_pool", "dynamic_k", "kmax_pool", "masked_sequence", "max_pool", "mean_pool", "stochastic_pool",
+           "sum_pool"]
 
 
-def _check(inputs, mask) -> tuple[jax.Array, jax.Array]:
-    """Checks inputs [B, T, D] and mask [B, T]; returns (inputs with masked rows zeroed, mask)."""
+def masked_sequence(inputs: jax.Array, mask: jax.Array | None) -> tuple[jax.Array, jax.Array]:
+    """Checks a padded sequence and zeroes its masked positions: what every pooling does first.
+
+    Args:
+      inputs: [B, T, D] floating.
+      mask: None or [B, T] bool, True = a real position.
+
+    Returns:
+      (inputs with masked positions set to 0, so NaN stored there reaches nothing; the mask, all True for None).
+
+    Raises:
+      ValueError: if inputs are not rank 3 or the mask is not [B, T].
+      TypeError: if inputs are not floating or the mask is not boolean.
+    """
     _checks.rank("inputs", inputs, 3)
     _checks.floating("inputs", inputs)
     inputs = jnp.asarray(inputs)
@@ -57,7 +70,7 @@ def sum_pool(inputs: jax.Array, mask: jax.Array | None = None) -> jax.Array:
       ValueError: if inputs are not rank 3 or the mask is not [B, T].
       TypeError: if inputs are not floating or the mask is not boolean.
     """
-    inputs, _ = _check(inputs, mask)
+    inputs, _ = masked_sequence(inputs, mask)
     return jnp.sum(inputs, axis=1)
 
 
@@ -75,7 +88,7 @@ def mean_pool(inputs: jax.Array, mask: jax.Array | None = None) -> jax.Array:
       ValueError: if inputs are not rank 3 or the mask is not [B, T].
       TypeError: if inputs are not floating or the mask is not boolean.
     """
-    inputs, mask = _check(inputs, mask)
+    inputs, mask = masked_sequence(inputs, mask)
     count = jnp.sum(mask, axis=1, keepdims=True).astype(jnp.float32)  # [B, 1]
     total = jnp.sum(inputs.astype(jnp.float32), axis=1)
     return (total / jnp.maximum(count, 1.0)).astype(inputs.dtype)
@@ -95,7 +108,7 @@ def max_pool(inputs: jax.Array, mask: jax.Array | None = None) -> jax.Array:
       ValueError: if inputs are not rank 3 or the mask is not [B, T].
       TypeError: if inputs are not floating or the mask is not boolean.
     """
-    inputs, mask = _check(inputs, mask)
+    inputs, mask = masked_sequence(inputs, mask)
     if inputs.shape[1] == 0:
         return jnp.zeros((inputs.shape[0], inputs.shape[2]), inputs.dtype)
     lowest = jnp.finfo(inputs.dtype).min
@@ -148,7 +161,7 @@ def kmax_pool(inputs: jax.Array, k: int, mask: jax.Array | None = None) -> jax.A
       TypeError: if inputs are not floating or the mask is not boolean.
     """
     k = _checks.int_at_least("k", k, 1)
-    inputs, mask = _check(inputs, mask)
+    inputs, mask = masked_sequence(inputs, mask)
     batch, length, features = inputs.shape
     if length < k:  # pad with invalid positions so that top_k has k candidates
         inputs = jnp.pad(inputs, ((0, 0), (0, k - length), (0, 0)))
@@ -188,7 +201,7 @@ def chunk_max_pool(inputs: jax.Array, num_chunks: int, mask: jax.Array | None = 
       TypeError: if inputs are not floating or the mask is not boolean.
     """
     num_chunks = _checks.int_at_least("num_chunks", num_chunks, 1)
-    inputs, mask = _check(inputs, mask)
+    inputs, mask = masked_sequence(inputs, mask)
     count = jnp.sum(mask, axis=1, keepdims=True)  # [B, 1]
     rank = jnp.cumsum(mask, axis=1) - 1  # [B, T], rank among the valid positions
     chunk = (rank * num_chunks) // jnp.maximum(count, 1)  # [B, T]
@@ -233,7 +246,7 @@ def stochastic_pool(
     deterministic = _checks.flag("deterministic", deterministic)
     if not deterministic and rng is None:
         raise ValueError("stochastic_pool with deterministic=False samples positions: pass rng=a PRNG key")
-    inputs, mask = _check(inputs, mask)
+    inputs, mask = masked_sequence(inputs, mask)
     batch, length, features = inputs.shape
     regions = -(-length // window)
     pad = regions * window - length

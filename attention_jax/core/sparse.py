@@ -55,6 +55,12 @@ def _support_jvp(weights: jax.Array, gain: jax.Array, tangent: jax.Array) -> jax
     return gt - gain * jnp.sum(gt, axis=-1, keepdims=True) / safe
 
 
+def _centred(x: jax.Array, valid: jax.Array) -> jax.Array:
+    """x minus its largest valid entry (which moves only tau), with invalid entries set to 0."""
+    top = jnp.max(jnp.where(valid, x, jnp.finfo(_F32).min), axis=-1, keepdims=True)
+    return jnp.where(valid, x - top, 0.0)
+
+
 def _sorted_valid(z: jax.Array, valid: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Valid logits sorted in descending order (invalid ones last, as 0), the valid flags and ranks 1..S."""
     floor = jnp.finfo(_F32).min
@@ -67,8 +73,7 @@ def _sorted_valid(z: jax.Array, valid: jax.Array) -> tuple[jax.Array, jax.Array,
 
 @jax.custom_jvp
 def _sparsemax(z: jax.Array, valid: jax.Array) -> jax.Array:
-    z = z - jnp.max(jnp.where(valid, z, jnp.finfo(_F32).min), axis=-1, keepdims=True)  # only shifts tau
-    z = jnp.where(valid, z, 0.0)
+    z = _centred(z, valid)
     z_sorted, in_range, rank = _sorted_valid(z, valid)
     cumulative = jnp.cumsum(z_sorted, axis=-1)  # [..., S]
     # Algorithm 1: k(z) = max{k : 1 + k z_(k) > sum_{j <= k} z_(j)}, over the valid keys only.
@@ -89,9 +94,7 @@ def _sparsemax_jvp(primals, tangents):
 
 @jax.custom_jvp
 def _entmax15(z: jax.Array, valid: jax.Array) -> jax.Array:
-    x = 0.5 * z  # (alpha - 1) z with alpha = 1.5
-    x = x - jnp.max(jnp.where(valid, x, jnp.finfo(_F32).min), axis=-1, keepdims=True)
-    x = jnp.where(valid, x, 0.0)
+    x = _centred(0.5 * z, valid)  # (alpha - 1) z with alpha = 1.5
     x_sorted, in_range, rank = _sorted_valid(x, valid)
     # Algorithm 2: with the top rho entries, tau(rho) = mean - sqrt((1 - rho * variance) / rho); the support
     # is the largest rho whose tau(rho) <= x_(rho).
@@ -115,8 +118,7 @@ def _entmax15_jvp(primals, tangents):
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
 def _entmax_bisect(z: jax.Array, valid: jax.Array, alpha: float, n_iter: int) -> jax.Array:
-    x = (alpha - 1.0) * z
-    x = jnp.where(valid, x - jnp.max(jnp.where(valid, x, jnp.finfo(_F32).min), axis=-1, keepdims=True), 0.0)
+    x = _centred((alpha - 1.0) * z, valid)
     count = jnp.maximum(jnp.sum(valid, axis=-1, keepdims=True), 1).astype(_F32)
     power = 1.0 / (alpha - 1.0)
 

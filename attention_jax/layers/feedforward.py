@@ -24,15 +24,18 @@ import jax
 import jax.numpy as jnp
 
 from attention_jax import _checks
-from attention_jax.core import alignment, axes
+from attention_jax.core import alignment, axes, pooling
 
 __all__ = ["FeedForwardAttention", "attention_pool", "check_pool_inputs"]
 
 _F32 = jnp.float32
 
 
-def check_pool_inputs(inputs: Any, mask: Any) -> None:
-    """Checks inputs [B, T, D] (floating, D >= 1) and mask None or [B, T] bool; raises before any compute.
+def check_pool_inputs(inputs: Any, mask: Any) -> tuple[jax.Array, jax.Array]:
+    """`pooling.masked_sequence` (inputs [B, T, D] floating, mask None or [B, T] bool), plus D >= 1.
+
+    Returns:
+      (inputs with masked positions zeroed, the mask [B, T], all True for None).
 
     Raises:
       ValueError: if inputs are not rank 3, D = 0, or the mask is not [B, T].
@@ -42,11 +45,14 @@ def check_pool_inputs(inputs: Any, mask: Any) -> None:
     _checks.floating("inputs", inputs)
     if inputs.shape[-1] == 0:
         raise ValueError(f"inputs need at least one feature, got {inputs.shape=}")
-    if mask is not None:
-        _checks.boolean("mask", mask)
-        if jnp.shape(mask) != inputs.shape[:2]:
-            raise ValueError(f"mask must be [B, T] = {inputs.shape[:2]} for inputs [B, T, D], got "
-                             f"{jnp.shape(mask)=} {inputs.shape=}")
+    return pooling.masked_sequence(inputs, mask)
+
+
+def _pool(clean: jax.Array, logits: jax.Array, mask: jax.Array, normalizer: str) -> tuple[jax.Array, jax.Array]:
+    """Eqs. 1-2 on checked inputs whose masked positions are already zero."""
+    weights = alignment.normalize(logits, mask, normalizer)  # [B, T]
+    context = jnp.einsum("BT,BTD->BD", weights, clean.astype(_F32))
+    return context.astype(clean.dtype), weights
 
 
 def attention_pool(
@@ -71,16 +77,12 @@ def attention_pool(
       ValueError: for shapes that do not fit (named in the message) or an unknown normalizer.
       TypeError: for non-floating inputs or logits, or a non-boolean mask.
     """
-    check_pool_inputs(inputs, mask)
+    clean, mask = check_pool_inputs(inputs, mask)
     _checks.floating("logits", logits)
-    if jnp.shape(logits) != inputs.shape[:2]:
-        raise ValueError(f"logits must be [B, T] = {inputs.shape[:2]}, got {jnp.shape(logits)=} {inputs.shape=}")
+    if jnp.shape(logits) != clean.shape[:2]:
+        raise ValueError(f"logits must be [B, T] = {clean.shape[:2]}, got {jnp.shape(logits)=} {clean.shape=}")
     _checks.choice("normalizer", normalizer, alignment.NORMALIZERS)
-    if mask is not None:
-        inputs = jnp.where(mask[:, :, None], inputs, jnp.zeros((), inputs.dtype))
-    weights = alignment.normalize(logits, mask, normalizer)  # [B, T]
-    context = jnp.einsum("BT,BTD->BD", weights, inputs.astype(_F32))
-    return context.astype(inputs.dtype), weights
+    return _pool(clean, logits, mask, normalizer)
 
 
 class FeedForwardAttention(nn.Module):
@@ -126,19 +128,17 @@ class FeedForwardAttention(nn.Module):
           TypeError: for non-floating inputs or a non-boolean mask.
         """
         self._check_config()
-        check_pool_inputs(inputs, mask)
-        features = inputs.shape[-1]
-        clean = inputs if mask is None else jnp.where(mask[:, :, None], inputs, jnp.zeros((), inputs.dtype))
+        clean, mask = check_pool_inputs(inputs, mask)
+        features = clean.shape[-1]
+        vector_init = lambda key, shape, dtype: self.kernel_init(key, shape + (1,), dtype)[..., 0]  # a [n, 1] kernel
         if self.hidden_dim is None:
-            w = self.param("w", axes.partitioned(lambda k, s, d: self.kernel_init(k, s + (1,), d)[..., 0],
-                                                 (axes.EMBED,)), (features,), self.param_dtype)
+            w = self.param("w", axes.partitioned(vector_init, (axes.EMBED,)), (features,), self.param_dtype)
             b = self.param("b", axes.partitioned(nn.initializers.zeros_init(), ()), (), self.param_dtype)
             logits = jnp.tanh(jnp.einsum("BTD,D->BT", clean.astype(_F32), w.astype(_F32)) + b)  # [B, T]
         else:
             hidden = nn.Dense(self.hidden_dim, dtype=self.dtype, param_dtype=self.param_dtype, name="W",
                               **axes.dense_inits(axes.EMBED, axes.MLP, kernel_init=self.kernel_init))(clean)
             hidden = axes.constrain(jnp.tanh(hidden.astype(_F32)), (axes.BATCH, axes.LENGTH, axes.MLP))  # [B,T,A]
-            u = self.param("u", axes.partitioned(lambda k, s, d: self.kernel_init(k, s + (1,), d)[..., 0],
-                                                 (axes.MLP,)), (self.hidden_dim,), self.param_dtype)
+            u = self.param("u", axes.partitioned(vector_init, (axes.MLP,)), (self.hidden_dim,), self.param_dtype)
             logits = jnp.einsum("BTA,A->BT", hidden, u.astype(_F32))  # [B, T]
-        return attention_pool(inputs, logits, mask, normalizer=self.normalizer)
+        return _pool(clean, logits, mask, self.normalizer)

@@ -84,18 +84,19 @@ def nadaraya_watson(
         _checks.positive_real("bandwidth", bandwidth)
     queries, keys, values, valid = _check(queries, keys, values, mask)
     if valid is not None:
-        keys = jnp.where(jnp.any(valid, axis=1)[:, :, None], keys, jnp.zeros((), keys.dtype))
-        values = jnp.where(jnp.any(valid, axis=1)[:, :, None], values, jnp.zeros((), values.dtype))
+        used = jnp.any(valid, axis=1)[:, :, None]  # [B, S, 1]: keys some query may use
+        keys = jnp.where(used, keys, jnp.zeros((), keys.dtype))
+        values = jnp.where(used, values, jnp.zeros((), values.dtype))
     diff = queries.astype(_F32)[:, :, None, :] - keys.astype(_F32)[:, None, :, :]  # [B, T, S, F]
     sq = jnp.sum(diff * diff, axis=-1) / jnp.square(jnp.asarray(bandwidth, _F32))  # u^2, [B, T, S]
+    support = None  # the Gaussian's is everywhere
     if kernel == "gaussian":
         logits = -0.5 * sq
-        support = None
-    else:
-        support = sq <= 1.0
-        inside = jnp.where(support, 1.0 - sq, 1.0)  # the Epanechnikov factor where defined (1 elsewhere)
-        logits = jnp.zeros_like(sq) if kernel == "boxcar" else jnp.log(jnp.maximum(inside, 1e-30))
-        support = support & (sq < 1.0) if kernel == "epanechnikov" else support  # K(1) = 0
+    elif kernel == "boxcar":
+        support, logits = sq <= 1.0, jnp.zeros_like(sq)
+    else:  # Epanechnikov: K = 3/4 (1 - u^2) is 0 at u = 1 already; log K up to the constant 3/4
+        support = sq < 1.0
+        logits = jnp.log(jnp.where(support, 1.0 - sq, 1.0))
     allowed = valid if support is None else (support if valid is None else valid & support)
     weights = alignment.masked_softmax(logits, allowed)
     prediction = jnp.einsum("BTS,BSD->BTD", weights, values.astype(_F32))

@@ -57,7 +57,7 @@ def structured_self_attention(
       ValueError: for shapes that do not fit (named in the message) or an unknown normalizer.
       TypeError: for non-floating inputs or weights, or a non-boolean mask.
     """
-    check_pool_inputs(inputs, mask)
+    inputs, mask = check_pool_inputs(inputs, mask)  # masked tokens zeroed
     _checks.rank("w_s1", w_s1, 2)
     _checks.rank("w_s2", w_s2, 2)
     _checks.floating("w_s1", w_s1)
@@ -66,12 +66,9 @@ def structured_self_attention(
         raise ValueError(f"w_s1 must be [D, A] and w_s2 [A, R] for inputs [B, T, D]: {inputs.shape=} "
                          f"{w_s1.shape=} {w_s2.shape=}")
     _checks.choice("normalizer", normalizer, alignment.NORMALIZERS)
-    if mask is not None:
-        inputs = jnp.where(mask[:, :, None], inputs, jnp.zeros((), inputs.dtype))
     hidden = jnp.tanh(jnp.einsum("BTD,DA->BTA", inputs.astype(_F32), w_s1.astype(_F32)))  # [B, T, A]
     logits = jnp.einsum("BTA,AR->BRT", hidden, w_s2.astype(_F32))  # [B, R, T]
-    valid = None if mask is None else jnp.broadcast_to(mask[:, None, :], logits.shape)
-    weights = alignment.normalize(logits, valid, normalizer)  # [B, R, T]
+    weights = alignment.normalize(logits, jnp.broadcast_to(mask[:, None, :], logits.shape), normalizer)  # [B, R, T]
     embedding = jnp.einsum("BRT,BTD->BRD", weights, inputs.astype(_F32))
     return embedding.astype(inputs.dtype), weights
 
