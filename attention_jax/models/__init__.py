@@ -6,5 +6,7 @@
   lm.py              a decoder-only causal Transformer LM (RoPE, pre-LN): the long-context, sequence-parallel model.
   convs2s.py         the convolutional sequence-to-sequence model (arXiv:1705.03122).
   han.py             hierarchical attention networks for documents, HN-ATT / HN-AVE / HN-MAX (N16-1174).
+  text_classifiers.py  TextCNN (arXiv:1408.5882) and a BiLSTM classifier, pooled by max, k-max, chunk-max, mean,
+                     last state, feed-forward attention or structured self-attention.
   decoding.py        greedy and beam-search decoding over the step-function protocol every model implements.
 """

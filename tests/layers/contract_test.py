@@ -4,7 +4,7 @@ One small subclass per layer configuration: BahdanauAttention (plain and with ca
 LuongAttention (every mode x every score), MultiHeadAttention (self, cross, GQA, RoPE, ALiBi, Shaw,
 d_k != d_v), RelativeMultiHeadAttention, MultiStepAttention, WeightedBranchAttention, GatedMultiHeadAttention,
 Aaren, the pooling attentions (FeedForwardAttention in both forms, StructuredSelfAttention), NadarayaWatson and
-the HierarchicalAttentionNetwork classifier. Tiny sizes (B=2, T=5, S=6, D=8) keep the file fast; the
+the classifiers (HierarchicalAttentionNetwork, TextCNN, BiLSTMClassifier). Tiny sizes (B=2, T=5, S=6, D=8) keep the file fast; the
 encoder-decoder models are in tests/models/contract_test.py.
 """
 
@@ -29,6 +29,7 @@ from attention_jax.layers.nadaraya_watson import NadarayaWatson
 from attention_jax.layers.relative import RelativeMultiHeadAttention
 from attention_jax.layers.structured import StructuredSelfAttention
 from attention_jax.models.han import HierarchicalAttentionNetwork
+from attention_jax.models.text_classifiers import BiLSTMClassifier, TextCNN, wide_conv_mask
 from attention_jax.layers.weighted import WeightedBranchAttention
 from tests.layers import contract
 from tests.layers.contract import Poison
@@ -525,6 +526,42 @@ class HierarchicalAttentionNetworkContractTest(contract.LayerContract):
     def bad_inputs(self, inputs):
         tokens = inputs["tokens"]
         return [("tokens of rank 2", {"tokens": tokens[:, 0]}, ("tokens", (B, 5)))]
+
+
+class _SentenceClassifier(contract.LayerContract):
+    """Classifiers over token ids [B, T] (0 = padding): a full sentence and one of 3 tokens."""
+
+    SKIP = {"step": "a sentence classifier reads the whole sentence: there is no decoding step"}
+
+    def make_inputs(self, rng):
+        tokens = rng.integers(1, 11, (B, S)).astype(np.int32)
+        tokens[1, 3:] = 0
+        return dict(tokens=jnp.asarray(tokens))
+
+    def masked_inputs(self, inputs):
+        return [Poison(module="embed", dead=(inputs["tokens"] == 0)[..., None])]
+
+    def bad_inputs(self, inputs):
+        return [("tokens of rank 3", {"tokens": inputs["tokens"][..., None]}, ("tokens", (B, S, 1)))]
+
+
+class TextCNNAttentionContractTest(_SentenceClassifier):
+    def make_module(self):
+        return TextCNN(vocab_size=11, num_classes=3, embed_dim=4, filter_widths=(2, 4), num_filters=3,
+                       pooling="attention", attention_dim=4)
+
+    def masked_keys(self, inputs):
+        mask = inputs["tokens"] != 0
+        return [Poison(module=f"conv{h}", dead=~wide_conv_mask(mask, h)[..., None]) for h in (2, 4)]
+
+
+class BiLSTMClassifierStructuredContractTest(_SentenceClassifier):
+    def make_module(self):
+        return BiLSTMClassifier(vocab_size=11, num_classes=3, embed_dim=4, hidden_size=3, pooling="structured",
+                                attention_dim=4, hops=2, mlp_dim=5)
+
+    def masked_keys(self, inputs):
+        return [Poison(module="encoder", dead=(inputs["tokens"] == 0)[..., None])]
 
 
 # ----------------------------------------------------------------------------------------------------------
