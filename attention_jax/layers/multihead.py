@@ -27,7 +27,7 @@ import jax.numpy as jnp
 from absl import logging
 
 from attention_jax import _checks
-from attention_jax.core import axes
+from attention_jax.core import alignment, axes
 from attention_jax.core.masks import AttentionMask, check_lengths
 from attention_jax.dot_product.api import dot_product_attention, supports
 from attention_jax.dot_product.base import Backend, check_bias
@@ -147,6 +147,10 @@ class MultiHeadAttention(nn.Module):
           `attention_fn` that returns weights.
       rope_base: the 10000 of RoPE.
       shaw_max_distance: k, the clipping distance of the Shaw tables.
+      normalizer: the attention weights' normaliser, "softmax" or a sparse one ("sparsemax", Martins &
+        Astudillo 2016, arXiv:1602.02068; "entmax15", Peters et al. 2019, arXiv:1905.05702), forwarded to
+        `attention_fn` as `normalizer=` when it is not the softmax (so a custom `attention_fn` only needs the
+        keyword to use one). Only the "xla" backend computes sparse normalisers; implementation=None picks it.
 
     Raises:
       ValueError: at construction, if N, K, head_dim, qk_head_dim, qkv_features or out_features is not a
@@ -181,6 +185,7 @@ class MultiHeadAttention(nn.Module):
     positions: str | None = None
     rope_base: float = 10000.0
     shaw_max_distance: int = 16
+    normalizer: str = "softmax"
 
     def __post_init__(self):
         _checks.int_at_least("num_heads", self.num_heads, 1)
@@ -207,6 +212,7 @@ class MultiHeadAttention(nn.Module):
         if self.positions is not None and self.positions not in RELATIVE_POSITIONS:
             raise ValueError(f"positions must be None or one of {RELATIVE_POSITIONS}, got {self.positions!r}")
         _checks.int_at_least("shaw_max_distance", self.shaw_max_distance, 0)
+        _checks.choice("normalizer", self.normalizer, alignment.NORMALIZERS)
         super().__post_init__()
 
     def _head_dim(self, features: int) -> int:
@@ -434,17 +440,18 @@ class MultiHeadAttention(nn.Module):
         query_in, key_in, value_in = (_pad_features(x, common) for x in (query, key, value))  # [.., max(H_qk, H)]
         spec = spec.bind(query_in, key_in, value_in)
         implementation = self.implementation
+        normalizer_kw = {} if self.normalizer == "softmax" else {"normalizer": self.normalizer}
         if self.decode and mask is not None and implementation is not None and self.attention_fn is dot_product_attention:
             # A prefill (or the init call) needs the dense cache mask; a backend that takes none (flash, cudnn)
             # hands that call to implementation=None instead of failing. One-token steps keep the backend.
-            ok, reason = supports(implementation, query_in, key_in, value_in, mask=spec, **scale_kw)
+            ok, reason = supports(implementation, query_in, key_in, value_in, mask=spec, **scale_kw, **normalizer_kw)
             if not ok:
                 logging.log_first_n(logging.INFO, "MultiHeadAttention: the cache prefill runs on "
                                     "implementation=None: %s", 1, reason)
                 implementation = None
         result = self.attention_fn(
             query_in, key_in, value_in, bias, spec, dropout_rate=rate, dropout_rng=dropout_rng,
-            return_weights=need_weights, implementation=implementation, **scale_kw,
+            return_weights=need_weights, implementation=implementation, **scale_kw, **normalizer_kw,
         )
         context, weights = (result[0], result[1]) if need_weights else (result, None)  # [B, T, N, max(H_qk, H)]
         context = context[..., :head_dim]  # [B, T, N, H]

@@ -15,6 +15,7 @@ from absl.testing import absltest, parameterized
 
 from attention_jax import dot_product_attention
 from attention_jax.layers.multihead import MultiHeadAttention
+from tests import reference as ref
 
 B, T, S, D, N = 2, 5, 6, 8, 4
 ATOL = 1e-5
@@ -44,11 +45,12 @@ def _random_mask(seed, t, s):
     return jnp.asarray(mask)
 
 
-def _np_multihead(params, xq, xkv, mask=None, causal=False):
+def _np_multihead(params, xq, xkv, mask=None, causal=False, normalizer=None):
     """float64 numpy MultiHead(Q, K, V) = Concat(head_1..head_N) W^O (arXiv:1706.03762 §3.2.2).
 
     head_i = softmax(Q W^Q_i (K W^K_i)^T / sqrt(d_k)) V W^V_i, with key/value head i // G for GQA; d_k is the
-    query/key head size and d_v (the value head size) may differ (Table 3 row B).
+    query/key head size and d_v (the value head size) may differ (Table 3 row B). `normalizer` (a float64
+    function of (logits, mask), e.g. `reference.sparsemax`) replaces the softmax.
     """
     p = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
     xq, xkv = np.asarray(xq, np.float64), np.asarray(xkv, np.float64)
@@ -66,6 +68,10 @@ def _np_multihead(params, xq, xkv, mask=None, causal=False):
     for i in range(heads):
         j = i // (heads // kv_heads)  # the key/value head of query head i
         logits = np.einsum("bth,bsh->bts", q[:, :, i], k[:, :, j]) / np.sqrt(d_k)
+        if normalizer is not None:
+            w = normalizer(logits, allowed[:, i])
+            outs.append(np.einsum("bts,bsh->bth", w, v[:, :, j]))
+            continue
         logits = np.where(allowed[:, i], logits, -np.inf)
         top = np.max(logits, axis=-1, keepdims=True)
         e = np.where(allowed[:, i], np.exp(logits - np.where(np.isfinite(top), top, 0.0)), 0.0)
@@ -90,6 +96,21 @@ class ReferenceTest(parameterized.TestCase):
         chex.assert_shape(out, (B, T, D))
         expected = _np_multihead(params, xq, xq if xkv is None else xkv, mask)
         np.testing.assert_allclose(out, expected, atol=ATOL, rtol=1e-5)
+
+    @parameterized.parameters(("sparsemax", ref.sparsemax), ("entmax15", ref.entmax))
+    def test_sparse_normalizer_matches_numpy(self, normalizer, reference):
+        model = _module(2, normalizer=normalizer)
+        xq, xkv = _inputs(5)
+        mask = _random_mask(5, T, S)
+        params = nn.unbox(model.init(jax.random.PRNGKey(5), xq, xkv)["params"])
+        out, weights = jax.jit(lambda p: model.apply({"params": p}, xq, xkv, mask=mask, return_weights=True))(params)
+        expected = _np_multihead(params, xq, xkv, mask, normalizer=reference)
+        np.testing.assert_allclose(out, expected, atol=ATOL, rtol=1e-5)
+        self.assertTrue(np.any(np.asarray(weights) == 0.0) and np.all(np.isfinite(weights)))
+        with pytest.raises(ValueError, match="normalizer"):
+            _module(2, normalizer=normalizer, implementation="blockwise").apply({"params": params}, xq, xkv)
+        with pytest.raises(ValueError, match="softmax_"):
+            _module(2, normalizer="softmax_")
 
     @parameterized.parameters(4, 2, 1)
     def test_matches_jax_nn_on_projections(self, kv_heads):
