@@ -249,7 +249,8 @@ class CoDAAttention(nn.Module):
 
     @nn.compact
     def __call__(self, inputs_q: jax.Array, inputs_kv: jax.Array | None = None, *,
-                 key_lengths: jax.Array | None = None, mask: jax.Array | None = None,
+                 key_lengths: jax.Array | None = None, query_lengths: jax.Array | None = None,
+                 mask: jax.Array | None = None,
                  ) -> tuple[jax.Array, jax.Array]:
         """Attends from inputs_q to inputs_kv (self-attention when None).
 
@@ -257,6 +258,9 @@ class CoDAAttention(nn.Module):
           inputs_q: [B, T, D] floating.
           inputs_kv: None or [B, S, Dkv] floating.
           key_lengths: None or [B] integer: keys s >= key_lengths[b] are padding.
+          query_lengths: None or [B] integer: queries t >= query_lengths[b] are padding, see no key and output
+            the out-projection's bias. With the centred gate this also keeps them out of the means, so padding
+            changes nothing for the real queries (pass both lengths for padded self-attention).
           mask: None or [B or 1, N or 1, T, S] bool, True = attend (combined with key_lengths).
 
         Returns:
@@ -286,6 +290,10 @@ class CoDAAttention(nn.Module):
             check_lengths("key_lengths", key_lengths, batch)
             live = jnp.arange(num_keys)[None, :] < jnp.asarray(key_lengths)[:, None]  # [B, S]
             pair_mask = jnp.logical_and(pair_mask, live[:, None, None, :])
+        if query_lengths is not None:
+            check_lengths("query_lengths", query_lengths, batch)
+            live = jnp.arange(num_queries)[None, :] < jnp.asarray(query_lengths)[:, None]  # [B, T]
+            pair_mask = jnp.logical_and(pair_mask, live[:, None, :, None])
         # Input rows that no valid pair uses are zeroed before the projections, so that NaN stored there cannot
         # reach the kernels' gradients (dW = x^T dy is NaN wherever x is, even where dy is 0).
         key_used = jnp.any(pair_mask, axis=(1, 2))  # [B|1, S]

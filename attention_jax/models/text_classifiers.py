@@ -6,6 +6,11 @@
                       then a softmax layer. `pooling` replaces eq. 2 per filter width by attention pooling
                       (`layers.feedforward.FeedForwardAttention`), order-preserving k-max pooling (Kalchbrenner
                       et al. 2014, arXiv:1404.2188, §3.3) or chunk-max pooling (`core.pooling`).
+  TransformerClassifier  a pre-LN Transformer encoder (Vaswani et al. 2017, arXiv:1706.03762, §3.1) whose
+                      self-attention normalises with the softmax, sparsemax (Martins & Astudillo 2016,
+                      arXiv:1602.02068) or 1.5-entmax (Peters et al. 2019, arXiv:1905.05702), or is replaced by
+                      compositional de-attention (Tay et al. 2019, arXiv:1910.01086, `layers.coda`); the sentence
+                      vector is the mean of the final states over the real tokens.
   BiLSTMClassifier    a bidirectional LSTM whose sentence vector is the last states of both directions, the
                       mean or the max of the states, feed-forward attention pooling (Raffel & Ellis 2015,
                       arXiv:1512.08756; Yang et al. 2016's context-vector form), or Lin et al. 2017's
@@ -29,14 +34,20 @@ import jax.numpy as jnp
 
 from attention_jax import _checks
 from attention_jax.core import alignment, axes, pooling
+from attention_jax.core.positional import sinusoidal_positions
+from attention_jax.layers.coda import CODA_GATES, CoDAAttention
 from attention_jax.layers.feedforward import FeedForwardAttention
+from attention_jax.layers.multihead import MultiHeadAttention
 from attention_jax.layers.structured import StructuredSelfAttention
 from attention_jax.models.seq2seq import make_cell
+from attention_jax.models.transformer import FeedForward
 
-__all__ = ["CNN_POOLINGS", "RNN_POOLINGS", "BiLSTMClassifier", "TextCNN", "wide_conv_mask"]
+__all__ = ["CNN_POOLINGS", "ENCODER_ATTENTIONS", "RNN_POOLINGS", "BiLSTMClassifier", "TextCNN", "TransformerClassifier",
+           "wide_conv_mask"]
 
 CNN_POOLINGS = ("max", "attention", "kmax", "chunk_max")
 RNN_POOLINGS = ("last", "mean", "max", "attention", "structured")
+ENCODER_ATTENTIONS = ("softmax", "sparsemax", "entmax15", "coda")
 
 
 def wide_conv_mask(mask: jax.Array, width: int) -> jax.Array:
@@ -270,3 +281,101 @@ class BiLSTMClassifier(nn.Module):
             hidden = nn.relu(nn.Dense(self.mlp_dim, name="mlp", **axes.dense_inits(None, axes.MLP))(hidden))
         logits = nn.Dense(self.num_classes, name="classifier", **axes.dense_inits(axes.MLP, None))(hidden)
         return logits.astype(jnp.float32), aux
+
+
+class _ClassifierBlock(nn.Module):
+    """x + Dropout(Attention(LN(x))), then x + Dropout(FFN(LN(x))): one pre-LN encoder layer."""
+
+    num_heads: int
+    d_ff: int
+    attention: str
+    coda_gate: str
+    dropout_rate: float
+
+    @nn.compact
+    def __call__(self, x: jax.Array, lengths: jax.Array, train: bool) -> tuple[jax.Array, jax.Array]:
+        h = nn.LayerNorm(name="attention_norm", **axes.norm_inits())(x)
+        if self.attention == "coda":
+            h, weights = CoDAAttention(num_heads=self.num_heads, gate=self.coda_gate, name="attention")(
+                h, key_lengths=lengths, query_lengths=lengths)
+        else:
+            h, weights = MultiHeadAttention(num_heads=self.num_heads, normalizer=self.attention, name="attention")(
+                h, key_lengths=lengths, return_weights=True)
+        x = x + nn.Dropout(self.dropout_rate)(h, deterministic=not train)
+        h = FeedForward(self.d_ff, name="ffn")(nn.LayerNorm(name="ffn_norm", **axes.norm_inits())(x), train)
+        return x + nn.Dropout(self.dropout_rate)(h, deterministic=not train), weights
+
+
+class TransformerClassifier(nn.Module):
+    """A pre-LN Transformer encoder classifier with a choice of attention normaliser, or CoDA.
+
+    Attributes:
+      vocab_size: V (id 0 is padding).
+      num_classes: C.
+      d_model: D.
+      num_heads: N (D must be divisible by N).
+      d_ff: the FFN's inner width.
+      num_layers: encoder layers.
+      attention: "softmax", "sparsemax", "entmax15" (`MultiHeadAttention(normalizer=...)`, the xla backend) or
+        "coda" (`CoDAAttention`).
+      coda_gate: CoDA's gate, a name in `layers.coda.CODA_GATES`.
+      dropout_rate: residual and embedding dropout.
+    """
+
+    vocab_size: int
+    num_classes: int
+    d_model: int = 64
+    num_heads: int = 4
+    d_ff: int = 128
+    num_layers: int = 2
+    attention: str = "softmax"
+    coda_gate: str = "centred"
+    dropout_rate: float = 0.1
+
+    def __post_init__(self):
+        _checks.int_at_least("vocab_size", self.vocab_size, 2)
+        _checks.int_at_least("num_classes", self.num_classes, 1)
+        for name in ("d_model", "num_heads", "d_ff", "num_layers"):
+            _checks.int_at_least(name, getattr(self, name), 1)
+        if self.d_model % self.num_heads:
+            raise ValueError(f"num_heads={self.num_heads} must divide d_model={self.d_model}")
+        _checks.choice("attention", self.attention, ENCODER_ATTENTIONS)
+        _checks.choice("coda_gate", self.coda_gate, CODA_GATES)
+        _checks.rate("dropout_rate", self.dropout_rate)
+        super().__post_init__()
+
+    @nn.compact
+    def __call__(self, tokens: jax.Array, train: bool = False) -> tuple[jax.Array, dict[str, Any]]:
+        """Classifies sentences.
+
+        Args:
+          tokens: [B, T] integer token ids, 0 = padding; the tokens of a sentence come first.
+          train: enables dropout (needs the "dropout" rng).
+
+        Returns:
+          logits: [B, C] float32.
+          aux: {"sentence": [B, D] float32, the mean final state over the real tokens (zeros for a sentence with
+            none); "weights": one [B, N, T, T] float32 array per layer, the self-attention weights (for "coda"
+            the quasi-attention M in (-1, 1); exactly 0 towards padding)}.
+
+        Raises:
+          ValueError: if tokens are not rank 2.
+          TypeError: if tokens are not integer or train is not a bool.
+        """
+        _checks.flag("train", train)
+        _checks.tokens("tokens", tokens, 2)
+        x, mask = _embed_tokens(self, tokens, self.vocab_size, self.d_model)
+        lengths = jnp.sum(mask, axis=1).astype(jnp.int32)
+        if tokens.shape[1]:
+            x = x * self.d_model ** 0.5 + sinusoidal_positions(tokens.shape[1], self.d_model)[None]
+        x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
+        weights = []
+        for i in range(self.num_layers):
+            x, w = _ClassifierBlock(self.num_heads, self.d_ff, self.attention, self.coda_gate, self.dropout_rate,
+                                    name=f"layer_{i}")(x, lengths, train)
+            x = jnp.where(mask[..., None], x, 0.0)  # padded rows carry nothing into the next layer
+            weights.append(w)
+        x = nn.LayerNorm(name="final_norm", **axes.norm_inits())(x)
+        sentence = pooling.mean_pool(x.astype(jnp.float32), mask)
+        logits = nn.Dense(self.num_classes, name="classifier", **axes.dense_inits(axes.EMBED, None))(sentence)
+        return logits.astype(jnp.float32), {"sentence": sentence, "weights": weights}

@@ -30,7 +30,7 @@ from attention_jax.layers.nadaraya_watson import NadarayaWatson
 from attention_jax.layers.relative import RelativeMultiHeadAttention
 from attention_jax.layers.structured import StructuredSelfAttention
 from attention_jax.models.han import HierarchicalAttentionNetwork
-from attention_jax.models.text_classifiers import BiLSTMClassifier, TextCNN, wide_conv_mask
+from attention_jax.models.text_classifiers import BiLSTMClassifier, TextCNN, TransformerClassifier, wide_conv_mask
 from attention_jax.layers.weighted import WeightedBranchAttention
 from tests.layers import contract
 from tests.layers.contract import Poison
@@ -592,6 +592,26 @@ class BiLSTMClassifierStructuredContractTest(_SentenceClassifier):
 
     def masked_keys(self, inputs):
         return [Poison(module="encoder", dead=(inputs["tokens"] == 0)[..., None])]
+
+
+class TransformerClassifierEntmaxContractTest(_SentenceClassifier):
+    KEYS = ("key", "value")
+
+    def make_module(self):
+        return TransformerClassifier(vocab_size=11, num_classes=3, d_model=4, num_heads=2, d_ff=6, num_layers=2,
+                                     attention="entmax15")
+
+    def masked_keys(self, inputs):
+        dead = (inputs["tokens"] == 0)[:, :, None, None]
+        return [Poison(module=f"layer_*/attention/{name}", dead=dead) for name in self.KEYS]
+
+
+class TransformerClassifierCoDAContractTest(TransformerClassifierEntmaxContractTest):
+    KEYS = ("key", "value", "dissimilarity_key")
+
+    def make_module(self):
+        return TransformerClassifier(vocab_size=11, num_classes=3, d_model=4, num_heads=2, d_ff=6, num_layers=2,
+                                     attention="coda")
 
 
 # ----------------------------------------------------------------------------------------------------------

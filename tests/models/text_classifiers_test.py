@@ -134,6 +134,35 @@ class TextCNNTest(parameterized.TestCase):
             tc.TextCNN(vocab_size=V, num_classes=C, filter_widths=(3, 0))
 
 
+class TransformerClassifierTest(parameterized.TestCase):
+
+    @parameterized.parameters(*tc.ENCODER_ATTENTIONS)
+    def test_padding_changes_nothing(self, attention):
+        module = tc.TransformerClassifier(vocab_size=V, num_classes=C, d_model=8, num_heads=2, d_ff=12,
+                                          attention=attention, dropout_rate=0.0)
+        tokens = _tokens()
+        variables = _init(module, tokens)
+        apply = jax.jit(module.apply)
+        batched, aux = apply(variables, jnp.asarray(tokens))
+        for b, sentence in enumerate(tokens[:3]):
+            alone, _ = apply(variables, jnp.asarray(sentence[sentence != 0])[None])
+            np.testing.assert_allclose(batched[b], alone[0], rtol=1e-5, atol=1e-5, err_msg=f"sentence {b}")
+        np.testing.assert_array_equal(aux["sentence"][3], 0.0)
+        for w in aux["weights"]:
+            w = np.asarray(w)
+            np.testing.assert_array_equal(w[1][..., 4:], 0.0)  # nothing towards padding
+            if attention != "coda":
+                np.testing.assert_allclose(w[:3].sum(-1), 1.0, rtol=1e-5)
+            if attention in ("sparsemax", "entmax15"):
+                self.assertGreater(np.mean(w[0] == 0.0), 0.0)  # exact zeros among real tokens
+
+    def test_bad_configs_raise(self):
+        with _raises(ValueError, "attention", "linear"):
+            tc.TransformerClassifier(vocab_size=V, num_classes=C, attention="linear")
+        with _raises(ValueError, "num_heads", "d_model"):
+            tc.TransformerClassifier(vocab_size=V, num_classes=C, d_model=10, num_heads=4)
+
+
 class BiLSTMClassifierTest(parameterized.TestCase):
 
     def _module(self, pooling):

@@ -71,7 +71,8 @@ FACTORIES = {
 
 # Classes reached only inside a model, with the model whose contract and factory cover them.
 INSIDE = {"Encoder": "Seq2Seq", "DecoderCell": "Seq2Seq", "_Sublayer": "Transformer", "_Layer": "EncoderLayer",
-          "_Block": "TransformerLM", "BiGRU": "HierarchicalAttentionNetwork"}
+          "_Block": "TransformerLM", "BiGRU": "HierarchicalAttentionNetwork",
+          "_ClassifierBlock": "TransformerClassifier"}
 
 
 def _contract_classes():
