@@ -20,6 +20,7 @@ from absl.testing import absltest
 
 from attention_jax.layers import aaren as aaren_lib
 from attention_jax.layers import luong as luong_lib
+from attention_jax.layers.abcnn import ABCNN
 from attention_jax.layers.bahdanau import BahdanauAttention
 from attention_jax.layers.coda import CoDAAttention
 from attention_jax.layers.feedforward import FeedForwardAttention
@@ -612,6 +613,28 @@ class TransformerClassifierCoDAContractTest(TransformerClassifierEntmaxContractT
     def make_module(self):
         return TransformerClassifier(vocab_size=11, num_classes=3, d_model=4, num_heads=2, d_ff=6, num_layers=2,
                                      attention="coda")
+
+
+class ABCNN3ContractTest(contract.LayerContract):
+    """ABCNN-3 over a pair of padded embedded sentences (lengths0, lengths1)."""
+
+    SKIP = {"step": "ABCNN scores a whole sentence pair: there is no decoding step",
+            "masked_inputs": "its keys are its raw inputs (the embedded sentences), which masked_keys poisons"}
+
+    def make_module(self):
+        return ABCNN(variant="abcnn3", num_blocks=2, width=2, features=3, max_len=S)
+
+    def make_inputs(self, rng):
+        return dict(x0=_normal(rng, B, T, D), x1=_normal(rng, B, S, D), lengths0=jnp.array([T, 2], jnp.int32),
+                    lengths1=jnp.asarray(KEY_LENGTHS))
+
+    def masked_keys(self, inputs):
+        return [Poison("x0", ~_valid(np.array([T, 2]), T)[..., None]),
+                Poison("x1", ~_valid(KEY_LENGTHS, S)[..., None])]
+
+    def bad_inputs(self, inputs):
+        return [("x1 of another width", {**inputs, "x1": inputs["x1"][..., :-1]}, ("x1", (B, S, D - 1))),
+                ("lengths of another batch", {**inputs, "lengths1": inputs["lengths1"][:1]}, ("lengths1",))]
 
 
 # ----------------------------------------------------------------------------------------------------------
