@@ -12,6 +12,7 @@
   structured.py  structured self-attention, r hops with the ||AA^T - I|| penalty (arXiv:1703.03130).
   nadaraya_watson.py  Nadaraya-Watson kernel regression as attention, with a learned bandwidth.
   abcnn.py       BCNN and ABCNN-1/-2/-3 for sentence pairs (arXiv:1512.05193).
+  dual_attention.py  D-Attn's local and global attention modules for review text (RecSys 2017).
   coda.py        compositional de-attention, quasi-attention weights in (-1, 1) (arXiv:1910.01086).
 
 Layers import `attention_jax.core` and `attention_jax.dot_product`, never `attention_jax.models`.

@@ -23,6 +23,7 @@ from attention_jax.layers import luong as luong_lib
 from attention_jax.layers.abcnn import ABCNN
 from attention_jax.layers.bahdanau import BahdanauAttention
 from attention_jax.layers.coda import CoDAAttention
+from attention_jax.layers.dual_attention import DualAttentionEncoder
 from attention_jax.layers.feedforward import FeedForwardAttention
 from attention_jax.layers.head_gates import GatedMultiHeadAttention
 from attention_jax.layers.multihead import MultiHeadAttention
@@ -635,6 +636,27 @@ class ABCNN3ContractTest(contract.LayerContract):
     def bad_inputs(self, inputs):
         return [("x1 of another width", {**inputs, "x1": inputs["x1"][..., :-1]}, ("x1", (B, S, D - 1))),
                 ("lengths of another batch", {**inputs, "lengths1": inputs["lengths1"][:1]}, ("lengths1",))]
+
+
+class DualAttentionEncoderContractTest(contract.LayerContract):
+    """D-Attn's encoder over padded documents [B, S, D] (lengths)."""
+
+    SKIP = {"step": "D-Attn encodes a whole document: there is no decoding step",
+            "masked_inputs": "its keys are its raw inputs (the embedded words), which masked_keys poisons"}
+
+    def make_module(self):
+        return DualAttentionEncoder(max_len=S, window=3, local_features=2, global_widths=(2, 3), global_features=2,
+                                    global_scores="word")
+
+    def make_inputs(self, rng):
+        return dict(inputs=_normal(rng, B, S, D), lengths=jnp.asarray(KEY_LENGTHS))
+
+    def masked_keys(self, inputs):
+        return [Poison("inputs", ~_valid(KEY_LENGTHS, S)[..., None])]
+
+    def bad_inputs(self, inputs):
+        return [("inputs of rank 2", {**inputs, "inputs": inputs["inputs"][:, 0]}, ("inputs", (B, D))),
+                ("lengths of another batch", {**inputs, "lengths": inputs["lengths"][:1]}, ("lengths",))]
 
 
 # ----------------------------------------------------------------------------------------------------------
