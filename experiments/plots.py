@@ -6,11 +6,16 @@
 * `bleu_by_length`: BLEU against source-sentence length, one line per model, like Bahdanau Fig. 2.
 * `bleu_vs_heads`: BLEU against the number of heads a pruned Transformer keeps, like Voita et al. 2019
   (arXiv:1905.09418), Fig. 7.
+* `attention_text_html`: documents as coloured text, word (and sentence) weights as background shades, like
+  Yang et al. 2016 (N16-1174), Fig. 5: an HTML file (escaped with `html.escape`).
+* `weight_sparsity`: the share of exactly-zero attention weights per row (softmax / sparsemax / entmax), a bar
+  chart.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+import html
 import os
 from typing import Any
 
@@ -191,3 +196,72 @@ def _save(fig, path: str) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _shade(weight: float, rgb: tuple[int, int, int]) -> str:
+    """A CSS background for weight in [0, 1]: transparent at 0, the full colour at 1 (negative: its magnitude)."""
+    alpha = min(max(abs(float(weight)), 0.0), 1.0)
+    return f"rgba({rgb[0]},{rgb[1]},{rgb[2]},{alpha:.3f})"
+
+
+def attention_text_html(documents: Sequence[Mapping[str, Any]], path: str, *, title: str = "") -> str:
+    """Writes documents as coloured text: each word shaded by its weight, each sentence by its own (HAN Fig. 5).
+
+    Args:
+      documents: each {"sentences": [[word, ...], ...], "word_weights": [[w, ...], ...] (same nesting),
+        optionally "sentence_weights": [w per sentence], "caption": str}. Weights are shown relative to the
+        document's largest (so the strongest word is fully coloured); negative weights (CoDA) in another colour.
+      path: the .html file to write.
+      title: the page heading.
+
+    Returns:
+      path.
+    """
+    parts = ["<!doctype html><meta charset='utf-8'>",
+             "<style>body{font-family:sans-serif;max-width:60em}span.w{padding:0 1px}"
+             "div.s{padding:2px 4px;margin:1px 0;border-left:6px solid}</style>"]
+    if title:
+        parts.append(f"<h1>{html.escape(title)}</h1>")
+    for doc in documents:
+        word_weights = [np.asarray(w, float) for w in doc["word_weights"]]
+        peak = max([float(np.max(np.abs(w))) for w in word_weights if w.size] + [1e-12])
+        sentence_weights = doc.get("sentence_weights")
+        s_peak = max([abs(float(x)) for x in sentence_weights] + [1e-12]) if sentence_weights is not None else 1.0
+        if doc.get("caption"):
+            parts.append(f"<h3>{html.escape(str(doc['caption']))}</h3>")
+        for i, (words, weights) in enumerate(zip(doc["sentences"], word_weights)):
+            border = (_shade(float(sentence_weights[i]) / s_peak, (220, 40, 40)) if sentence_weights is not None
+                      else "transparent")
+            spans = "".join(
+                f"<span class='w' style='background:"
+                f"{_shade(w / peak, (40, 90, 220) if w >= 0 else (230, 120, 0))}' title='{w:.3f}'>"
+                f"{html.escape(str(word))}</span> " for word, w in zip(words, weights.tolist()))
+            parts.append(f"<div class='s' style='border-left-color:{border}'>{spans}</div>")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join(parts) + "\n")
+    return path
+
+
+def weight_sparsity(sparsity: Mapping[str, float], path: str, *, title: str = "") -> str:
+    """A bar chart of the share of exactly-zero attention weights (among the valid pairs) per row.
+
+    Args:
+      sparsity: row -> share in [0, 1].
+      path: the .png file.
+      title: the figure title.
+
+    Returns:
+      path.
+    """
+    rows = list(sparsity)
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.1 * len(rows)), 3.2))
+    ax.bar(range(len(rows)), [100.0 * sparsity[r] for r in rows], color="tab:blue")
+    ax.set_xticks(range(len(rows)))
+    ax.set_xticklabels(rows, rotation=30, ha="right")
+    ax.set_ylabel("exactly-zero weights (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title(title or "attention weight sparsity")
+    fig.tight_layout()
+    _save(fig, path)
+    return path

@@ -30,3 +30,23 @@ class TestLossCurves:
         metrics = {"a": [{"step": s, "dev_ppl": 100.0 / s} for s in range(1, 6)]}
         _, ax_ppl = _figure(monkeypatch, metrics).axes
         assert len(ax_ppl.get_lines()[0].get_xdata()) == 5 and ax_ppl.get_title() == ""
+
+
+class TestAttentionText:
+
+    def test_words_are_escaped_and_shaded_by_relative_weight(self, tmp_path):
+        doc = {"sentences": [["a", "<b>"], ["c"]], "word_weights": [[0.2, 0.4], [-0.1]],
+               "sentence_weights": [0.9, 0.1], "caption": "label & prediction"}
+        path = plots.attention_text_html([doc], str(tmp_path / "doc.html"), title="HAN")
+        text = open(path, encoding="utf-8").read()
+        assert "&lt;b&gt;" in text and "<b>" not in text and "label &amp; prediction" in text
+        assert "rgba(40,90,220,0.500)" in text and "rgba(40,90,220,1.000)" in text  # 0.2 and 0.4 of the peak 0.4
+        assert "rgba(230,120,0,0.250)" in text  # a negative (CoDA) weight in the other colour
+        assert "rgba(220,40,40,1.000)" in text and "rgba(220,40,40,0.111)" in text  # sentence shades
+
+    def test_sparsity_bars(self, monkeypatch):
+        saved = []
+        monkeypatch.setattr(plots, "_save", lambda fig, path: saved.append(fig))
+        plots.weight_sparsity({"softmax": 0.0, "sparsemax": 0.62}, "unused.png")
+        heights = [bar.get_height() for bar in saved[0].axes[0].patches]
+        assert heights == [0.0, 62.0]
