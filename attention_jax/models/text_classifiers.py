@@ -11,6 +11,9 @@
                       arXiv:1602.02068) or 1.5-entmax (Peters et al. 2019, arXiv:1905.05702), or is replaced by
                       compositional de-attention (Tay et al. 2019, arXiv:1910.01086, `layers.coda`); the sentence
                       vector is the mean of the final states over the real tokens.
+  DAttnClassifier     D-Attn's local and global attention modules and their CNNs (Seo et al. 2017, RecSys,
+                      `layers.dual_attention`), then the paper's two dense layers (500 units, ReLU, dropout) with a
+                      softmax head in place of its user-item inner product.
   BiLSTMClassifier    a bidirectional LSTM whose sentence vector is the last states of both directions, the
                       mean or the max of the states, feed-forward attention pooling (Raffel & Ellis 2015,
                       arXiv:1512.08756; Yang et al. 2016's context-vector form), or Lin et al. 2017's
@@ -36,14 +39,15 @@ from attention_jax import _checks
 from attention_jax.core import alignment, axes, pooling
 from attention_jax.core.positional import sinusoidal_positions
 from attention_jax.layers.coda import CODA_GATES, CoDAAttention
+from attention_jax.layers.dual_attention import GLOBAL_SCORES, DualAttentionEncoder
 from attention_jax.layers.feedforward import FeedForwardAttention
 from attention_jax.layers.multihead import MultiHeadAttention
 from attention_jax.layers.structured import StructuredSelfAttention
 from attention_jax.models.seq2seq import make_cell
 from attention_jax.models.transformer import FeedForward
 
-__all__ = ["CNN_POOLINGS", "ENCODER_ATTENTIONS", "RNN_POOLINGS", "BiLSTMClassifier", "TextCNN", "TransformerClassifier",
-           "wide_conv_mask"]
+__all__ = ["CNN_POOLINGS", "ENCODER_ATTENTIONS", "RNN_POOLINGS", "BiLSTMClassifier", "DAttnClassifier", "TextCNN",
+           "TransformerClassifier", "wide_conv_mask"]
 
 CNN_POOLINGS = ("max", "attention", "kmax", "chunk_max")
 RNN_POOLINGS = ("last", "mean", "max", "attention", "structured")
@@ -379,3 +383,68 @@ class TransformerClassifier(nn.Module):
         sentence = pooling.mean_pool(x.astype(jnp.float32), mask)
         logits = nn.Dense(self.num_classes, name="classifier", **axes.dense_inits(axes.EMBED, None))(sentence)
         return logits.astype(jnp.float32), {"sentence": sentence, "weights": weights}
+
+
+class DAttnClassifier(nn.Module):
+    """D-Attn (Seo et al. 2017) as a document classifier.
+
+    Attributes:
+      vocab_size: V (id 0 is padding).
+      num_classes: C.
+      max_len: the longest document (the global score's W_G has one row per position).
+      embed_dim: word embedding size (100 in the public ports).
+      window, local_features, global_widths, global_features, global_scores: as in `DualAttentionEncoder`.
+      hidden_dim: the dense layer after the CNNs (500 in the ports).
+      dropout_rate: dropout after that layer (0.5 in the ports).
+    """
+
+    vocab_size: int
+    num_classes: int
+    max_len: int
+    embed_dim: int = 100
+    window: int = 5
+    local_features: int = 200
+    global_widths: Sequence[int] = (2, 3, 4)
+    global_features: int = 100
+    global_scores: str = "document"
+    hidden_dim: int = 500
+    dropout_rate: float = 0.5
+
+    def __post_init__(self):
+        _checks.int_at_least("vocab_size", self.vocab_size, 2)
+        _checks.int_at_least("num_classes", self.num_classes, 1)
+        for name in ("max_len", "embed_dim", "hidden_dim"):
+            _checks.int_at_least(name, getattr(self, name), 1)
+        _checks.choice("global_scores", self.global_scores, GLOBAL_SCORES)
+        _checks.rate("dropout_rate", self.dropout_rate)
+        super().__post_init__()
+
+    @nn.compact
+    def __call__(self, tokens: jax.Array, train: bool = False) -> tuple[jax.Array, dict[str, Any]]:
+        """Classifies documents.
+
+        Args:
+          tokens: [B, T] integer token ids, 0 = padding, T <= max_len; the tokens of a document come first.
+          train: enables dropout (needs the "dropout" rng).
+
+        Returns:
+          logits: [B, C] float32.
+          aux: {"features": [B, n_L + 3 n_G] float32, z; "local_scores": [B, T]; "global_scores": [B, 1] or
+            [B, T] float32 (see `DualAttentionEncoder`)}.
+
+        Raises:
+          ValueError: if tokens are not rank 2 or T > max_len.
+          TypeError: if tokens are not integer or train is not a bool.
+        """
+        _checks.flag("train", train)
+        _checks.tokens("tokens", tokens, 2)
+        x, mask = _embed_tokens(self, tokens, self.vocab_size, self.embed_dim)
+        lengths = jnp.sum(mask, axis=1).astype(jnp.int32)
+        features, aux = DualAttentionEncoder(
+            max_len=self.max_len, window=self.window, local_features=self.local_features,
+            global_widths=tuple(self.global_widths), global_features=self.global_features,
+            global_scores=self.global_scores, name="encoder")(x, lengths)
+        hidden = nn.relu(nn.Dense(self.hidden_dim, name="hidden", **axes.dense_inits(None, axes.MLP))(features))
+        hidden = nn.Dropout(self.dropout_rate)(hidden, deterministic=not train)
+        logits = nn.Dense(self.num_classes, name="classifier", **axes.dense_inits(axes.MLP, None))(hidden)
+        return logits.astype(jnp.float32), {"features": features, **aux}

@@ -32,7 +32,8 @@ from attention_jax.layers.nadaraya_watson import NadarayaWatson
 from attention_jax.layers.relative import RelativeMultiHeadAttention
 from attention_jax.layers.structured import StructuredSelfAttention
 from attention_jax.models.han import HierarchicalAttentionNetwork
-from attention_jax.models.text_classifiers import BiLSTMClassifier, TextCNN, TransformerClassifier, wide_conv_mask
+from attention_jax.models.text_classifiers import (BiLSTMClassifier, DAttnClassifier, TextCNN, TransformerClassifier,
+                                                   wide_conv_mask)
 from attention_jax.layers.weighted import WeightedBranchAttention
 from tests.layers import contract
 from tests.layers.contract import Poison
@@ -594,6 +595,15 @@ class BiLSTMClassifierStructuredContractTest(_SentenceClassifier):
 
     def masked_keys(self, inputs):
         return [Poison(module="encoder", dead=(inputs["tokens"] == 0)[..., None])]
+
+
+class DAttnClassifierContractTest(_SentenceClassifier):
+    def make_module(self):
+        return DAttnClassifier(vocab_size=11, num_classes=3, max_len=S, embed_dim=4, window=3, local_features=2,
+                               global_widths=(2,), global_features=2, hidden_dim=5, global_scores="word")
+
+    def masked_keys(self, inputs):  # the gates and the CNNs read the embedded words themselves
+        return [Poison(module="embed", dead=(inputs["tokens"] == 0)[..., None])]
 
 
 class TransformerClassifierEntmaxContractTest(_SentenceClassifier):

@@ -163,6 +163,25 @@ class TransformerClassifierTest(parameterized.TestCase):
             tc.TransformerClassifier(vocab_size=V, num_classes=C, d_model=10, num_heads=4)
 
 
+class DAttnClassifierTest(parameterized.TestCase):
+
+    def test_padding_changes_nothing_and_features_feed_the_head(self):
+        module = tc.DAttnClassifier(vocab_size=V, num_classes=C, max_len=7, embed_dim=5, window=3, local_features=2,
+                                    global_widths=(2, 3), global_features=2, hidden_dim=4, dropout_rate=0.0,
+                                    global_scores="word")
+        tokens = _tokens()
+        variables = _init(module, tokens)
+        apply = jax.jit(module.apply)
+        batched, aux = apply(variables, jnp.asarray(tokens))
+        for b, sentence in enumerate(tokens[:3]):
+            alone, _ = apply(variables, jnp.asarray(sentence[sentence != 0])[None])
+            np.testing.assert_allclose(batched[b], alone[0], rtol=1e-5, atol=1e-6, err_msg=f"document {b}")
+        np.testing.assert_array_equal(aux["features"][3], 0.0)
+        self.assertEqual(aux["features"].shape, (4, 2 + 2 * 2))
+        with _raises(ValueError, "max_len=7", "8"):
+            module.apply(variables, jnp.ones((1, 8), jnp.int32))
+
+
 class BiLSTMClassifierTest(parameterized.TestCase):
 
     def _module(self, pooling):
