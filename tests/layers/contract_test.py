@@ -610,7 +610,7 @@ class TransformerClassifierEntmaxContractTest(_SentenceClassifier):
     KEYS = ("key", "value")
 
     def make_module(self):
-        return TransformerClassifier(vocab_size=11, num_classes=3, d_model=4, num_heads=2, d_ff=6, num_layers=2,
+        return TransformerClassifier(vocab_size=11, num_classes=3, d_model=4, num_heads=2, d_ff=6, num_layers=1,
                                      attention="entmax15")
 
     def masked_keys(self, inputs):
@@ -622,7 +622,7 @@ class TransformerClassifierCoDAContractTest(TransformerClassifierEntmaxContractT
     KEYS = ("key", "value", "dissimilarity_key")
 
     def make_module(self):
-        return TransformerClassifier(vocab_size=11, num_classes=3, d_model=4, num_heads=2, d_ff=6, num_layers=2,
+        return TransformerClassifier(vocab_size=11, num_classes=3, d_model=4, num_heads=2, d_ff=6, num_layers=1,
                                      attention="coda")
 
 
