@@ -29,10 +29,15 @@ WORKDIR_FILES = (report.REFERENCES_FILE, "data.json")
 DEFAULT_RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "The experiment's workdir.")
-flags.DEFINE_string("name", None, "The archive's folder under --results_dir (e.g. luong).")
-flags.DEFINE_string("results_dir", DEFAULT_RESULTS_DIR, "Where the archives live.")
-flags.DEFINE_bool("restore", False, "Copy the archive into --workdir instead of the workdir into the archive.")
+
+
+def define_flags() -> None:
+    """The command's flags, defined only when it runs (importing this module defines none, so it can sit
+    beside other absl mains such as `experiments.results_page` in one process)."""
+    flags.DEFINE_string("workdir", None, "The experiment's workdir.")
+    flags.DEFINE_string("name", None, "The archive's folder under --archive_root (e.g. luong).")
+    flags.DEFINE_string("archive_root", DEFAULT_RESULTS_DIR, "Where the archives live.")
+    flags.DEFINE_bool("restore", False, "Copy the archive into --workdir instead of the workdir into the archive.")
 
 
 def finished_runs(workdir: str) -> list[str]:
@@ -69,7 +74,7 @@ def main(argv):
         sys.exit(f"runs_archive takes no positional arguments, got {argv[1:]}; pass --workdir and --name")
     if not FLAGS.workdir or not FLAGS.name:
         sys.exit("runs_archive needs --workdir=<the experiment's workdir> and --name=<the archive, e.g. luong>")
-    archive = os.path.join(FLAGS.results_dir, FLAGS.name, "runs")
+    archive = os.path.join(FLAGS.archive_root, FLAGS.name, "runs")
     source, target = (archive, FLAGS.workdir) if FLAGS.restore else (FLAGS.workdir, archive)
     if not finished_runs(source):
         sys.exit(f"no finished run (a <row>/seed_<s>/done.json) under {source}; "
@@ -79,4 +84,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

@@ -44,6 +44,13 @@ class RunsArchiveTest(absltest.TestCase):
             self.assertEqual(f.read(), "refs")
         self.assertEqual(runs_archive.finished_runs(os.path.join(fresh, "missing")), [])
 
+    def test_importing_defines_no_flags(self):
+        from absl import flags
+        from experiments import results_page  # defines its own --results_dir
+        self.assertNotIn("archive_root", flags.FLAGS)
+        self.assertIn("results_dir", flags.FLAGS)
+        del results_page
+
 
 if __name__ == "__main__":
     absltest.main()
