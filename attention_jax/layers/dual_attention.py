@@ -71,8 +71,9 @@ def local_attention_scores(inputs: jax.Array, kernel: jax.Array, bias: jax.Array
     return jnp.where(mask, jax.nn.sigmoid(logits + jnp.asarray(bias, _F32)), 0.0)
 
 
-def _conv_max(module: nn.Module, x: jax.Array, mask: jax.Array, width: int, features: int, name: str) -> jax.Array:
-    """tanh(conv_w(x)) max over the windows that cover only real words ([B, F]; zeros when none)."""
+def _conv_max(x: jax.Array, mask: jax.Array, width: int, features: int, name: str) -> jax.Array:
+    """tanh(conv_w(x)) max over the windows that cover only real words ([B, F]; zeros when none); called inside
+    a compact method, whose module owns the convolution `name`."""
     length = x.shape[1]
     pad = max(width - length, 0)  # a document shorter than the filter still gets one window (zero-padded)
     x = jnp.pad(x, ((0, 0), (0, pad), (0, 0)))
@@ -153,7 +154,7 @@ class DualAttentionEncoder(nn.Module):
                                                                          (None, axes.EMBED)), (self.window, dim))
         local_bias = self.param("local_score_bias", scalar, ())
         s_local = local_attention_scores(x, local_kernel, local_bias, mask)  # [B, T]
-        z_local = _conv_max(self, s_local[..., None] * x, mask, 1, self.local_features, "local_conv")
+        z_local = _conv_max(s_local[..., None] * x, mask, 1, self.local_features, "local_conv")
 
         global_kernel = self.param("global_score_kernel", axes.partitioned(nn.linear.default_kernel_init,
                                                                            (None, axes.EMBED)), (self.max_len, dim))
@@ -162,11 +163,10 @@ class DualAttentionEncoder(nn.Module):
         if self.global_scores == "document":
             s_global = jax.nn.sigmoid(jnp.sum(per_word, axis=1, keepdims=True) + global_bias)  # [B, 1]
             s_global = jnp.where(jnp.any(mask, axis=1, keepdims=True), s_global, 0.0)
-            gated = s_global[..., None] * x
         else:
             s_global = jnp.where(mask, jax.nn.sigmoid(per_word + global_bias), 0.0)  # [B, T]
-            gated = s_global[..., None] * x
-        z_global = [_conv_max(self, gated, mask, h, self.global_features, f"global_conv_{h}")
+        gated = s_global[..., None] * x
+        z_global = [_conv_max(gated, mask, h, self.global_features, f"global_conv_{h}")
                     for h in self.global_widths]
         features = jnp.concatenate([z_local, *z_global], axis=-1)
         return features, {"local_scores": s_local, "global_scores": s_global}

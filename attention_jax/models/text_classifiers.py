@@ -78,9 +78,15 @@ def wide_conv_mask(mask: jax.Array, width: int) -> jax.Array:
     return jnp.any(jnp.stack([padded[:, i:i + out] for i in range(width)]), axis=0)
 
 
-def _embed_tokens(module: nn.Module, tokens: jax.Array, vocab_size: int, embed_dim: int,
-                  ) -> tuple[jax.Array, jax.Array]:
-    """Embeddings [B, T, E] float32 with padded positions zeroed, and the token mask [B, T]."""
+def _check_call(tokens: jax.Array, train: bool) -> None:
+    """Every classifier's call checks: token ids [B, T] of an integer dtype, and a bool `train`."""
+    _checks.flag("train", train)
+    _checks.tokens("tokens", tokens, 2)
+
+
+def _embed_tokens(tokens: jax.Array, vocab_size: int, embed_dim: int) -> tuple[jax.Array, jax.Array]:
+    """Embeddings [B, T, E] float32 with padded positions zeroed, and the token mask [B, T] (inside a compact
+    method: the "embed" table belongs to the calling module)."""
     mask = tokens != 0
     x = nn.Embed(vocab_size, embed_dim, embedding_init=axes.embed_init(), name="embed")(tokens)
     x = jnp.where(mask[..., None], x.astype(jnp.float32), 0.0)
@@ -152,9 +158,8 @@ class TextCNN(nn.Module):
           ValueError: if tokens are not rank 2.
           TypeError: if tokens are not integer or train is not a bool.
         """
-        _checks.flag("train", train)
-        _checks.tokens("tokens", tokens, 2)
-        x, mask = _embed_tokens(self, tokens, self.vocab_size, self.embed_dim)
+        _check_call(tokens, train)
+        x, mask = _embed_tokens(tokens, self.vocab_size, self.embed_dim)
         pooled, weights = [], {}
         for width in self.filter_widths:
             conv = nn.Conv(self.num_filters, (width,), padding=[(width - 1, width - 1)], name=f"conv{width}",
@@ -246,12 +251,11 @@ class BiLSTMClassifier(nn.Module):
           ValueError: if tokens are not rank 2.
           TypeError: if tokens are not integer or train is not a bool.
         """
-        _checks.flag("train", train)
-        _checks.tokens("tokens", tokens, 2)
+        _check_call(tokens, train)
         length = tokens.shape[1]
         if length == 0:  # T = 0: one padding step, so the scans have a step; every sentence is then empty
             tokens = jnp.zeros((tokens.shape[0], 1), tokens.dtype)
-        x, mask = _embed_tokens(self, tokens, self.vocab_size, self.embed_dim)
+        x, mask = _embed_tokens(tokens, self.vocab_size, self.embed_dim)
         lengths = jnp.sum(mask, axis=1).astype(jnp.int32)
         rnn = nn.Bidirectional(nn.RNN(make_cell("lstm", self.hidden_size, name="lstm_forward")),
                                nn.RNN(make_cell("lstm", self.hidden_size, name="lstm_backward")), name="encoder")
@@ -366,9 +370,8 @@ class TransformerClassifier(nn.Module):
           ValueError: if tokens are not rank 2.
           TypeError: if tokens are not integer or train is not a bool.
         """
-        _checks.flag("train", train)
-        _checks.tokens("tokens", tokens, 2)
-        x, mask = _embed_tokens(self, tokens, self.vocab_size, self.d_model)
+        _check_call(tokens, train)
+        x, mask = _embed_tokens(tokens, self.vocab_size, self.d_model)
         lengths = jnp.sum(mask, axis=1).astype(jnp.int32)
         if tokens.shape[1]:
             x = x * self.d_model ** 0.5 + sinusoidal_positions(tokens.shape[1], self.d_model)[None]
@@ -436,9 +439,8 @@ class DAttnClassifier(nn.Module):
           ValueError: if tokens are not rank 2 or T > max_len.
           TypeError: if tokens are not integer or train is not a bool.
         """
-        _checks.flag("train", train)
-        _checks.tokens("tokens", tokens, 2)
-        x, mask = _embed_tokens(self, tokens, self.vocab_size, self.embed_dim)
+        _check_call(tokens, train)
+        x, mask = _embed_tokens(tokens, self.vocab_size, self.embed_dim)
         lengths = jnp.sum(mask, axis=1).astype(jnp.int32)
         features, aux = DualAttentionEncoder(
             max_len=self.max_len, window=self.window, local_features=self.local_features,
