@@ -247,8 +247,9 @@ class MultiHeadCrossAttentionContractTest(contract.LayerContract):
         ]
 
 
-class CoDAAttentionContractTest(contract.LayerContract):
-    """CoDA cross-attention from [B, T, D] queries to padded [B, S, Dkv] inputs (key_lengths)."""
+class CoDAAttentionContractTest(MultiHeadCrossAttentionContractTest):
+    """CoDA cross-attention from [B, T, D] queries to padded [B, S, Dkv] inputs (key_lengths): the inputs, bad
+    inputs and masked raw inputs of the multi-head cross-attention contract, plus F_N's key projection."""
 
     SKIP = {"step": "CoDA's centred gate takes means over every valid (query, key) pair, so a query's weights "
                     "depend on the other queries: there is no step that equals the full pass"}
@@ -256,24 +257,9 @@ class CoDAAttentionContractTest(contract.LayerContract):
     def make_module(self):
         return CoDAAttention(num_heads=2, head_dim=3, key_chunk_size=4, bias_init=nn.initializers.normal(0.3))
 
-    def make_inputs(self, rng):
-        return dict(inputs_q=_normal(rng, B, T, D), inputs_kv=_normal(rng, B, S, D + 2),
-                    key_lengths=jnp.asarray(KEY_LENGTHS))
-
     def masked_keys(self, inputs):
-        dead = ~_valid(KEY_LENGTHS, S)[:, :, None, None]
-        return [Poison(module=name, dead=dead) for name in ("key", "value", "dissimilarity_key")]
-
-    def masked_inputs(self, inputs):
-        return [Poison("inputs_kv", ~_valid(KEY_LENGTHS, S)[..., None])]
-
-    def bad_inputs(self, inputs):
-        kv = inputs["inputs_kv"]
-        return [
-            ("inputs_kv of another batch", {**inputs, "inputs_kv": kv[:1]}, ("inputs_kv", (1, S, D + 2))),
-            ("mask of another key length", {**inputs, "mask": jnp.ones((B, 1, T, S - 1), bool)},
-             ("mask", (B, 1, T, S - 1))),
-        ]
+        dead = ~_valid(KEY_LENGTHS, S)
+        return super().masked_keys(inputs) + [Poison(module="dissimilarity_key", dead=dead[:, :, None, None])]
 
 
 # ----------------------------------------------------------------------------------------------------------

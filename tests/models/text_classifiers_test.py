@@ -43,6 +43,20 @@ def _init(module, tokens):
     return jax.tree.map(lambda x: x + 0.1 * jax.random.normal(jax.random.PRNGKey(2), x.shape), variables)
 
 
+def _padded_equals_alone(module, tokens, *, atol=1e-6):
+    """Applies module to the padded batch and to each non-empty row alone, unpadded; asserts equal logits.
+
+    Returns (variables, the batch's logits, the batch's aux)."""
+    variables = _init(module, tokens)
+    apply = jax.jit(module.apply)
+    batched, aux = apply(variables, jnp.asarray(tokens))
+    for b, row in enumerate(tokens):
+        if np.any(row != 0):
+            alone, _ = apply(variables, jnp.asarray(row[row != 0])[None])
+            np.testing.assert_allclose(batched[b], alone[0], rtol=1e-5, atol=atol, err_msg=f"row {b}")
+    return variables, batched, aux
+
+
 def _numpy_textcnn(params, tokens, widths):
     """Kim 2014 eqs. 1-2 with wide convolutions and max over the windows that hold a real token, in float64."""
     p = jax.tree.map(lambda x: np.asarray(x, np.float64), nn.meta.unbox(params))
@@ -96,12 +110,7 @@ class TextCNNTest(parameterized.TestCase):
         module = tc.TextCNN(vocab_size=V, num_classes=C, embed_dim=5, filter_widths=(2, 3), num_filters=4,
                             pooling=pooling, attention_dim=3, k=2, num_chunks=2, dropout_rate=0.0)
         tokens = _tokens()[:3]
-        variables = _init(module, tokens)
-        apply = jax.jit(module.apply)
-        batched, aux = apply(variables, jnp.asarray(tokens))
-        for b, sentence in enumerate(tokens):
-            alone, _ = apply(variables, jnp.asarray(sentence[sentence != 0])[None])
-            np.testing.assert_allclose(batched[b], alone[0], rtol=1e-5, atol=1e-6, err_msg=f"sentence {b}")
+        _, _, aux = _padded_equals_alone(module, tokens)
         if pooling == "attention":
             for h, w in aux["weights"].items():
                 valid = np.asarray(tc.wide_conv_mask(jnp.asarray(tokens != 0), h))
@@ -141,12 +150,7 @@ class TransformerClassifierTest(parameterized.TestCase):
         module = tc.TransformerClassifier(vocab_size=V, num_classes=C, d_model=8, num_heads=2, d_ff=12,
                                           attention=attention, dropout_rate=0.0)
         tokens = _tokens()
-        variables = _init(module, tokens)
-        apply = jax.jit(module.apply)
-        batched, aux = apply(variables, jnp.asarray(tokens))
-        for b, sentence in enumerate(tokens[:3]):
-            alone, _ = apply(variables, jnp.asarray(sentence[sentence != 0])[None])
-            np.testing.assert_allclose(batched[b], alone[0], rtol=1e-5, atol=1e-5, err_msg=f"sentence {b}")
+        _, _, aux = _padded_equals_alone(module, tokens, atol=1e-5)
         np.testing.assert_array_equal(aux["sentence"][3], 0.0)
         for w in aux["weights"]:
             w = np.asarray(w)
@@ -170,12 +174,7 @@ class DAttnClassifierTest(parameterized.TestCase):
                                     global_widths=(2, 3), global_features=2, hidden_dim=4, dropout_rate=0.0,
                                     global_scores="word")
         tokens = _tokens()
-        variables = _init(module, tokens)
-        apply = jax.jit(module.apply)
-        batched, aux = apply(variables, jnp.asarray(tokens))
-        for b, sentence in enumerate(tokens[:3]):
-            alone, _ = apply(variables, jnp.asarray(sentence[sentence != 0])[None])
-            np.testing.assert_allclose(batched[b], alone[0], rtol=1e-5, atol=1e-6, err_msg=f"document {b}")
+        variables, _, aux = _padded_equals_alone(module, tokens)
         np.testing.assert_array_equal(aux["features"][3], 0.0)
         self.assertEqual(aux["features"].shape, (4, 2 + 2 * 2))
         with _raises(ValueError, "max_len=7", "8"):
@@ -192,15 +191,10 @@ class BiLSTMClassifierTest(parameterized.TestCase):
     def test_padding_changes_nothing(self, pooling):
         module = self._module(pooling)
         tokens = _tokens()
-        variables = _init(module, tokens)
-        apply = jax.jit(module.apply)
-        batched, aux = apply(variables, jnp.asarray(tokens))
-        for b, sentence in enumerate(tokens[:3]):
-            alone, alone_aux = apply(variables, jnp.asarray(sentence[sentence != 0])[None])
-            np.testing.assert_allclose(batched[b], alone[0], rtol=1e-5, atol=1e-6, err_msg=f"sentence {b}")
+        _, logits, aux = _padded_equals_alone(module, tokens)
         # The empty sentence: a zero sentence vector, so its logits are the biases' alone.
         np.testing.assert_array_equal(aux["sentence"][3], 0.0)
-        self.assertTrue(np.all(np.isfinite(batched)))
+        self.assertTrue(np.all(np.isfinite(logits)))
 
     def test_last_is_forward_end_and_backward_start(self):
         module = self._module("last")
