@@ -24,8 +24,8 @@ import jax.numpy as jnp
 
 from attention_jax import _checks
 
-__all__ = ["chunk_max_pool", "dynamic_k", "kmax_pool", "masked_sequence", "max_pool", "mean_pool", "stochastic_pool",
-           "sum_pool"]
+__all__ = ["chunk_max_pool", "dynamic_k", "kmax_pool", "masked_sequence", "max_pool", "mean_pool", "mean_weights",
+           "stochastic_pool", "sum_pool"]
 
 
 def masked_sequence(inputs: jax.Array, mask: jax.Array | None) -> tuple[jax.Array, jax.Array]:
@@ -92,6 +92,25 @@ def mean_pool(inputs: jax.Array, mask: jax.Array | None = None) -> jax.Array:
     count = jnp.sum(mask, axis=1, keepdims=True).astype(jnp.float32)  # [B, 1]
     total = jnp.sum(inputs.astype(jnp.float32), axis=1)
     return (total / jnp.maximum(count, 1.0)).astype(inputs.dtype)
+
+
+def mean_weights(mask: jax.Array) -> jax.Array:
+    """The weights `mean_pool` gives each position, as attention would: 1 / L at the L valid positions.
+
+    Args:
+      mask: [B, T] bool, True = a real position.
+
+    Returns:
+      [B, T] float32; all zeros for a sequence with no valid position.
+
+    Raises:
+      ValueError: if the mask is not rank 2.
+      TypeError: if the mask is not boolean.
+    """
+    _checks.rank("mask", mask, 2)
+    _checks.boolean("mask", mask)
+    count = jnp.maximum(jnp.sum(mask, axis=1, keepdims=True), 1).astype(jnp.float32)
+    return jnp.where(mask, 1.0 / count, 0.0)
 
 
 def max_pool(inputs: jax.Array, mask: jax.Array | None = None) -> jax.Array:

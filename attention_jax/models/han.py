@@ -103,8 +103,7 @@ class HierarchicalAttentionNetwork(nn.Module):
     def _pool(self, which: str, states: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
         if self.pooling == "attention":
             return getattr(self, f"{which}_attention")(states, mask)
-        count = jnp.maximum(jnp.sum(mask, axis=1, keepdims=True), 1).astype(jnp.float32)
-        uniform = jnp.where(mask, 1.0 / count, 0.0)  # [B, T]: what "attention" a pooling amounts to
+        uniform = pooling.mean_weights(mask)  # [B, T]: what "attention" a pooling amounts to
         pooled = pooling.mean_pool(states, mask) if self.pooling == "mean" else pooling.max_pool(states, mask)
         return pooled, uniform
 

@@ -269,8 +269,7 @@ class BiLSTMClassifier(nn.Module):
             sentence = jnp.where((lengths > 0)[:, None], sentence, 0.0)
         elif self.pooling == "mean":
             sentence = pooling.mean_pool(states, mask)
-            count = jnp.maximum(lengths, 1)[:, None].astype(jnp.float32)
-            aux["weights"] = jnp.where(mask, 1.0 / count, 0.0)
+            aux["weights"] = pooling.mean_weights(mask)
         elif self.pooling == "max":
             sentence = pooling.max_pool(states, mask)
         elif self.pooling == "attention":

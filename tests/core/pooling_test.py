@@ -74,6 +74,10 @@ class SimplePoolTest(chex.TestCase):
             np.testing.assert_allclose(got_mean[b], rows.mean(0) if len(rows) else 0.0, atol=1e-5)
             np.testing.assert_allclose(got_max[b], rows.max(0) if len(rows) else 0.0, atol=1e-6)
         np.testing.assert_allclose(pooling.max_pool(x), x.max(1))
+        weights = np.asarray(self.variant(pooling.mean_weights)(mask))
+        np.testing.assert_allclose(np.einsum("bt,btd->bd", weights, np.where(mask[..., None], x, 0.0)), got_mean,
+                                   atol=1e-5)  # the weights mean_pool gives, summing to 1 or (no position) to 0
+        np.testing.assert_allclose(weights.sum(1), np.where(mask.any(1), 1.0, 0.0), atol=1e-6)
 
     @parameterized.parameters("sum_pool", "mean_pool", "max_pool")
     def test_nan_padding_and_empty_rows(self, name):
