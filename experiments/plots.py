@@ -265,3 +265,79 @@ def weight_sparsity(sparsity: Mapping[str, float], path: str, *, title: str = ""
     fig.tight_layout()
     _save(fig, path)
     return path
+
+
+def classification_curves(metrics: Mapping[str, Sequence[Mapping[str, Any]]], path: str, *, title: str = "") -> str:
+    """Training loss (left) and dev accuracy (right) against step, one line per row.
+
+    Args:
+      metrics: row name -> metrics.jsonl records; records with "loss" are training points, records with
+        "dev_accuracy" (in %) evaluation points.
+      path: PNG file to write.
+      title: figure title.
+
+    Returns:
+      ``path``.
+    """
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(13, 5))
+    for k, (row, records) in enumerate(metrics.items()):
+        train = [(r["step"], r["loss"]) for r in records if "loss" in r]
+        dev = [(r["step"], r["dev_accuracy"]) for r in records if "dev_accuracy" in r]
+        marker = _MARKERS[k % len(_MARKERS)]
+        style = "-" if k < 10 else "--"
+        if train:
+            ax_loss.plot(*zip(*train), style, marker=marker, markersize=2, linewidth=1, label=row)
+        if dev:
+            ax_acc.plot(*zip(*dev), style, marker=marker, markersize=5, linewidth=1, label=row)
+    ax_loss.set_xlabel("step")
+    ax_loss.set_ylabel("train cross-entropy (nats / document)")
+    ax_loss.grid(alpha=0.3)
+    ax_acc.set_xlabel("step")
+    ax_acc.set_ylabel("dev accuracy (%)")
+    ax_acc.grid(alpha=0.3)
+    if ax_acc.get_lines():
+        ax_acc.legend(fontsize=6, ncol=2)
+    else:
+        ax_acc.text(0.5, 0.5, "no dev evaluation during training\n(train.eval_every = 0)", ha="center", va="center",
+                    transform=ax_acc.transAxes)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    _save(fig, path)
+    return path
+
+
+def metric_by_length(buckets: Mapping[str, Sequence[Mapping[str, Any]]], path: str, *, metric: str,
+                     xlabel: str, ylabel: str, title: str = "") -> str:
+    """A metric against input-length bins, one line per row (e.g. test accuracy by document length).
+
+    Args:
+      buckets: row name -> bins, each {"bucket": label, "n": count, metric: value or None (empty bin)}.
+      path: PNG file to write.
+      metric: the key of the value in each bin.
+      xlabel, ylabel: axis labels.
+      title: figure title.
+
+    Returns:
+      ``path``.
+    """
+    fig, ax = plt.subplots(figsize=(8, 5))
+    labels: list[str] = []
+    for k, (row, points) in enumerate(buckets.items()):
+        if not labels:
+            labels = [f"{p['bucket']}\n(n={p['n']})" for p in points]
+        xs = [i for i, p in enumerate(points) if p.get(metric) is not None]
+        ax.plot(xs, [points[i][metric] for i in xs], "-" if k < 10 else "--", marker=_MARKERS[k % len(_MARKERS)],
+                label=row)
+    if labels:
+        ax.set_xticks(range(len(labels)))
+        ax.set_xticklabels(labels, fontsize=8)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6, ncol=2)
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    _save(fig, path)
+    return path

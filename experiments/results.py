@@ -35,7 +35,7 @@ COLUMNS = (
 
 
 # Left-aligned (text) columns; every other column is right-aligned.
-TEXT_COLUMNS = ("row", "attention", "score", "mode", "norm", "positions", "description", "paper")
+TEXT_COLUMNS = ("row", "attention", "score", "mode", "norm", "positions", "description", "paper", "model", "pooling")
 
 
 def statistics_columns(columns: Sequence[tuple[str, str]], *, baseline: str = "", significance: bool = True,
@@ -75,7 +75,7 @@ def describe_model(model_config: Mapping[str, Any]) -> dict[str, str]:
 
 
 # Keys whose spread over seeds is always shown (mean +- std), even when it is 0.
-MEASURED_SUFFIXES = ("ppl", "bleu", "chrf", "loss")
+MEASURED_SUFFIXES = ("ppl", "bleu", "chrf", "loss", "accuracy")
 
 
 def _is_number(value: Any) -> bool:
@@ -83,7 +83,7 @@ def _is_number(value: Any) -> bool:
 
 
 def _number(key: str, value: float) -> str:
-    if key.endswith(("ppl", "bleu", "chrf", "loss")):
+    if key.endswith(("ppl", "bleu", "chrf", "loss", "accuracy")):
         return f"{value:.2f}"
     if key == "train_minutes":
         return f"{value:.1f}"
@@ -196,9 +196,9 @@ def summarize(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
             present = [r[key] for r in recs if r.get(key) is not None]
             if not present:
                 summary[key] = None
-            elif key.endswith(("bleu_ci", "chrf_ci")):
+            elif key.endswith(("bleu_ci", "chrf_ci", "accuracy_ci")):
                 summary[key] = _union(present)
-            elif key.endswith(("bleu_p", "chrf_p")):
+            elif key.endswith(("bleu_p", "chrf_p", "accuracy_p")):
                 numbers = [v for v in present if _is_number(v)]
                 summary[key] = max(numbers) if numbers and len(numbers) == len(recs) else None
             elif key == "bleu_by_length" and len(present) > 1:

@@ -106,6 +106,34 @@ def _hash_split(items: Sequence[Labelled], test_fraction: float) -> tuple[list[L
     return train, test
 
 
+def load_labelled_tsv(path: str | os.PathLike[str], test_fraction: float = 0.2,
+                      ) -> tuple[list[Labelled], list[Labelled]]:
+    """(train, test) from a user's UTF-8 file of "label<TAB>text" lines, split by a hash of the text.
+
+    Blank lines are skipped.
+
+    Raises:
+      DataError: the file cannot be read, a non-blank line has no tab, label or text, or nothing is left.
+    """
+    try:
+        with open(os.path.expanduser(path), encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise DataError(f"cannot read {path} ({err}); fix: pass a UTF-8 file of 'label<TAB>text' lines") from None
+    items = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        label, tab, text = line.partition("\t")
+        if not tab or not label.strip() or not text.strip():
+            raise DataError(f"{path} line {number} is not 'label<TAB>text' ({line[:60]!r}); fix: one labelled text "
+                            "per line, the label before the first tab")
+        items.append((label.strip(), text))
+    if not items:
+        raise DataError(f"{path} holds no labelled text; fix: one 'label<TAB>text' line per document")
+    return _hash_split(items, test_fraction)
+
+
 def load_corpus(corpus: str, data_dir: str | os.PathLike[str] | None = None, *, test_fraction: float = 0.2,
                 ) -> tuple[list[Labelled], list[Labelled]]:
     """(train, test) lists of (label, text) for one of `CORPORA`.

@@ -1,0 +1,642 @@
+"""Document classification with attention pooling: TextCNN, BiLSTM, HAN, sparse and CoDA Transformers, D-Attn.
+
+    python -m experiments.classification                                    # the table: 17 rows x 3 seeds
+    python -m experiments.classification --preset=smoke --workdir=/tmp/cls_smoke
+    python -m experiments.classification --rows=han_att,han_ave,han_max --config.seeds=5
+    python -m experiments.classification --config.data.corpus=rotten_tomatoes --rows=cnn_max,cnn_attention
+    python -m experiments.classification --data_path=my_labelled.tsv        # lines "label<TAB>text"
+
+Rows, data, presets and the claims tested: `experiments/configs/classification.py`. Flags: `experiments/cli.py`
+(--preset, --workdir, --rows, --data_path, --config.*, --jobs). Each (row, seed) run trains in
+``<workdir>/<row>/seed_<n>/`` with orbax checkpoints (a killed run resumes; a finished one is only re-reported)
+and logs step, loss, documents/s and ETA.
+
+Outputs in the workdir: results.md and results.jsonl (one record per (row, seed): test accuracy, its paired
+bootstrap CI and permutation p against the baseline row, dev accuracy, steps, minutes), claims.jsonl,
+loss_curves.png (training loss and dev accuracy by step), accuracy_by_length.png, attention_sparsity.png (the
+share of exactly-zero self-attention weights of the softmax / sparsemax / entmax rows) and attention_<row>.html
+(test documents as coloured text: word and sentence weights, HAN's Fig. 5).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+import time
+from typing import Any
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from ml_collections import config_flags
+
+from attention_jax.models.han import HierarchicalAttentionNetwork
+from attention_jax.models import text_classifiers as tc
+from experiments import cli
+from experiments import data
+from experiments import results
+from experiments import stats
+from experiments import training
+from experiments.configs import classification as cls_config
+from experiments.data import classification as labelled
+from experiments.data import documents as docs
+from experiments.training import report, spec
+
+FLAGS = flags.FLAGS
+FAMILIES = ("textcnn", "bilstm", "han", "transformer", "dattn")
+POOLINGS = {"textcnn": tc.CNN_POOLINGS, "bilstm": tc.RNN_POOLINGS, "han": ("attention", "mean", "max")}
+LENGTH_BINS = (16, 32, 64, 128)
+
+EXPERIMENT = training.Experiment(
+        name="classification",
+        title="Document classification by attention pooling (TextCNN, BiLSTM, HAN, sparse / CoDA Transformers, "
+              "D-Attn)",
+        get_config=cls_config.get_config,
+        presets=cls_config.PRESETS,
+        rows=cls_config.ROWS,
+        default_rows=cls_config.DEFAULT_ROWS,
+        default_preset=cls_config.DEFAULT_PRESET,
+        default_workdir="workdirs/classification",
+        default_jobs=2,
+)
+
+DATA_PATH_HELP = ("your own labelled text instead of --config.data.corpus: a UTF-8 TSV file of 'label<TAB>text' "
+                  "lines (split into train / test by a hash of the text)")
+
+
+def build_model(m: ml_collections.ConfigDict, vocab_size: int, num_classes: int, max_len: int):
+    """The flax module of a row's ``model`` config."""
+    common = dict(vocab_size=int(vocab_size), num_classes=int(num_classes), dropout_rate=float(m.dropout_rate))
+    if m.family == "textcnn":
+        return tc.TextCNN(**common, embed_dim=m.embed_dim, filter_widths=tuple(m.filter_widths),
+                          num_filters=m.num_filters, pooling=m.pooling, attention_dim=m.attention_dim or None,
+                          k=m.k, num_chunks=m.num_chunks, normalizer=m.normalizer)
+    if m.family == "bilstm":
+        return tc.BiLSTMClassifier(**common, embed_dim=m.embed_dim, hidden_size=m.hidden_size, pooling=m.pooling,
+                                   attention_dim=m.attention_dim or None, hops=m.hops, normalizer=m.normalizer)
+    if m.family == "han":
+        return HierarchicalAttentionNetwork(**common, embed_dim=m.embed_dim, hidden_size=m.hidden_size,
+                                            attention_dim=m.attention_dim, pooling=m.pooling,
+                                            normalizer=m.normalizer)
+    if m.family == "transformer":
+        return tc.TransformerClassifier(**common, d_model=m.d_model, num_heads=m.num_heads, d_ff=m.d_ff,
+                                        num_layers=m.num_layers, attention=m.attention, coda_gate=m.coda_gate)
+    return tc.DAttnClassifier(**common, max_len=int(max_len), embed_dim=m.embed_dim, window=m.window,
+                              local_features=m.local_features, global_widths=tuple(m.global_widths),
+                              global_features=m.global_features, global_scores=m.global_scores,
+                              hidden_dim=m.hidden_dim)
+
+
+def _int_at_least(path: str, value: Any, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise training.ConfigError(f"--config.{path}={value!r} is not valid; fix: use an int >= {minimum}")
+
+
+def validate(config: ml_collections.ConfigDict, rows: list[str]) -> None:
+    """Checks every value the runs will use, before any data or compute.
+
+    Raises:
+      training.ConfigError: naming the bad value and the fix.
+    """
+    d, t, e = config.data, config.train, config.eval
+    if d.get("data_path") and not os.path.isfile(os.path.expanduser(d.data_path)):
+        raise training.ConfigError(f"the data path file {d.data_path!r} does not exist; fix: point --data_path at a "
+                                   "TSV file of 'label<TAB>text' lines, or leave it empty to use --config.data.corpus")
+    if not d.get("data_path") and d.corpus not in labelled.CORPORA:
+        raise training.ConfigError(f"--config.data.corpus={d.corpus!r} is not valid; fix: use one of "
+                                   f"{', '.join(labelled.CORPORA)}")
+    if d.sentences not in ("", *docs.SENTENCE_MODES):
+        raise training.ConfigError(f"--config.data.sentences={d.sentences!r} is not valid; fix: use pysbd, none or "
+                                   "leave it empty")
+    for name in ("vocab_size", "max_tokens", "max_sentences", "sentence_tokens"):
+        _int_at_least(f"data.{name}", d[name], 8 if name == "vocab_size" else 1)
+    for name in ("max_train", "max_test"):
+        _int_at_least(f"data.{name}", d[name], 0)
+    for name in ("dev_fraction", "test_fraction"):
+        if not 0.0 < d[name] < 0.5:
+            raise training.ConfigError(f"--config.data.{name}={d[name]!r} is not valid; fix: use a fraction in "
+                                       "(0, 0.5)")
+    buckets = tuple(d.buckets) if isinstance(d.buckets, (tuple, list)) else (d.buckets,)
+    if (not buckets or any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in buckets)
+            or list(buckets) != sorted(set(buckets)) or buckets[-1] < d.max_tokens):
+        raise training.ConfigError(f"--config.data.buckets={d.buckets!r} is not valid; fix: use strictly increasing "
+                                   f"ints ending at >= data.max_tokens={d.max_tokens}, e.g. '(32,64,128)'")
+    _int_at_least("train.batch_size", t.batch_size, 1)
+    for name in ("num_steps", "log_every", "eval_every", "checkpoint_every"):
+        _int_at_least(f"train.{name}", t[name], 0)
+    if not t.learning_rate > 0 or t.grad_clip_norm < 0 or t.max_minutes < 0:
+        raise training.ConfigError("--config.train.learning_rate must be > 0 and grad_clip_norm, max_minutes >= 0 "
+                                   f"(got {t.learning_rate}, {t.grad_clip_norm}, {t.max_minutes}); fix: change them")
+    if t.num_steps == 0 and t.max_minutes == 0:
+        raise training.ConfigError("train.num_steps and train.max_minutes are both 0, so training would never stop; "
+                                   "fix: set --config.train.num_steps")
+    _int_at_least("eval.batch_size", e.batch_size, 1)
+    _int_at_least("eval.num_documents", e.num_documents, 0)
+    if e.significance not in ("bs", "none"):
+        raise training.ConfigError(f"--config.eval.significance={e.significance!r} is not valid; fix: use bs (paired "
+                                   "bootstrap CI and permutation p) or none")
+    for row in rows:
+        m = training.row_config(EXPERIMENT, config, row).model
+        if m.family not in FAMILIES:
+            raise training.ConfigError(f"row {row}: --config.model.family={m.family!r} is not valid; fix: use one of "
+                                       f"{', '.join(FAMILIES)}")
+        if m.family in POOLINGS and m.pooling not in POOLINGS[m.family]:
+            raise training.ConfigError(f"row {row}: model.pooling={m.pooling!r} is not a {m.family} pooling; fix: use "
+                                       f"one of {', '.join(POOLINGS[m.family])}")
+        if m.penalty < 0:
+            raise training.ConfigError(f"row {row}: model.penalty={m.penalty!r} must be >= 0; fix: change it")
+        try:  # the modules check their own fields (sizes, rates, choices) in __post_init__
+            build_model(m, 16, 2, d.max_tokens)
+        except (ValueError, TypeError) as err:
+            raise training.ConfigError(f"row {row}: {' '.join(str(err).split())}; fix: change that --config.model "
+                                       "field") from None
+
+
+def _inputs(family: str, batch: dict[str, Any]) -> jax.Array:
+    return batch["sentences"] if family == "han" else batch["tokens"]
+
+
+def _forward(model, family: str):
+    def forward(params, batch, rng=None):
+        train = rng is not None
+        return model.apply({"params": params}, _inputs(family, batch), train=train,
+                           rngs={"dropout": rng} if train else None)
+    return forward
+
+
+def make_train_step(model, family: str, optimizer: optax.GradientTransformation, penalty: float):
+    """The jitted step of `training.train_loop`: cross-entropy (+ Lin's penalty) over the real documents."""
+    forward = _forward(model, family)
+
+    def loss_fn(params, batch, rng):
+        logits, aux = forward(params, batch, rng)
+        w = batch["weights"]
+        ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["labels"])
+        total = jnp.sum(ce * w)
+        if penalty and aux.get("penalty") is not None:
+            total = total + penalty * jnp.sum(aux["penalty"] * w)
+        count = jnp.maximum(jnp.sum(w), 1.0)
+        return total / count, (jnp.sum(ce * w), jnp.sum(w))
+
+    @jax.jit
+    def step(params, opt_state, carry, batch, rng):
+        (_, (ce_sum, weight)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch, rng)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, carry, ce_sum, weight
+
+    return step
+
+
+def _zero_share(weights: list[jax.Array], lengths: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(exactly-zero weights, valid (query, key) pairs) summed over layers, heads and the batch."""
+    zeros, pairs = jnp.zeros(()), jnp.zeros(())
+    valid = jnp.arange(weights[0].shape[-1])[None, :] < lengths[:, None]  # [B, T]
+    pair = (valid[:, None, :, None] & valid[:, None, None, :]).astype(jnp.float32)  # [B, 1, T, T]
+    for w in weights:
+        zeros = zeros + jnp.sum((w == 0).astype(jnp.float32) * pair)
+        pairs = pairs + jnp.sum(pair) * w.shape[1]
+    return zeros, pairs
+
+
+def make_predict(model, family: str):
+    """Jitted (params, batch) -> (predicted class [B], cross-entropy [B], zero-weight count, valid pairs)."""
+    forward = _forward(model, family)
+
+    @jax.jit
+    def predict(params, batch):
+        logits, aux = forward(params, batch)
+        ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["labels"])
+        if family == "transformer":
+            zeros, pairs = _zero_share(aux["weights"], jnp.sum(batch["tokens"] != 0, axis=1))
+        else:
+            zeros, pairs = jnp.zeros(()), jnp.zeros(())
+        return jnp.argmax(logits, axis=-1), ce, zeros, pairs
+
+    return predict
+
+
+def evaluate_split(predict, params, split: docs.DocumentSplit, cfg: ml_collections.ConfigDict) -> dict[str, Any]:
+    """Accuracy (%), mean cross-entropy, per-document predictions and the zero-weight share on one split."""
+    predictions = np.full((len(split),), -1, np.int64)
+    losses = np.zeros((len(split),), np.float64)
+    zeros = pairs = 0.0
+    for batch in docs.document_batches(split, int(cfg.eval.batch_size), tuple(cfg.data.buckets), shuffle=False):
+        pred, ce, z, p = predict(params, {k: v for k, v in batch.items() if k != "index"})
+        real = batch["index"] >= 0
+        predictions[batch["index"][real]] = np.asarray(pred)[real]
+        losses[batch["index"][real]] = np.asarray(ce)[real]
+        zeros, pairs = zeros + float(z), pairs + float(p)
+    correct = predictions == split.labels
+    return {"accuracy": 100.0 * float(correct.mean()), "loss": float(losses.mean()),
+            "predictions": predictions.tolist(), "zero_share": zeros / pairs if pairs else None}
+
+
+def merge_pieces(pieces: list[str], weights: np.ndarray) -> tuple[list[str], list[float]]:
+    """SentencePiece pieces and their weights -> words and word weights (the sum over a word's pieces; a piece
+    starting with "\u2581" starts a word)."""
+    words: list[str] = []
+    merged: list[float] = []
+    for piece, weight in zip(pieces, np.asarray(weights, np.float64).tolist()):
+        if piece.startswith("\u2581") or not words:
+            words.append(piece.lstrip("\u2581"))
+            merged.append(weight)
+        else:
+            words[-1] += piece
+            merged[-1] += weight
+    return words, merged
+
+
+def attention_documents(model, family: str, params, split: docs.DocumentSplit, tokenizer, label_names,
+                        predictions: list[int], count: int) -> list[dict[str, Any]]:
+    """The first ``count`` documents of ``split`` with their word (and sentence) weights, for
+    `plots.attention_text_html`;
+    [] for a model without per-token weights."""
+    if count == 0 or family not in ("han", "bilstm"):
+        return []
+    if family == "bilstm" and getattr(model, "pooling", "") not in ("attention", "structured"):
+        return []
+    index = np.arange(min(count, len(split)))
+    batch = {"tokens": split.tokens[index], "sentences": split.sentences[index]}
+    _, aux = model.apply({"params": params}, _inputs(family, batch), train=False)
+    out = []
+    for j, i in enumerate(index):
+        caption = (f"test document {int(i)}: label {label_names[split.labels[i]]}, predicted "
+                   f"{label_names[predictions[i]]}")
+        if family == "han":
+            rows = split.sentence_lengths[i]
+            merged = [merge_pieces([tokenizer.id_to_piece(t) for t in split.sentences[i, r, :n]],
+                                   np.asarray(aux["word_weights"][j, r, :n])) for r, n in enumerate(rows)]
+            out.append({"sentences": [w for w, _ in merged], "word_weights": [x for _, x in merged],
+                        "caption": caption,
+                        "sentence_weights": np.asarray(aux["sentence_weights"][j, :len(rows)]).tolist()})
+        else:
+            weights = aux.get("weights")
+            if weights is None:
+                return []
+            w = np.asarray(weights[j])
+            w = w.mean(axis=0) if w.ndim == 2 else w  # structured: the mean over hops
+            n = int(split.lengths[i])
+            words, word_weights = merge_pieces([tokenizer.id_to_piece(t) for t in split.tokens[i, :n]], w[:n])
+            out.append({"sentences": [words], "word_weights": [word_weights], "caption": caption})
+    return out
+
+
+def _accuracy_by_length(correct: np.ndarray, lengths: np.ndarray) -> list[dict[str, Any]]:
+    out, lo = [], 1
+    for hi in LENGTH_BINS:
+        sel = (lengths >= lo) & (lengths <= hi)
+        out.append({"bucket": f"{lo}-{hi}", "n": int(sel.sum()),
+                    "accuracy": 100.0 * float(correct[sel].mean()) if sel.any() else None})
+        lo = hi + 1
+    return out
+
+
+def train_run(cfg: ml_collections.ConfigDict, corpus: docs.Documents, run_dir: str, *, label: str,
+              after_s: Any = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Trains (or resumes) one (row, seed) and evaluates it; returns (record fields, attention documents)."""
+    m, t = cfg.model, cfg.train
+    model = build_model(m, corpus.tokenizer.vocab_size, corpus.num_classes, cfg.data.max_tokens)
+    optimizer = optax.chain(optax.clip_by_global_norm(t.grad_clip_norm) if t.grad_clip_norm else optax.identity(),
+                            optax.adam(t.learning_rate))
+    buckets = tuple(cfg.data.buckets)
+    first = next(docs.document_batches(corpus.train, int(t.batch_size), buckets, shuffle=True, seed=0))
+    first = {k: v for k, v in first.items() if k != "index"}
+    rng = jax.random.key(int(cfg.seed))
+    init_rng, dropout_rng, step_rng = jax.random.split(rng, 3)
+    params = model.init({"params": init_rng, "dropout": dropout_rng}, _inputs(m.family, first))["params"]
+    opt_state = optimizer.init(params)
+    step = make_train_step(model, m.family, optimizer, float(m.penalty))
+    predict = make_predict(model, m.family)
+
+    def epoch_batches(epoch: int):
+        for batch in docs.document_batches(corpus.train, int(t.batch_size), buckets, shuffle=True,
+                                           seed=int(cfg.seed) * 100003 + epoch):
+            yield {k: v for k, v in batch.items() if k != "index"}, float(batch["weights"].sum())
+
+    def evaluate(p) -> dict[str, float]:
+        dev = evaluate_split(predict, p, corpus.dev, cfg)
+        return {"dev_accuracy": dev["accuracy"], "dev_loss": dev["loss"]}
+
+    steps_per_epoch = sum(1 for _ in docs.document_batches(corpus.train, int(t.batch_size), buckets, shuffle=False))
+    outcome = training.train_loop(step, params, opt_state, epoch_batches, train_config=t, run_dir=run_dir,
+                                  rng=step_rng, evaluate=evaluate if t.eval_every else None, eval_at_end=True,
+                                  steps_per_epoch=steps_per_epoch, label=label, after_s=after_s)
+    test = evaluate_split(predict, outcome.params, corpus.test, cfg)
+    dev = evaluate_split(predict, outcome.params, corpus.dev, cfg)
+    correct = np.asarray(test["predictions"]) == corpus.test.labels
+    with open(os.path.join(run_dir, "test_predictions.json"), "w", encoding="utf-8") as f:
+        json.dump({"predictions": test["predictions"], "labels": corpus.test.labels.tolist()}, f)
+    fields = {"test_accuracy": test["accuracy"], "dev_accuracy": dev["accuracy"], "test_loss": test["loss"],
+              "attention_zero_share": test["zero_share"],
+              "accuracy_by_length": _accuracy_by_length(correct, corpus.test.lengths),
+              "params": sum(int(np.prod(x.shape)) for x in jax.tree.leaves(outcome.params)),
+              "steps": outcome.steps, "epochs": round(outcome.steps / max(steps_per_epoch, 1), 2),
+              "train_minutes": round(outcome.minutes, 2), "stop_reason": outcome.stop_reason}
+    shown = attention_documents(model, m.family, outcome.params, corpus.test, corpus.tokenizer, corpus.label_names,
+                                test["predictions"], int(cfg.eval.num_documents))
+    return fields, shown
+
+
+def _describe(m: ml_collections.ConfigDict) -> dict[str, Any]:
+    if m.family == "transformer":
+        what = f"{m.attention} self-attention"
+    elif m.family == "dattn":
+        what = f"local + global ({m.global_scores}) attention"
+    else:
+        what = m.pooling + (f", penalty {m.penalty:g}" if m.pooling == "structured" else "")
+    return {"model": m.family, "pooling": what}
+
+
+def _load_corpus(config: ml_collections.ConfigDict) -> docs.Documents:
+    d = config.data
+    return docs.prepare_documents(d.corpus, d.data_dir, vocab_size=d.vocab_size, max_tokens=d.max_tokens,
+                                  max_sentences=d.max_sentences, sentence_tokens=d.sentence_tokens,
+                                  dev_fraction=d.dev_fraction, test_fraction=d.test_fraction,
+                                  max_train=d.max_train, max_test=d.max_test, sentences=d.sentences,
+                                  data_path=d.get("data_path", ""))
+
+
+def run(config: ml_collections.ConfigDict, rows: list[str], workdir: str, *, preset: str = "", command: str = "",
+        jobs: int = 1, worker_command: list[str] | tuple = (), worker: tuple[int, int] | None = None,
+        corpus: docs.Documents | None = None) -> list[dict[str, Any]]:
+    """Trains every (row, seed) not yet finished in ``workdir`` and writes the report; returns the records.
+
+    Raises:
+      training.ConfigError: bad seeds, a checkpoint of another config, a failed worker.
+      experiments.data.DataError: the corpus cannot be obtained or read.
+    """
+    from experiments.training import translation  # pylint: disable=import-outside-toplevel
+
+    seeds = spec.check_report_config(EXPERIMENT, config)
+    training.quiet_orbax_logging()
+    started = time.monotonic()
+    os.makedirs(workdir, exist_ok=True)
+    if worker is None:
+        with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+            json.dump({"experiment": EXPERIMENT.name, "preset": preset, "rows": rows, "seeds": list(seeds),
+                       "config": config.to_dict()}, f, indent=2, sort_keys=True, default=list)
+        if command:
+            with open(os.path.join(workdir, "command.txt"), "w", encoding="utf-8") as f:
+                f.write(command + "\n")
+    order = [(row, seed) for seed in seeds for row in rows]  # seed-major: a partial table is a whole one-seed table
+    cfgs = {key: spec.run_config(EXPERIMENT, config, *key) for key in order}
+    flats = {key: spec.run_flat(cfg) for key, cfg in cfgs.items()}
+    fps = {key: spec.fingerprint(flat) for key, flat in flats.items()}
+    todo = []
+    for row, seed in order:
+        rd = spec.run_dir(workdir, row, seed)
+        if spec.done_record(rd, fps[(row, seed)]) is None:
+            spec.check_resumable(EXPERIMENT, row, flats[(row, seed)], rd)
+            todo.append((row, seed))
+    if todo and worker is None and jobs > 1 and len(todo) > 1:
+        corpus = corpus or _load_corpus(config)  # once here, so the workers find the segmentation and tokenizer cached
+        logging.info("data: %s", corpus.info)
+        translation._run_workers(min(jobs, len(todo)), list(worker_command))  # pylint: disable=protected-access
+        todo = []
+    if todo and corpus is None:
+        t0 = time.monotonic()
+        corpus = _load_corpus(config)
+        logging.info("data: %s (%.1f s)", corpus.info, time.monotonic() - t0)
+    if corpus is not None and worker is None:
+        with open(os.path.join(workdir, "data.json"), "w", encoding="utf-8") as f:
+            json.dump({**corpus.info, "label_names": corpus.label_names,
+                       "test_labels": corpus.test.labels.tolist(), "test_lengths": corpus.test.lengths.tolist()},
+                      f, indent=2)
+    durations: list[float] = []
+    for row, seed in todo:
+        rd = spec.run_dir(workdir, row, seed)
+        os.makedirs(rd, exist_ok=True)
+        claim = translation._claim_run(rd) if worker is not None else None  # pylint: disable=protected-access
+        if worker is not None and claim is None:
+            continue
+        try:
+            if spec.done_record(rd, fps[(row, seed)]) is not None:
+                continue
+            cfg = cfgs[(row, seed)]
+            label = row if len(seeds) == 1 else f"{row} seed {seed}"
+            os.makedirs(rd, exist_ok=True)
+            with open(os.path.join(rd, "row_config.json"), "w", encoding="utf-8") as f:
+                json.dump(flats[(row, seed)], f, indent=2, sort_keys=True)
+            left = len(todo) - len(durations) - 1
+            after_s = (sum(durations) / len(durations)) * left if durations else (lambda total, n=left: total * n)
+            t0 = time.monotonic()
+            fields, shown = train_run(cfg, corpus, rd, label=label, after_s=after_s)
+            record = {"row": row, "seed": seed, **_describe(cfg.model), **fields, "corpus": corpus.info["corpus"],
+                      "machine": report.machine_description(), "fingerprint": fps[(row, seed)]}
+            if shown:
+                with open(os.path.join(rd, "attention_documents.json"), "w", encoding="utf-8") as f:
+                    json.dump(shown, f)
+            with open(os.path.join(rd, "done.json"), "w", encoding="utf-8") as f:
+                json.dump({"fingerprint": fps[(row, seed)], "record": record}, f, indent=2, sort_keys=True)
+            durations.append(time.monotonic() - t0)
+            logging.info("[%s] test accuracy %.2f%% (dev %.2f%%) after %d steps, %.1f min", label,
+                         fields["test_accuracy"], fields["dev_accuracy"], fields["steps"], fields["train_minutes"])
+        finally:
+            if claim is not None:
+                claim.close()
+    if worker is not None:
+        return []
+    records = {key: spec.done_record(spec.run_dir(workdir, *key), fps[key]) for key in order}
+    return write_report(config, workdir, rows, seeds, {k: v for k, v in records.items() if v is not None},
+                        preset=preset, command=command, wall_s=time.monotonic() - started)
+
+
+def _correct(workdir: str, row: str, seed: int) -> np.ndarray | None:
+    path = os.path.join(spec.run_dir(workdir, row, seed), "test_predictions.json")
+    if not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        saved = json.load(f)
+    return np.asarray(saved["predictions"]) == np.asarray(saved["labels"])
+
+
+def add_significance(table: list[dict[str, Any]], workdir: str, *, baseline: str, n_resamples: int,
+                     claims) -> dict[tuple[str, str, int], float]:
+    """Adds test_accuracy_ci (the paired bootstrap CI of the difference to ``baseline``, in points) and
+    test_accuracy_p (its permutation p) to each record; returns the claims' (better, worse, seed) -> p."""
+    pairs = {(rec["row"], baseline, int(rec["seed"])) for rec in table if rec["row"] != baseline}
+    for claim in claims:
+        for worse in claim.worse:
+            pairs |= {(claim.better, worse, int(rec["seed"])) for rec in table if rec["row"] == claim.better}
+    tested: dict[tuple[str, str, int], Any] = {}
+    for better, worse, seed in sorted(pairs):
+        a, b = _correct(workdir, better, seed), _correct(workdir, worse, seed)
+        if a is not None and b is not None and a.shape == b.shape:
+            tested[(better, worse, seed)] = stats.paired_accuracy_test(a, b, n_resamples=n_resamples, seed=seed)
+    for rec in table:
+        test = tested.get((rec["row"], baseline, int(rec["seed"])))
+        if test is not None:
+            rec["test_accuracy_ci"] = [100.0 * test.ci[0], 100.0 * test.ci[1]]
+            rec["test_accuracy_p"] = test.p_value
+        rec["baseline_row"] = baseline
+    return {key: test.p_value for key, test in tested.items()}
+
+
+COLUMNS = (("row", "row"), ("model", "model"), ("pooling", "pooling"), ("test accuracy %", "test_accuracy"),
+           ("Δ vs baseline, 95% CI", "test_accuracy_ci"), ("p", "test_accuracy_p"), ("dev accuracy %", "dev_accuracy"),
+           ("paper", "paper"), ("seeds", "n_seeds"), ("params", "params"), ("steps", "steps"),
+           ("train minutes", "train_minutes"))
+
+
+def write_report(config: ml_collections.ConfigDict, workdir: str, rows: list[str], seeds: tuple[int, ...],
+                 records: dict[tuple[str, int], dict[str, Any]], *, preset: str, command: str,
+                 wall_s: float) -> list[dict[str, Any]]:
+    """results.md, results.jsonl, claims.jsonl and the figures; returns the records in table order."""
+    table = [dict(records[(row, seed)]) for row in rows for seed in seeds if (row, seed) in records]
+    if not table:
+        logging.warning("no finished run in %s to report", workdir)
+        return []
+    baseline = spec.baseline_row(EXPERIMENT, config)
+    baseline = baseline if any(r["row"] == baseline for r in table) else ""
+    claims = EXPERIMENT.claim_list
+    claim_p = {}
+    if config.eval.significance == "bs" and baseline:
+        claim_p = add_significance(table, workdir, baseline=baseline,
+                                   n_resamples=int(config.eval.significance_samples), claims=claims)
+    paper = EXPERIMENT.paper_numbers
+    for rec in table:
+        rec["paper"] = paper.get(rec["row"])
+        rec["title"] = EXPERIMENT.title
+    summary = results.summarize(table)
+    footnotes: dict[str, int] = {}
+    for line in summary:
+        line["paper"] = results.paper_cell(paper.get(line["row"]), footnotes)
+        if line["row"] == baseline:
+            line["test_accuracy_p"] = "baseline"
+    verdicts = [stats.claim_verdict(c, table, p_values=claim_p) for c in claims]
+    info = _read_json(os.path.join(workdir, "data.json"))
+    wall_min = wall_s / 60.0
+    claim_recs = [{**v, "experiment": EXPERIMENT.name, "title": EXPERIMENT.title, "command": command,
+                   "workdir": os.path.abspath(workdir), "machine": report.machine_description(),
+                   "seeds": list(seeds), "wall_minutes": round(wall_min, 1)} for v in verdicts]
+    with open(os.path.join(workdir, "claims.jsonl"), "w", encoding="utf-8") as f:
+        for rec in claim_recs:
+            f.write(json.dumps(rec, sort_keys=True) + "\n")
+    figures = _figures(workdir, rows, seeds, table)
+    notes = [f"preset: {preset or '-'}; corpus: {info.get('corpus', '?')} ({info.get('classes', '?')} classes; "
+             f"{info.get('train', '?')} train / {info.get('dev', '?')} dev / {info.get('test', '?')} test documents; "
+             f"sentences: {info.get('sentences', '?')}; SentencePiece BPE vocabulary {info.get('vocab_size', '?')}; "
+             f"{info.get('mean_tokens', 0):.1f} tokens per train document on average, "
+             f"{info.get('truncated_documents', '?')} cut at {config.data.max_tokens})",
+             f"training: {config.train.num_steps} steps of {config.train.batch_size} documents, Adam "
+             f"{config.train.learning_rate:g}, clip {config.train.grad_clip_norm:g}, the same for every row; "
+             "test accuracy after the last step (no model selection)",
+             f"seeds: {', '.join(map(str, seeds))}; machine: {report.machine_description()}; wall time of this "
+             f"invocation: {wall_min:.1f} min (a rerun that only re-reports is short)"]
+    if baseline:
+        notes.append(f"Δ and p: each row against {baseline} on the same test documents, per seed "
+                     f"(`experiments.stats.paired_accuracy_test`: scipy paired bootstrap CI of the accuracy "
+                     f"difference in points, {config.eval.significance_samples} resamples, and a paired permutation "
+                     "p); the table shows the union of the seeds' CIs and the largest p")
+    length_lines = _length_table(summary)
+    sections = [report.claims_section(verdicts), length_lines]
+    results.write(workdir, table, title=f"{EXPERIMENT.title}; data: {info.get('corpus', '?')}", command=command,
+                  notes=notes, figures=figures, columns=COLUMNS, summary=summary, sections=sections)
+    if footnotes:
+        with open(os.path.join(workdir, "results.md"), "a", encoding="utf-8") as f:
+            f.write("\nPaper numbers (other data and models; compare orderings, not values):\n\n"
+                    + "\n".join(f"- [{n}] {source}" for source, n in footnotes.items()) + "\n")
+    return table
+
+
+def _length_table(summary: list[dict[str, Any]]) -> str:
+    with_bins = [s for s in summary if s.get("accuracy_by_length")]
+    if not with_bins:
+        return ""
+    labels = [b["bucket"] for b in with_bins[0]["accuracy_by_length"]]
+    counts = [str(b["n"]) for b in with_bins[0]["accuracy_by_length"]]
+    lines = ["Test accuracy (%) by document length (tokens; first seed):", "",
+             "| row | " + " | ".join(labels) + " |", "|---|" + "---:|" * len(labels),
+             "| (documents) | " + " | ".join(counts) + " |"]
+    for s in with_bins:
+        lines.append(f"| {s['row']} | " + " | ".join("-" if b["accuracy"] is None else f"{b['accuracy']:.1f}"
+                                                     for b in s["accuracy_by_length"]) + " |")
+    return "\n".join(lines)
+
+
+def _read_json(path: str) -> dict[str, Any]:
+    if not os.path.exists(path):
+        return {}
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def _figures(workdir: str, rows: list[str], seeds: tuple[int, ...], table: list[dict[str, Any]]) -> list[str]:
+    from experiments import plots  # pylint: disable=import-outside-toplevel
+
+    paths = []
+    first = seeds[0]
+    metrics = {row: results.read_jsonl(os.path.join(spec.run_dir(workdir, row, first), "metrics.jsonl"))
+               for row in rows}
+    metrics = {row: recs for row, recs in metrics.items() if recs}
+    if metrics:
+        paths.append(os.path.relpath(plots.classification_curves(metrics, os.path.join(workdir, "loss_curves.png"),
+                                                                 title=f"seed {first}"), workdir))
+    by_length = {rec["row"]: rec["accuracy_by_length"] for rec in table
+                 if rec["seed"] == first and rec.get("accuracy_by_length")}
+    if by_length:
+        paths.append(os.path.relpath(plots.metric_by_length(by_length, os.path.join(workdir, "accuracy_by_length.png"),
+                                                            metric="accuracy", xlabel="document length (tokens)",
+                                                            ylabel="test accuracy (%)", title=f"seed {first}"),
+                                     workdir))
+    sparsity = {}
+    for row in rows:
+        shares = [r["attention_zero_share"] for r in table
+                  if r["row"] == row and r.get("attention_zero_share") is not None]
+        if shares and not row.endswith("coda"):
+            sparsity[row] = float(np.mean(shares))
+    if sparsity:
+        paths.append(os.path.relpath(plots.weight_sparsity(sparsity, os.path.join(workdir, "attention_sparsity.png"),
+                                                           title="self-attention weights that are exactly 0 "
+                                                                 "(test set, mean over seeds)"), workdir))
+    for row in rows:
+        shown = os.path.join(spec.run_dir(workdir, row, first), "attention_documents.json")
+        if os.path.exists(shown):
+            with open(shown, encoding="utf-8") as f:
+                documents = json.load(f)
+            path = plots.attention_text_html(documents, os.path.join(workdir, f"attention_{row}.html"),
+                                             title=f"{row}, seed {first}: word weights (blue) and sentence weights "
+                                                   "(red bar)")
+            logging.info("wrote %s", path)
+    return paths
+
+
+def main(argv: list[str]) -> None:
+    """Builds the config from the flags, validates it and runs the table."""
+    if len(argv) > 1:
+        cli.fail(f"unexpected positional argument {argv[1]!r}; fix: pass options as --flag=value (see --help)")
+    if FLAGS["verbosity"].using_default_value:
+        logging.set_verbosity(logging.INFO)
+    try:
+        rows = cli.parse_rows(EXPERIMENT, FLAGS.rows, FLAGS.preset)
+        if EXPERIMENT.custom_row in rows:
+            raise training.ConfigError(f"the {EXPERIMENT.custom_row!r} row is not offered here; fix: pass --rows from "
+                                       f"{', '.join(EXPERIMENT.rows)}")
+        overrides = dict(config_flags.get_override_values(FLAGS["config"]))
+        if FLAGS.data_path:
+            overrides["data.data_path"] = FLAGS.data_path
+        config = cli.build_config(EXPERIMENT, FLAGS.preset, overrides)
+        validate(config, rows)
+        training.enable_compilation_cache()
+        jobs, worker = cli.parse_jobs(EXPERIMENT, FLAGS.jobs, FLAGS.worker)
+        run(config, rows, FLAGS.workdir, preset=FLAGS.preset, command=cli.command_line(EXPERIMENT, sys.argv),
+            jobs=jobs, worker_command=cli.worker_command(EXPERIMENT, sys.argv), worker=worker)
+    except (training.ConfigError, data.DataError) as err:
+        cli.fail(str(err))
+    except KeyboardInterrupt:
+        print(f"interrupted; rerun the same command to resume {FLAGS.workdir} from its last checkpoints",
+              file=sys.stderr, flush=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    cli.define_flags(EXPERIMENT, data_path_help=DATA_PATH_HELP)
+    cli.define_job_flags(EXPERIMENT)
+    app.run(main, flags_parser=functools.partial(cli._parse_flags, EXPERIMENT))  # pylint: disable=protected-access
