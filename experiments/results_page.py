@@ -71,9 +71,11 @@ def _command(folder: str) -> str:
 
 def _columns(summary: Sequence[Mapping[str, Any]], baseline: str) -> list[tuple[str, str]]:
     """The page's columns: those of the table that any row has a value for."""
+    p_header = f"p vs {baseline}" if baseline else "p"
     wanted = [("row", "row"), ("seeds", "n_seeds"), ("test BLEU", "test_bleu"), ("test BLEU 95% CI", "test_bleu_ci"),
-              (f"p vs {baseline}" if baseline else "p", "test_bleu_p"), ("test chrF", "test_chrf"),
-              ("test ppl", "test_ppl"), ("paper", "paper")]
+              (p_header, "test_bleu_p"), ("test chrF", "test_chrf"), ("test ppl", "test_ppl"),
+              ("test accuracy %", "test_accuracy"), (f"Δ accuracy vs {baseline}, 95% CI", "test_accuracy_ci"),
+              (p_header, "test_accuracy_p"), ("test MSE", "test_mse"), ("paper", "paper")]
     return [(h, k) for h, k in wanted if k in ("row", "n_seeds") or any(s.get(k) is not None for s in summary)]
 
 
@@ -93,16 +95,27 @@ def experiment_section(folder: str, name: str) -> tuple[str, list[dict[str, Any]
     for line in summary:
         if line["row"] == baseline and line.get("test_bleu_ci"):
             line["test_bleu_p"] = "baseline"
+        if line["row"] == baseline and any(r.get("test_accuracy_p") is not None for r in records):
+            line["test_accuracy_p"] = "baseline"
         paper = next((r.get("paper") for r in records if r.get("row") == line["row"] and r.get("paper")), None)
         line["paper"] = results.paper_cell(paper, footnotes)
-    seeds = sorted({int(r.get("seed", 0) or 0) for r in records})
+        pooled = [r["seeds"] for r in records if r.get("row") == line["row"] and "seed" not in r
+                  and isinstance(r.get("seeds"), list)]
+        if pooled:  # one record per row that pools its seeds (e.g. nadaraya_watson): its own list and spreads
+            line["n_seeds"], line["seeds"] = len(pooled[0]), pooled[0]
+            for key in list(line):
+                if isinstance(line.get(f"{key}_std"), (int, float)):
+                    line.setdefault("_spread", {})[key] = line[f"{key}_std"]
+    seeds = sorted({int(s) for r in records
+                    for s in ([r["seed"]] if "seed" in r else r.get("seeds") if isinstance(r.get("seeds"), list)
+                              else [0])})
     machines = sorted({str(r["machine"]) for r in records if r.get("machine")})
     parts = [f"## {name}: {_title(folder, name, records)}", ""]
     if command:
         parts.append(f"Command: `{command}`")
     parts.append(f"Seeds: {', '.join(map(str, seeds))}" + (f"; machine: {'; '.join(machines)}" if machines else "")
                  + f"; files: [{name}/results.md]({name}/results.md)")
-    if not any("test_bleu_ci" in r for r in records):
+    if not any(k.endswith("_ci") for r in records for k in r):
         parts.append("(recorded before seeds and significance tests: one seed, no CI or p)")
     parts += ["", results.markdown_table(summary, _columns(summary, baseline)), ""]
     sigs = next((r["sacrebleu"] for r in records if r.get("sacrebleu")), None)

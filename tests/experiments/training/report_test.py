@@ -189,3 +189,27 @@ def test_results_page_builds_from_the_recorded_results():
     text = results_page.build_page(results_page.DEFAULT_RESULTS_DIR)
     for name in ("luong", "bahdanau", "transformer", "head_pruning", "transformer_xl"):
         assert f"## {name}: " in text
+
+
+def test_results_page_accuracy_and_pooled_seed_records(tmp_path):
+    results_dir = tmp_path / "results"
+    cls = results_dir / "classification"
+    cls.mkdir(parents=True)
+    records = [{"row": "cnn_max", "seed": s, "test_accuracy": 50.0 + s, "baseline_row": "cnn_max"} for s in (0, 1)]
+    records += [{"row": "han_att", "seed": s, "test_accuracy": 60.0 + 2 * s, "baseline_row": "cnn_max",
+                 "test_accuracy_ci": [5.0 + s, 15.0 + s], "test_accuracy_p": 0.01 * (s + 1)} for s in (0, 1)]
+    (cls / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    pooled = results_dir / "nw"
+    pooled.mkdir()
+    (pooled / "results.jsonl").write_text(json.dumps({"row": "gaussian", "seeds": [0, 1, 2], "test_mse": 0.4,
+                                                      "test_mse_std": 0.05, "mse_difference_ci": [0.1, 0.2]}) + "\n")
+    text = results_page.build_page(str(results_dir))
+    lines = text.splitlines()
+    header = next(line for line in lines if line.startswith("| row | seeds | test accuracy %"))
+    assert "Δ accuracy vs cnn_max, 95% CI" in header
+    han = next(line for line in lines if line.startswith("| han_att |"))
+    # mean ± std over seeds, the union of the CIs, the largest p
+    assert han == "| han_att | 2 | 61.00 ± 1.41 | [5.00, 16.00] | 0.020 |"
+    assert next(line for line in lines if line.startswith("| cnn_max |")).endswith("| - | baseline |")
+    assert "| gaussian | 3 | 0.4 ± 0.05 |" in text and "Seeds: 0, 1, 2" in text
+    assert "(recorded before seeds" not in text
