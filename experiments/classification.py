@@ -24,7 +24,6 @@ import functools
 import json
 import os
 import sys
-import time
 from typing import Any
 
 from absl import app
@@ -48,6 +47,7 @@ from experiments.configs import classification as cls_config
 from experiments.data import classification as labelled
 from experiments.data import documents as docs
 from experiments.training import report, spec
+from experiments.training import table as runs_table
 
 FLAGS = flags.FLAGS
 FAMILIES = ("textcnn", "bilstm", "han", "transformer", "dattn")
@@ -298,9 +298,13 @@ def _accuracy_by_length(correct: np.ndarray, lengths: np.ndarray) -> list[dict[s
     return out
 
 
-def train_run(cfg: ml_collections.ConfigDict, corpus: docs.Documents, run_dir: str, *, label: str,
-              after_s: Any = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Trains (or resumes) one (row, seed) and evaluates it; returns (record fields, attention documents)."""
+def train_run(cfg: ml_collections.ConfigDict, corpus: docs.Documents, run_dir: str, label: str,
+              after_s: Any = None) -> dict[str, Any]:
+    """Trains (or resumes) one (row, seed) and evaluates it; returns its record fields.
+
+    Leaves in ``run_dir``: test_scores.json (whether each test document was classified correctly, for the paired
+    tests), test_predictions.json and, for the models with word weights, attention_documents.json.
+    """
     m, t = cfg.model, cfg.train
     model = build_model(m, corpus.tokenizer.vocab_size, corpus.num_classes, cfg.data.max_tokens)
     optimizer = optax.chain(optax.clip_by_global_norm(t.grad_clip_norm) if t.grad_clip_norm else optax.identity(),
@@ -333,6 +337,7 @@ def train_run(cfg: ml_collections.ConfigDict, corpus: docs.Documents, run_dir: s
     correct = np.asarray(test["predictions"]) == corpus.test.labels
     with open(os.path.join(run_dir, "test_predictions.json"), "w", encoding="utf-8") as f:
         json.dump({"predictions": test["predictions"], "labels": corpus.test.labels.tolist()}, f)
+    runs_table.write_scores(run_dir, {"test_accuracy": correct.astype(float).tolist()})
     fields = {"test_accuracy": test["accuracy"], "dev_accuracy": dev["accuracy"], "test_loss": test["loss"],
               "attention_zero_share": test["zero_share"],
               "accuracy_by_length": _accuracy_by_length(correct, corpus.test.lengths),
@@ -341,7 +346,12 @@ def train_run(cfg: ml_collections.ConfigDict, corpus: docs.Documents, run_dir: s
               "train_minutes": round(outcome.minutes, 2), "stop_reason": outcome.stop_reason}
     shown = attention_documents(model, m.family, outcome.params, corpus.test, corpus.tokenizer, corpus.label_names,
                                 test["predictions"], int(cfg.eval.num_documents))
-    return fields, shown
+    if shown:
+        with open(os.path.join(run_dir, "attention_documents.json"), "w", encoding="utf-8") as f:
+            json.dump(shown, f)
+    logging.info("[%s] test accuracy %.2f%% (dev %.2f%%) after %d steps, %.1f min", label, fields["test_accuracy"],
+                 fields["dev_accuracy"], fields["steps"], fields["train_minutes"])
+    return {**fields, "corpus": corpus.info["corpus"]}
 
 
 def _describe(m: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -372,111 +382,23 @@ def run(config: ml_collections.ConfigDict, rows: list[str], workdir: str, *, pre
       training.ConfigError: bad seeds, a checkpoint of another config, a failed worker.
       experiments.data.DataError: the corpus cannot be obtained or read.
     """
-    from experiments.training import translation  # pylint: disable=import-outside-toplevel
 
-    seeds = spec.check_report_config(EXPERIMENT, config)
-    training.quiet_orbax_logging()
-    started = time.monotonic()
-    os.makedirs(workdir, exist_ok=True)
-    if worker is None:
-        with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
-            json.dump({"experiment": EXPERIMENT.name, "preset": preset, "rows": rows, "seeds": list(seeds),
-                       "config": config.to_dict()}, f, indent=2, sort_keys=True, default=list)
-        if command:
-            with open(os.path.join(workdir, "command.txt"), "w", encoding="utf-8") as f:
-                f.write(command + "\n")
-    order = [(row, seed) for seed in seeds for row in rows]  # seed-major: a partial table is a whole one-seed table
-    cfgs = {key: spec.run_config(EXPERIMENT, config, *key) for key in order}
-    flats = {key: spec.run_flat(cfg) for key, cfg in cfgs.items()}
-    fps = {key: spec.fingerprint(flat) for key, flat in flats.items()}
-    todo = []
-    for row, seed in order:
-        rd = spec.run_dir(workdir, row, seed)
-        if spec.done_record(rd, fps[(row, seed)]) is None:
-            spec.check_resumable(EXPERIMENT, row, flats[(row, seed)], rd)
-            todo.append((row, seed))
-    if todo and worker is None and jobs > 1 and len(todo) > 1:
-        corpus = corpus or _load_corpus(config)  # once here, so the workers find the segmentation and tokenizer cached
-        logging.info("data: %s", corpus.info)
-        translation._run_workers(min(jobs, len(todo)), list(worker_command))  # pylint: disable=protected-access
-        todo = []
-    if todo and corpus is None:
-        t0 = time.monotonic()
-        corpus = _load_corpus(config)
-        logging.info("data: %s (%.1f s)", corpus.info, time.monotonic() - t0)
-    if corpus is not None and worker is None:
-        with open(os.path.join(workdir, "data.json"), "w", encoding="utf-8") as f:
-            json.dump({**corpus.info, "label_names": corpus.label_names,
-                       "test_labels": corpus.test.labels.tolist(), "test_lengths": corpus.test.lengths.tolist()},
-                      f, indent=2)
-    durations: list[float] = []
-    for row, seed in todo:
-        rd = spec.run_dir(workdir, row, seed)
-        os.makedirs(rd, exist_ok=True)
-        claim = translation._claim_run(rd) if worker is not None else None  # pylint: disable=protected-access
-        if worker is not None and claim is None:
-            continue
-        try:
-            if spec.done_record(rd, fps[(row, seed)]) is not None:
-                continue
-            cfg = cfgs[(row, seed)]
-            label = row if len(seeds) == 1 else f"{row} seed {seed}"
-            os.makedirs(rd, exist_ok=True)
-            with open(os.path.join(rd, "row_config.json"), "w", encoding="utf-8") as f:
-                json.dump(flats[(row, seed)], f, indent=2, sort_keys=True)
-            left = len(todo) - len(durations) - 1
-            after_s = (sum(durations) / len(durations)) * left if durations else (lambda total, n=left: total * n)
-            t0 = time.monotonic()
-            fields, shown = train_run(cfg, corpus, rd, label=label, after_s=after_s)
-            record = {"row": row, "seed": seed, **_describe(cfg.model), **fields, "corpus": corpus.info["corpus"],
-                      "machine": report.machine_description(), "fingerprint": fps[(row, seed)]}
-            if shown:
-                with open(os.path.join(rd, "attention_documents.json"), "w", encoding="utf-8") as f:
-                    json.dump(shown, f)
-            with open(os.path.join(rd, "done.json"), "w", encoding="utf-8") as f:
-                json.dump({"fingerprint": fps[(row, seed)], "record": record}, f, indent=2, sort_keys=True)
-            durations.append(time.monotonic() - t0)
-            logging.info("[%s] test accuracy %.2f%% (dev %.2f%%) after %d steps, %.1f min", label,
-                         fields["test_accuracy"], fields["dev_accuracy"], fields["steps"], fields["train_minutes"])
-        finally:
-            if claim is not None:
-                claim.close()
-    if worker is not None:
-        return []
-    records = {key: spec.done_record(spec.run_dir(workdir, *key), fps[key]) for key in order}
-    return write_report(config, workdir, rows, seeds, {k: v for k, v in records.items() if v is not None},
-                        preset=preset, command=command, wall_s=time.monotonic() - started)
+    def load() -> docs.Documents:
+        loaded = _load_corpus(config)
+        logging.info("data: %s", loaded.info)
+        return loaded
 
+    def data_files(loaded: docs.Documents) -> dict[str, Any]:
+        return {**loaded.info, "label_names": loaded.label_names, "test_labels": loaded.test.labels.tolist(),
+                "test_lengths": loaded.test.lengths.tolist()}
 
-def _correct(workdir: str, row: str, seed: int) -> np.ndarray | None:
-    path = os.path.join(spec.run_dir(workdir, row, seed), "test_predictions.json")
-    if not os.path.exists(path):
-        return None
-    with open(path, encoding="utf-8") as f:
-        saved = json.load(f)
-    return np.asarray(saved["predictions"]) == np.asarray(saved["labels"])
+    def report_fn(seeds, records, wall_s):
+        return write_report(config, workdir, rows, seeds, records, preset=preset, command=command, wall_s=wall_s)
 
-
-def add_significance(table: list[dict[str, Any]], workdir: str, *, baseline: str, n_resamples: int,
-                     claims) -> dict[tuple[str, str, int], float]:
-    """Adds test_accuracy_ci (the paired bootstrap CI of the difference to ``baseline``, in points) and
-    test_accuracy_p (its permutation p) to each record; returns the claims' (better, worse, seed) -> p."""
-    pairs = {(rec["row"], baseline, int(rec["seed"])) for rec in table if rec["row"] != baseline}
-    for claim in claims:
-        for worse in claim.worse:
-            pairs |= {(claim.better, worse, int(rec["seed"])) for rec in table if rec["row"] == claim.better}
-    tested: dict[tuple[str, str, int], Any] = {}
-    for better, worse, seed in sorted(pairs):
-        a, b = _correct(workdir, better, seed), _correct(workdir, worse, seed)
-        if a is not None and b is not None and a.shape == b.shape:
-            tested[(better, worse, seed)] = stats.paired_accuracy_test(a, b, n_resamples=n_resamples, seed=seed)
-    for rec in table:
-        test = tested.get((rec["row"], baseline, int(rec["seed"])))
-        if test is not None:
-            rec["test_accuracy_ci"] = [100.0 * test.ci[0], 100.0 * test.ci[1]]
-            rec["test_accuracy_p"] = test.p_value
-        rec["baseline_row"] = baseline
-    return {key: test.p_value for key, test in tested.items()}
+    return runs_table.run_table(EXPERIMENT, config, rows, workdir, load_data=load, train_run=train_run,
+                                report_fn=report_fn, data_files=data_files, describe=_describe, preset=preset,
+                                command=command, jobs=jobs, worker_command=worker_command, worker=worker,
+                                data=corpus)
 
 
 COLUMNS = (("row", "row"), ("model", "model"), ("pooling", "pooling"), ("test accuracy %", "test_accuracy"),
@@ -498,8 +420,9 @@ def write_report(config: ml_collections.ConfigDict, workdir: str, rows: list[str
     claims = EXPERIMENT.claim_list
     claim_p = {}
     if config.eval.significance == "bs" and baseline:
-        claim_p = add_significance(table, workdir, baseline=baseline,
-                                   n_resamples=int(config.eval.significance_samples), claims=claims)
+        claim_p = runs_table.add_paired_significance(table, workdir, metric="test_accuracy", baseline=baseline,
+                                                     n_resamples=int(config.eval.significance_samples),
+                                                     claims=claims)
     paper = EXPERIMENT.paper_numbers
     for rec in table:
         rec["paper"] = paper.get(rec["row"])

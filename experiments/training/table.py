@@ -1,0 +1,174 @@
+"""One table of (row, seed) runs for the experiments that are not translation: classification, sentence pairs.
+
+`run_table` is the driver: it fingerprints every (row, seed) config, skips the finished runs (their
+``done.json``), refuses checkpoints of another config, trains the rest in seed-major order (so a partial table is
+a whole one-seed table) in this process or in ``--jobs`` worker processes (each run under a lock on its
+directory), and calls the experiment's report. `add_paired_significance` adds, per seed, the paired bootstrap CI
+and permutation p of a per-example score (correct or not; average precision) of each row against the baseline
+row, from the ``test_scores.json`` each run leaves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+import json
+import os
+import time
+from typing import Any
+
+from absl import logging
+import ml_collections
+import numpy as np
+
+from experiments import stats
+from experiments.training import loop, report, spec
+
+SCORES_FILE = "test_scores.json"
+
+# (run config, data, run dir, label, after_s) -> the run's record fields
+TrainRun = Callable[[ml_collections.ConfigDict, Any, str, str, Any], dict[str, Any]]
+
+
+def write_scores(run_dir: str, scores: dict[str, Sequence[float]]) -> None:
+    """Saves a run's per-test-example scores (e.g. {"test_accuracy": 0/1 per example}) for the paired tests."""
+    with open(os.path.join(run_dir, SCORES_FILE), "w", encoding="utf-8") as f:
+        json.dump({k: [float(x) for x in v] for k, v in scores.items()}, f)
+
+
+def read_scores(workdir: str, row: str, seed: int, metric: str) -> np.ndarray | None:
+    """The per-example scores of ``metric`` that run (row, seed) saved, or None."""
+    path = os.path.join(spec.run_dir(workdir, row, seed), SCORES_FILE)
+    if not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        saved = json.load(f)
+    return None if metric not in saved else np.asarray(saved[metric], np.float64)
+
+
+def run_table(exp: spec.Experiment, config: ml_collections.ConfigDict, rows: Sequence[str], workdir: str, *,
+              load_data: Callable[[], Any], train_run: TrainRun,
+              report_fn: Callable[[tuple[int, ...], dict[tuple[str, int], dict[str, Any]], float], list],
+              data_files: Callable[[Any], dict[str, Any]] | None = None, describe: Callable[[Any], dict] | None = None,
+              preset: str = "", command: str = "", jobs: int = 1, worker_command: Sequence[str] = (),
+              worker: tuple[int, int] | None = None, data: Any = None) -> list[dict[str, Any]]:
+    """Trains every (row, seed) not yet finished in ``workdir``, then reports; returns the report's records.
+
+    Args:
+      exp: the experiment (rows, presets, name).
+      config: the config after preset and overrides; ``config.seeds`` picks the seeds.
+      rows: the rows to run, in table order.
+      workdir: output directory.
+      load_data: () -> the data every run trains on (called once per process, only when something trains).
+      train_run: trains (or resumes) one run and returns its record fields (metrics, steps, minutes).
+      report_fn: (seeds, {(row, seed): record}, wall seconds) -> the table's records (writes results.md, ...).
+      data_files: data -> a JSON-able dict written to ``workdir/data.json`` (counts, labels, ...).
+      describe: row config -> descriptive record fields (model, pooling, ...).
+      preset, command: for config.json and command.txt.
+      jobs: how many runs train at once, each in its own process (``worker_command`` + ``--worker=i/n``).
+      worker_command: the command line of a worker.
+      worker: (i, n) in a worker process: train free runs one at a time, report nothing, return [].
+      data: the data, if already loaded (tests).
+
+    Raises:
+      spec.ConfigError: bad seeds or significance fields, a checkpoint of another config, a failed worker.
+    """
+    from experiments.training import translation  # pylint: disable=import-outside-toplevel
+
+    seeds = spec.check_report_config(exp, config)
+    loop.quiet_orbax_logging()
+    started = time.monotonic()
+    os.makedirs(workdir, exist_ok=True)
+    if worker is None:
+        with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+            json.dump({"experiment": exp.name, "preset": preset, "rows": list(rows), "seeds": list(seeds),
+                       "config": config.to_dict()}, f, indent=2, sort_keys=True, default=list)
+        if command:
+            with open(os.path.join(workdir, "command.txt"), "w", encoding="utf-8") as f:
+                f.write(command + "\n")
+    order = [(row, seed) for seed in seeds for row in rows]
+    cfgs = {key: spec.run_config(exp, config, *key) for key in order}
+    flats = {key: spec.run_flat(cfg) for key, cfg in cfgs.items()}
+    fps = {key: spec.fingerprint(flat) for key, flat in flats.items()}
+    todo = []
+    for row, seed in order:
+        rd = spec.run_dir(workdir, row, seed)
+        if spec.done_record(rd, fps[(row, seed)]) is None:
+            spec.check_resumable(exp, row, flats[(row, seed)], rd)
+            todo.append((row, seed))
+    if todo and worker is None and jobs > 1 and len(todo) > 1:
+        data = data if data is not None else load_data()  # here first, so the workers find every cache warm
+        if data_files is not None:
+            _write_json(os.path.join(workdir, "data.json"), data_files(data))
+        logging.info("table: %d runs (%d rows x %d seeds), %d to train", len(order), len(rows), len(seeds), len(todo))
+        translation._run_workers(min(jobs, len(todo)), list(worker_command))  # pylint: disable=protected-access
+        todo = []
+    if todo and data is None:
+        t0 = time.monotonic()
+        data = load_data()
+        logging.info("data loaded in %.1f s", time.monotonic() - t0)
+    if todo and worker is None and data_files is not None:
+        _write_json(os.path.join(workdir, "data.json"), data_files(data))
+    durations: list[float] = []
+    for row, seed in todo:
+        rd = spec.run_dir(workdir, row, seed)
+        os.makedirs(rd, exist_ok=True)
+        lock = translation._claim_run(rd) if worker is not None else None  # pylint: disable=protected-access
+        if worker is not None and lock is None:
+            continue  # another worker has it
+        try:
+            if spec.done_record(rd, fps[(row, seed)]) is not None:
+                continue
+            cfg = cfgs[(row, seed)]
+            label = row if len(seeds) == 1 else f"{row} seed {seed}"
+            _write_json(os.path.join(rd, "row_config.json"), flats[(row, seed)])
+            left = -(-(len(todo) - len(durations) - 1) // (1 if worker is None else worker[1]))
+            after_s = (sum(durations) / len(durations)) * left if durations else (lambda total, n=left: total * n)
+            t0 = time.monotonic()
+            fields = train_run(cfg, data, rd, label, after_s)
+            record = {"row": row, "seed": seed, **(describe(cfg.model) if describe else {}), **fields,
+                      "machine": report.machine_description(), "fingerprint": fps[(row, seed)]}
+            _write_json(os.path.join(rd, "done.json"), {"fingerprint": fps[(row, seed)], "record": record})
+            durations.append(time.monotonic() - t0)
+        finally:
+            if lock is not None:
+                lock.close()
+    if worker is not None:
+        return []
+    records = {key: spec.done_record(spec.run_dir(workdir, *key), fps[key]) for key in order}
+    return report_fn(seeds, {k: v for k, v in records.items() if v is not None}, time.monotonic() - started)
+
+
+def _write_json(path: str, value: Any) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(value, f, indent=2, sort_keys=True)
+
+
+def add_paired_significance(table: list[dict[str, Any]], workdir: str, *, metric: str, baseline: str,
+                            n_resamples: int, claims: Sequence[stats.Claim] = (), scale: float = 100.0,
+                            ) -> dict[tuple[str, str, int], float]:
+    """Adds ``<metric>_ci`` and ``<metric>_p`` (against ``baseline``, same seed) to the records in place.
+
+    The CI is the paired bootstrap interval of the difference of the per-example scores' means, times ``scale``
+    (100: accuracy in points); p the paired permutation p (`stats.paired_accuracy_test`). Runs without saved
+    scores are left untested.
+
+    Returns:
+      (better row, worse row, seed) -> p, for the claims on ``metric`` (and every row against the baseline).
+    """
+    pairs = {(rec["row"], baseline, int(rec["seed"])) for rec in table if rec["row"] != baseline}
+    for claim in claims:
+        if claim.metric == metric:
+            for worse in claim.worse:
+                pairs |= {(claim.better, worse, int(rec["seed"])) for rec in table if rec["row"] == claim.better}
+    tested = {}
+    for better, worse, seed in sorted(pairs):
+        a, b = read_scores(workdir, better, seed, metric), read_scores(workdir, worse, seed, metric)
+        if a is not None and b is not None and a.shape == b.shape and a.shape[0] >= 2:
+            tested[(better, worse, seed)] = stats.paired_accuracy_test(a, b, n_resamples=n_resamples, seed=seed)
+    for rec in table:
+        test = tested.get((rec["row"], baseline, int(rec["seed"])))
+        if test is not None:
+            rec[f"{metric}_ci"] = [scale * test.ci[0], scale * test.ci[1]]
+            rec[f"{metric}_p"] = test.p_value
+        rec["baseline_row"] = baseline
+    return {key: test.p_value for key, test in tested.items()}
