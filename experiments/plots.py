@@ -89,7 +89,7 @@ def loss_curves(metrics: Mapping[str, Sequence[Mapping[str, Any]]], path: str, *
 
 
 def attention_heatmap(weights: np.ndarray, source: Sequence[str], target: Sequence[str], path: str, *,
-                      title: str = "") -> str:
+                      title: str = "", xlabel: str = "source", ylabel: str = "generated target") -> str:
     """Draws one alignment matrix (Bahdanau et al. 2014, arXiv:1409.0473, Fig. 3).
 
     Args:
@@ -98,6 +98,7 @@ def attention_heatmap(weights: np.ndarray, source: Sequence[str], target: Sequen
       target: T target subword labels (y axis).
       path: PNG file to write.
       title: figure title.
+      xlabel, ylabel: the axis labels (a translation's source and target by default).
 
     Returns:
       ``path``.
@@ -117,8 +118,8 @@ def attention_heatmap(weights: np.ndarray, source: Sequence[str], target: Sequen
     ax.xaxis.tick_top()
     ax.set_yticks(range(t_len))
     ax.set_yticklabels(target, fontsize=8)
-    ax.set_xlabel("source")
-    ax.set_ylabel("generated target")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     if title:
         ax.set_title(title, fontsize=9, pad=12)
     fig.tight_layout()

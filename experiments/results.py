@@ -75,7 +75,7 @@ def describe_model(model_config: Mapping[str, Any]) -> dict[str, str]:
 
 
 # Keys whose spread over seeds is always shown (mean +- std), even when it is 0.
-MEASURED_SUFFIXES = ("ppl", "bleu", "chrf", "loss", "accuracy")
+MEASURED_SUFFIXES = ("ppl", "bleu", "chrf", "loss", "accuracy", "map")
 
 
 def _is_number(value: Any) -> bool:
@@ -83,6 +83,8 @@ def _is_number(value: Any) -> bool:
 
 
 def _number(key: str, value: float) -> str:
+    if key.endswith("map"):
+        return f"{value:.4f}"  # mean average precision, a fraction
     if key.endswith(("ppl", "bleu", "chrf", "loss", "accuracy")):
         return f"{value:.2f}"
     if key == "train_minutes":
@@ -103,14 +105,22 @@ def _cell(key: str, value: Any, spread: Mapping[str, float] | None = None) -> st
     if value is None:
         return "-"
     if key.endswith("_ci"):
-        return f"[{value[0]:.2f}, {value[1]:.2f}]" if isinstance(value, (list, tuple)) and len(value) == 2 else "-"
+        digits = 3 if key.endswith("map_ci") else 2  # MAP is a fraction, the others are points
+        if isinstance(value, (list, tuple)) and len(value) == 2:
+            return f"[{value[0]:.{digits}f}, {value[1]:.{digits}f}]"
+        return "-"
     if key.endswith("_p") and _is_number(value):
         return format_p(value)
     if _is_number(value):
         text = _number(key, value)
         std = (spread or {}).get(key)
         if std is not None and (std > 0 or key.endswith(MEASURED_SUFFIXES)):
-            text += f" ± {std:.2f}" if key.endswith(MEASURED_SUFFIXES) or key == "train_minutes" else f" ± {std:.2g}"
+            if key.endswith("map"):
+                text += f" ± {std:.4f}"
+            elif key.endswith(MEASURED_SUFFIXES) or key == "train_minutes":
+                text += f" ± {std:.2f}"
+            else:
+                text += f" ± {std:.2g}"
         return text
     return str(value).replace("|", "/")
 
@@ -196,9 +206,9 @@ def summarize(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
             present = [r[key] for r in recs if r.get(key) is not None]
             if not present:
                 summary[key] = None
-            elif key.endswith(("bleu_ci", "chrf_ci", "accuracy_ci")):
+            elif key.endswith(("bleu_ci", "chrf_ci", "accuracy_ci", "map_ci")):
                 summary[key] = _union(present)
-            elif key.endswith(("bleu_p", "chrf_p", "accuracy_p")):
+            elif key.endswith(("bleu_p", "chrf_p", "accuracy_p", "map_p")):
                 numbers = [v for v in present if _is_number(v)]
                 summary[key] = max(numbers) if numbers and len(numbers) == len(recs) else None
             elif key == "bleu_by_length" and len(present) > 1:
