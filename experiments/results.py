@@ -94,6 +94,14 @@ def _number(key: str, value: float) -> str:
     return str(value)
 
 
+def seeds_holding_note(verdict: Mapping[str, Any]) -> str:
+    """" (2 of 3 seeds)" when a claim's ordering holds in only some of its (pair, seed) comparisons ("(4 of 24
+    comparisons)" for a claim against several rows), else ""."""
+    agree, pairs = (verdict.get("seeds_holding") or [0, 0])[:2]
+    unit = "seeds" if len(verdict.get("worse") or ()) <= 1 else "comparisons"
+    return f" ({agree} of {pairs} {unit})" if pairs > 1 and agree not in (0, pairs) else ""
+
+
 def format_p(p: float | None) -> str:
     """A p-value for a table: "-" for None, "<0.001" below that, else 3 decimals."""
     if p is None:

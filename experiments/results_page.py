@@ -152,10 +152,14 @@ def claims_table(claims: Sequence[Mapping[str, Any]]) -> str:
     lines = ["| experiment | claim | paper | ours | holds | p | command |", "|---|---|---|---|---|---:|---|"]
     for c in claims:
         holds = {True: "yes", False: "no"}.get(c.get("holds"), "not run")
+        holds += results.seeds_holding_note(c)
+        p_cell = results.format_p(c.get("p"))
+        if "seeds_holding" not in c and c.get("holds") is False and c.get("p") is not None:
+            p_cell += " (recorded before 2026-12-04: the pair's p in either direction, here the reverse)"
         paper = (c.get("paper") or "-") + (f" ({c['source']})" if c.get("source") else "")
         statement = c.get("statement") or ""
         lines.append(f"| {c['experiment']} | {c.get('name', '?')}{': ' + statement if statement else ''} | "
-                     f"{paper} | {_ours(c)} | {holds} | {results.format_p(c.get('p'))} | `{c.get('command', '')}` |")
+                     f"{paper} | {_ours(c)} | {holds} | {p_cell} | `{c.get('command', '')}` |")
     return "\n".join(lines)
 
 

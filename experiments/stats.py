@@ -419,8 +419,10 @@ def claim_verdict(claim: Claim, records: Sequence[Mapping[str, Any]],
     Returns:
       A dict: name, better, worse, metric, paper, source, margin, higher_is_better, "rows": {row: {"mean", "std",
       "n", "seeds", "ci"}}, "holds" (True / False, or None when a row has no value), "missing" (rows without a
-      value), "p" (the largest paired p over worse rows and shared seeds; None when none was tested) and
-      "p_seeds" (how many (pair, seed) tests it covers).
+      value), "p" (the largest paired p over worse rows and shared seeds, where a seed whose values order the
+      pair the other way counts as p = 1: a test that the reverse ordering is significant is no evidence for
+      the claim; None when none was tested), "p_seeds" (how many (pair, seed) tests it covers) and
+      "seeds_holding" ([k, n]: in k of the n (worse row, seed) pairs the better row beats the worse one).
     """
     rows: dict[str, dict[str, Any]] = {}
     for row in claim.rows:
@@ -430,17 +432,21 @@ def claim_verdict(claim: Claim, records: Sequence[Mapping[str, Any]],
                      "ci": None if not intervals or intervals.get(row) is None else list(intervals[row])}
     missing = [row for row, s in rows.items() if s["mean"] is None]
     holds = None if missing else all(claim.beats(rows[claim.better]["mean"], rows[w]["mean"]) for w in claim.worse)
-    ps = []
-    if p_values:
-        for w in claim.worse:
-            for seed in sorted(set(rows[claim.better]["seeds"]) & set(rows[w]["seeds"])):
-                p = p_values.get((claim.better, w, seed))
-                if p is not None:
-                    ps.append(float(p))
+    value = {(r.get("row"), int(r.get("seed", 0))): float(r[claim.metric]) for r in records
+             if r.get("row") in claim.rows and r.get(claim.metric) is not None}
+    ps, agree, pairs = [], 0, 0
+    for w in claim.worse:
+        for seed in sorted(set(rows[claim.better]["seeds"]) & set(rows[w]["seeds"])):
+            same_way = claim.beats(value[(claim.better, seed)], value[(w, seed)])
+            pairs += 1
+            agree += int(same_way)
+            p = (p_values or {}).get((claim.better, w, seed))
+            if p is not None:
+                ps.append(float(p) if same_way else 1.0)
     return {"name": claim.name, "better": claim.better, "worse": list(claim.worse), "metric": claim.metric,
             "paper": claim.paper, "source": claim.source, "margin": claim.margin, "higher_is_better": claim.higher,
             "statement": claim.describe(), "rows": rows, "holds": holds, "missing": missing,
-            "p": max(ps) if ps else None, "p_seeds": len(ps)}
+            "p": max(ps) if ps else None, "p_seeds": len(ps), "seeds_holding": [agree, pairs]}
 
 
 def format_p(p: float | None) -> str:

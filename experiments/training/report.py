@@ -179,14 +179,16 @@ def claims_section(verdicts: Sequence[Mapping[str, Any]]) -> str:
     """The claims table of results.md."""
     lines = ["### Claims", "",
              "A claim holds when the better row's mean beats each worse row's mean (within the stated margin); "
-             "p is the largest paired p between them over the pairs and seeds (\"-\": not a BLEU/chrF claim, or "
-             "not tested yet).", "",
+             "p is the largest paired p between them over the pairs and seeds, where a seed that orders them the "
+             "other way counts as 1; \"(k of n seeds)\" after the verdict: the seeds disagree (\"-\": not "
+             "tested).", "",
              "| claim | paper | ours | holds | p |", "|---|---|---|---|---:|"]
     for v in verdicts:
         ours = "; ".join(f"{row} {_fmt_row_value(s)}" for row, s in v["rows"].items() if s["mean"] is not None)
         n = max((s["n"] for s in v["rows"].values()), default=0)
         ours = f"{ours} ({v['metric']}, {n} seed{'s' if n != 1 else ''})" if ours else "-"
         holds = {True: "yes", False: "no"}.get(v["holds"], f"not run ({', '.join(v['missing'])} missing)")
+        holds += results.seeds_holding_note(v)
         paper = v["paper"] + (f" ({v['source']})" if v.get("source") else "")
         lines.append(f"| {v['name']}: {v['statement']} | {paper or '-'} | {ours} | {holds} | "
                      f"{results.format_p(v['p'])} |")

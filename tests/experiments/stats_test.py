@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import sacrebleu
 
+from experiments import results
 from experiments import stats
 
 WORDS = "the a cat dog sat on mat ran fast slow big red house tree".split()
@@ -127,3 +128,18 @@ def test_claim_verdict_on_fixture_records():
     assert stats.claim_verdict(stats.Claim("close", "plain", ("attn",), margin=4.0), records)["holds"] is False
     missing = stats.claim_verdict(stats.Claim("x", "attn", ("absent",)), records)
     assert missing["holds"] is None and missing["missing"] == ["absent"] and missing["p"] is None
+
+
+def test_claim_verdict_counts_seeds_that_disagree():
+    records = [{"row": "feed", "seed": 0, "test_bleu": 12.1}, {"row": "plain", "seed": 0, "test_bleu": 11.5},
+               {"row": "feed", "seed": 1, "test_bleu": 13.5}, {"row": "plain", "seed": 1, "test_bleu": 15.4},
+               {"row": "feed", "seed": 2, "test_bleu": 10.4}, {"row": "plain", "seed": 2, "test_bleu": 8.9}]
+    claim = stats.Claim("feeding helps", "feed", ("plain",))
+    p = {("feed", "plain", 0): 0.008, ("feed", "plain", 1): 0.001, ("feed", "plain", 2): 0.002}
+    verdict = stats.claim_verdict(claim, records, p_values=p)
+    # The means order them the claimed way (12.0 > 11.93), but seed 1 reverses it, so its small p is no support.
+    assert verdict["holds"] is True and verdict["seeds_holding"] == [2, 3] and verdict["p"] == 1.0
+    assert results.seeds_holding_note(verdict) == " (2 of 3 seeds)"
+    agreeing = stats.claim_verdict(claim, [r for r in records if r["seed"] != 1], p_values=p)
+    assert agreeing["p"] == 0.008 and agreeing["seeds_holding"] == [2, 2]
+    assert results.seeds_holding_note(agreeing) == ""
