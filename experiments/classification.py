@@ -62,6 +62,7 @@ EXPERIMENT = training.Experiment(
         presets=cls_config.PRESETS,
         rows=cls_config.ROWS,
         default_rows=cls_config.DEFAULT_ROWS,
+        preset_rows=cls_config.PRESET_ROWS,
         default_preset=cls_config.DEFAULT_PRESET,
         default_workdir="workdirs/classification",
         default_jobs=2,

@@ -28,7 +28,8 @@ model sees the first ``data.max_tokens`` tokens of a document.
 
 Presets (2-core CPU machine; wall times are with ``--jobs=2``, measured in WORKSPACE.md):
 
-* ``smoke``: 1,200 train / 300 dev / 300 test documents, 1,000 pieces, 60 steps, one seed, every row.
+* ``smoke``: 1,200 train / 300 dev / 300 test documents, 1,000 pieces, 60 steps, one seed, one row of each
+  family (``PRESET_ROWS``); ``--rows=all`` runs every row.
   Plumbing only (about two minutes).
 * ``small`` (default): every document, 3 seeds of every row, ``train.num_steps`` steps of 64 documents.
 
@@ -64,6 +65,9 @@ ROWS = {
     "dattn": {"model.family": "dattn"},
 }
 DEFAULT_ROWS = tuple(ROWS)
+# One row of each model family, plus the baseline: every code path in about two minutes.
+PRESET_ROWS = {"smoke": ("cnn_max", "cnn_attention", "lstm_structured_penalty", "han_att", "transformer_entmax15",
+                         "dattn")}
 BASELINE_ROW = "cnn_max"
 DEFAULT_PRESET = "small"
 
