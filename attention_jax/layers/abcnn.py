@@ -7,7 +7,8 @@ checked here, so none are cited):
 
     wide convolution   c_j = tanh(W [x_{j-w+1}; ...; x_j] + b), j = 1 .. s + w - 1 (zero columns outside)
     w-ap               p_j = (1/w) sum_{k=j}^{j+w-1} c_k, j = 1 .. s: back to s rows, so blocks stack
-    all-ap             the mean of all rows: one vector per sentence per layer, for the output layer
+    all-ap             the mean of all rows: one vector per sentence per layer, for the output layer; a
+                       block's all-ap is taken over its pooled rows (after w-ap or ABCNN-2's pooling)
     attention matrix   A_ij = match-score(F_0[i], F_1[j]) = 1 / (1 + ||F_0[i] - F_1[j]||), Euclidean
     ABCNN-1            F_{0,a} = A W_0, F_{1,a} = A^T W_1 (W: [s_max, d]), stacked with F_{i,r} as a second
                        input channel of the convolution (here: concatenated features, the same thing for a
@@ -15,6 +16,11 @@ checked here, so none are cited):
     ABCNN-2            A on the convolution outputs; a_0 = row sums, a_1 = column sums; the w-window pooling
                        weighted by them: p_j = sum_{k=j}^{j+w-1} a_k c_k
     ABCNN-3            both, in every block.
+
+Where all-ap is taken: the paper reports one-block ABCNN-2 apart from one-block BCNN, so the attention pooling
+of the last block must reach the output. Here every block's all-ap is the mean of its pooled rows. Taken over
+the raw convolution rows instead (as some public ports do), a one-block ABCNN-2 computes exactly BCNN's
+output and a one-block ABCNN-3 exactly ABCNN-1's: the last block's attention pooling feeds nothing.
 
 The Euclidean distance has no gradient at 0 (two identical rows): `match_score` computes
 sqrt(||x - y||^2 + eps), eps = 1e-6 by default, so identical rows give a finite gradient. The output layer is
@@ -220,7 +226,6 @@ class ABCNN(nn.Module):
                 valid = valid & (jnp.sum(m, 1) > 0)[:, None]
                 convs.append(jnp.where(valid[..., None], jnp.tanh(conv(x)), 0.0))
                 conv_masks.append(valid)
-            all_ap.append(tuple(pooling.mean_pool(c, m) for c, m in zip(convs, conv_masks)))
             if pooling_attention:
                 a = match_score(convs[0], convs[1], conv_masks[0], conv_masks[1], eps=self.eps)
                 maps["pooling"] = a
@@ -228,6 +233,9 @@ class ABCNN(nn.Module):
             else:
                 weights = [m.astype(_F32) / w for m in conv_masks]  # w-ap
             xs = [window_pool(c, wt, w, n) for c, wt, n in zip(convs, weights, lengths)]
+            # all-ap over the block's pooled rows, so ABCNN-2's attention pooling reaches the output layer even
+            # in the last block (see the module docstring).
+            all_ap.append(tuple(pooling.mean_pool(x, m) for x, m in zip(xs, masks)))
             attention_maps.append(maps)
         cosines = jnp.stack([_cosine(a, b) for a, b in all_ap], axis=-1)  # [B, L + 1]
         logits = nn.Dense(self.num_classes, name="output", **axes.dense_inits(None, None))(cosines)

@@ -60,7 +60,6 @@ def _np_abcnn(params, x0, x1, variant, blocks, eps=1e-6):
             xs = [np.concatenate([xs[0], a @ w_att[:len(xs[1])]], -1),
                   np.concatenate([xs[1], a.T @ w_att[:len(xs[0])]], -1)]
         convs = [_np_conv(x, p[f"conv_{l}"]["kernel"], p[f"conv_{l}"]["bias"]) for x in xs]
-        cos.append(_np_cos(convs[0].mean(0), convs[1].mean(0)))
         if variant in ("abcnn2", "abcnn3"):
             a = _np_match(convs[0], convs[1], eps)
             weights = [a.sum(1), a.sum(0)]
@@ -68,6 +67,7 @@ def _np_abcnn(params, x0, x1, variant, blocks, eps=1e-6):
             weights = [np.full(len(c), 1.0 / W) for c in convs]
         xs = [np.stack([sum(wt[k] * c[k] for k in range(j, j + W)) for j in range(len(c) - W + 1)])
               for c, wt in zip(convs, weights)]
+        cos.append(_np_cos(xs[0].mean(0), xs[1].mean(0)))  # all-ap over the block's pooled rows
     return np.array(cos) @ p["output"]["kernel"] + p["output"]["bias"]
 
 
@@ -86,6 +86,19 @@ class ABCNNTest(parameterized.TestCase):
             want = _np_abcnn(variables["params"], x0[b, :LENGTHS0[b]], x1[b, :LENGTHS1[b]], variant, blocks)
             np.testing.assert_allclose(logits[b], want, rtol=1e-4, atol=1e-5, err_msg=f"pair {b}")
         self.assertEqual(aux["cosines"].shape, (B, blocks + 1))
+
+    @parameterized.parameters(("abcnn2", "bcnn"), ("abcnn3", "abcnn1"))
+    def test_one_block_attention_pooling_reaches_the_output(self, variant, without):
+        # With the same parameters, a one-block model with attention pooling must score differently from the
+        # same model without it: all-ap over the raw convolution rows would make them equal.
+        x0, x1 = _inputs()
+        args = (jnp.asarray(x0, jnp.float32), jnp.asarray(x1, jnp.float32), jnp.asarray(LENGTHS0),
+                jnp.asarray(LENGTHS1))
+        module = abcnn.ABCNN(variant=variant, num_blocks=1, width=W, features=3, max_len=8)
+        variables = module.init(jax.random.PRNGKey(1), *args)
+        with_pooling, _ = module.apply(variables, *args)
+        plain, _ = abcnn.ABCNN(variant=without, num_blocks=1, width=W, features=3, max_len=8).apply(variables, *args)
+        self.assertGreater(float(jnp.max(jnp.abs(with_pooling - plain))), 1e-4)
 
     def test_match_score_is_finite_at_identical_rows(self):
         x = jnp.asarray(np.random.default_rng(1).standard_normal((1, 3, D)), jnp.float32)
