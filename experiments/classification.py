@@ -323,7 +323,9 @@ def train_run(cfg: ml_collections.ConfigDict, corpus: docs.Documents, run_dir: s
     def epoch_batches(epoch: int):
         for batch in docs.document_batches(corpus.train, int(t.batch_size), buckets, shuffle=True,
                                            seed=int(cfg.seed) * 100003 + epoch):
-            yield {k: v for k, v in batch.items() if k != "index"}, float(batch["weights"].sum())
+            # Throughput counts the documents' real (unpadded) tokens.
+            yield ({k: v for k, v in batch.items() if k != "index"},
+                   float(np.count_nonzero(batch["tokens"] != docs.PAD_ID)))
 
     def evaluate(p) -> dict[str, float]:
         dev = evaluate_split(predict, p, corpus.dev, cfg)
@@ -460,7 +462,7 @@ def write_report(config: ml_collections.ConfigDict, workdir: str, rows: list[str
                      f"difference in points, {config.eval.significance_samples} resamples, and a paired permutation "
                      "p); the table shows the union of the seeds' CIs and the largest p")
     length_lines = _length_table(summary)
-    sections = [report.claims_section(verdicts), length_lines]
+    sections = [report.claims_section(verdicts), length_lines, _sparsity_line(table)]
     results.write(workdir, table, title=f"{EXPERIMENT.title}; data: {info.get('corpus', '?')}", command=command,
                   notes=notes, figures=figures, columns=COLUMNS, summary=summary, sections=sections)
     if footnotes:
@@ -483,6 +485,25 @@ def _length_table(summary: list[dict[str, Any]]) -> str:
         lines.append(f"| {s['row']} | " + " | ".join("-" if b["accuracy"] is None else f"{b['accuracy']:.1f}"
                                                      for b in s["accuracy_by_length"]) + " |")
     return "\n".join(lines)
+
+
+def _zero_shares(table: list[dict[str, Any]]) -> dict[str, list[float]]:
+    """Row -> the per-seed share of exactly-zero self-attention weights, for the rows whose weights are a
+    normaliser's output (CoDA's tanh-sigmoid gates are left out: they are almost never exactly 0)."""
+    shares: dict[str, list[float]] = {}
+    for rec in table:
+        if rec.get("attention_zero_share") is not None and not rec["row"].endswith("coda"):
+            shares.setdefault(rec["row"], []).append(float(rec["attention_zero_share"]))
+    return shares
+
+
+def _sparsity_line(table: list[dict[str, Any]]) -> str:
+    shares = _zero_shares(table)
+    if not shares:
+        return ""
+    return ("Self-attention weights that are exactly 0 over the valid (query, key) pairs of the test set, mean over "
+            "seeds (attention_sparsity.png): " + ", ".join(f"{row} {100 * np.mean(v):.1f}%"
+                                                             for row, v in shares.items()) + ".")
 
 
 def _read_json(path: str) -> dict[str, Any]:
@@ -510,16 +531,10 @@ def _figures(workdir: str, rows: list[str], seeds: tuple[int, ...], table: list[
                                                             metric="accuracy", xlabel="document length (tokens)",
                                                             ylabel="test accuracy (%)", title=f"seed {first}"),
                                      workdir))
-    sparsity = {}
-    for row in rows:
-        shares = [r["attention_zero_share"] for r in table
-                  if r["row"] == row and r.get("attention_zero_share") is not None]
-        if shares and not row.endswith("coda"):
-            sparsity[row] = float(np.mean(shares))
+    sparsity = {row: float(np.mean(v)) for row, v in _zero_shares(table).items()}
     if sparsity:
         paths.append(os.path.relpath(plots.weight_sparsity(sparsity, os.path.join(workdir, "attention_sparsity.png"),
-                                                           title="self-attention weights that are exactly 0 "
-                                                                 "(test set, mean over seeds)"), workdir))
+                                                           title="exactly-0 weights (test, seed mean)"), workdir))
     for row in rows:
         shown = os.path.join(spec.run_dir(workdir, row, first), "attention_documents.json")
         if os.path.exists(shown):

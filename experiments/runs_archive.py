@@ -1,10 +1,11 @@
-"""Keeps the finished (row, seed) runs of a translation workdir in the repository, and puts them back.
+"""Keeps the finished (row, seed) runs of an experiment's workdir in the repository, and puts them back.
 
     python -m experiments.runs_archive --workdir=workdirs/luong --name=luong            # workdir -> archive
     python -m experiments.runs_archive --workdir=workdirs/luong --name=luong --restore  # archive -> workdir
 
 A finished run is ``<workdir>/<row>/seed_<s>/done.json`` (its record and config fingerprint) with its
-metrics.jsonl, row_config.json and test_translations.txt: about 110 kB, against tens of MB of checkpoints. The
+metrics.jsonl, row_config.json and test_translations.txt (translation) or its per-document test scores and
+predictions (classification, sentence pairs): about 110 kB, against tens of MB of checkpoints. The
 archive, ``experiments/results/<name>/runs/``, holds those files and the workdir's test_references.txt and
 data.json, which is what `experiments.training.translation.run_experiment` needs to count a run as done and
 report it (the significance tests re-score the translations). Restored into a workdir, the same command that
@@ -24,7 +25,10 @@ from absl import flags
 
 from experiments.training import report
 
-RUN_FILES = ("done.json", "metrics.jsonl", "row_config.json", report.TRANSLATIONS_FILE)
+# The last three exist only for the tables they belong to: translations (test_translations.txt), and
+# classification and sentence pairs (test_scores.json, test_predictions.json, attention_documents.json).
+RUN_FILES = ("done.json", "metrics.jsonl", "row_config.json", report.TRANSLATIONS_FILE, "test_scores.json",
+             "test_predictions.json", "attention_documents.json")
 WORKDIR_FILES = (report.REFERENCES_FILE, "data.json")
 DEFAULT_RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 

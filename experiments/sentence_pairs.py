@@ -270,7 +270,8 @@ def train_run(cfg: ml_collections.ConfigDict, pd: PairData, run_dir: str, label:
     def epoch_batches(epoch: int):
         for batch, _ in _batches(pd.train.s0, pd.train.s1, pd.train.labels, int(t.batch_size), shuffle=True,
                                  seed=int(cfg.seed) * 100003 + epoch):
-            yield batch, float(batch["weights"].sum())
+            # Throughput counts both verses' real (unpadded) tokens.
+            yield batch, float(np.count_nonzero(batch["tokens0"]) + np.count_nonzero(batch["tokens1"]))
 
     def evaluate(p) -> dict[str, float]:
         s = _scores(predict, p, pd.dev.s0, pd.dev.s1, int(cfg.eval.batch_size))
