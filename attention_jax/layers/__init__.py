@@ -14,6 +14,8 @@
   abcnn.py       BCNN and ABCNN-1/-2/-3 for sentence pairs (arXiv:1512.05193).
   dual_attention.py  D-Attn's local and global attention modules for review text (RecSys 2017).
   coda.py        compositional de-attention, quasi-attention weights in (-1, 1) (arXiv:1910.01086).
+  reader.py      the cloze readers' attention sum and pointer sum (arXiv:1603.01547) and attention over attention
+                 (arXiv:1607.04423).
 
 Layers import `attention_jax.core` and `attention_jax.dot_product`, never `attention_jax.models`.
 """

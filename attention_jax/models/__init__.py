@@ -8,5 +8,9 @@
   han.py             hierarchical attention networks for documents, HN-ATT / HN-AVE / HN-MAX (N16-1174).
   text_classifiers.py  TextCNN (arXiv:1408.5882) and a BiLSTM classifier, pooled by max, k-max, chunk-max, mean,
                      last state, feed-forward attention or structured self-attention.
+  bert.py            BERT: the encoder, MLM + NSP pre-training heads, fine-tuning heads, MLM masking
+                     (arXiv:1810.04805).
+  reader.py          the Attention Sum Reader (arXiv:1603.01547) and the Attention-over-Attention Reader
+                     (arXiv:1607.04423) for cloze questions.
   decoding.py        greedy and beam-search decoding over the step-function protocol every model implements.
 """

@@ -1,7 +1,8 @@
 """The Transformer encoder-decoder (Vaswani et al. 2017, "Attention Is All You Need", arXiv:1706.03762).
 
   - `EncoderLayer`, `DecoderLayer`: self-attention (plus cross-attention in the decoder) and the position-wise
-    feed-forward network FFN(x) = max(0, x W_1 + b_1) W_2 + b_2 (§3.3), each sub-layer wrapped as
+    feed-forward network FFN(x) = max(0, x W_1 + b_1) W_2 + b_2 (§3.3; the exact GELU in place of max(0, .)
+    with `activation="gelu"`, as in BERT, arXiv:1810.04805), each sub-layer wrapped as
     post-LN, LayerNorm(x + Dropout(Sublayer(x))) (§3.1, §5.4, the paper), or pre-LN,
     x + Dropout(Sublayer(LayerNorm(x))) (Xiong et al. 2020, arXiv:2002.04745), with a final LayerNorm.
   - `Transformer`: embeddings scaled by sqrt(D) and shared between source, target and the pre-softmax
@@ -40,6 +41,7 @@ Array = jax.Array
 PyTree = Any
 
 __all__ = [
+    "ACTIVATIONS",
     "DecoderLayer",
     "EncoderLayer",
     "FeedForward",
@@ -53,6 +55,8 @@ __all__ = [
 ]
 
 NORMS = ("post", "pre")
+# The FFN's nonlinearity: the paper's ReLU, or the exact (erf) GELU of BERT.
+ACTIVATIONS = ("relu", "gelu")
 # "sinusoidal" and "learned" are added to the embeddings; "shaw", "rope" and "alibi" act inside every
 # self-attention (cross-attention has no positions); "none" has no position information at all.
 POSITIONS = ("sinusoidal", "learned", "shaw", "rope", "alibi", "none")
@@ -138,26 +142,37 @@ def transformer_schedule(d_model: int, warmup_steps: int = 4000, scale: float = 
 
 
 class FeedForward(nn.Module):
-    """FFN(x) = max(0, x W_1 + b_1) W_2 + b_2 (arXiv:1706.03762, §3.3, eq. 2).
+    """FFN(x) = max(0, x W_1 + b_1) W_2 + b_2 (arXiv:1706.03762, §3.3, eq. 2), or GELU in place of max(0, .).
 
     Attributes:
       d_ff: F, the inner width.
       dropout_rate: dropout on the inner activations when training (0 in the paper).
       dtype: compute dtype (None infers it).
       param_dtype: parameter dtype.
+      activation: "relu" (the paper) or "gelu", the exact GELU x Phi(x) with the normal CDF through erf
+        (Hendrycks & Gimpel 2016, arXiv:1606.08415), as in BERT (arXiv:1810.04805, §3.1).
+
+    Raises:
+      ValueError: at construction, if activation is not one of `ACTIVATIONS`.
     """
 
     d_ff: int
     dropout_rate: float = 0.0
     dtype: Any = None
     param_dtype: Any = jnp.float32
+    activation: str = "relu"
+
+    def __post_init__(self):
+        _checks.choice("activation", self.activation, ACTIVATIONS)
+        super().__post_init__()
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:
         """[B, T, D] floating -> [B, T, D] in the compute dtype."""
         d_model = jnp.shape(x)[-1]
-        h = nn.relu(nn.Dense(self.d_ff, dtype=self.dtype, param_dtype=self.param_dtype, name="inner",
-                             **axes.dense_inits(axes.EMBED, axes.MLP))(x))  # [B, T, F]
+        h = nn.Dense(self.d_ff, dtype=self.dtype, param_dtype=self.param_dtype, name="inner",
+                     **axes.dense_inits(axes.EMBED, axes.MLP))(x)  # [B, T, F]
+        h = nn.relu(h) if self.activation == "relu" else jax.nn.gelu(h, approximate=False)
         h = axes.constrain(h, (axes.BATCH, axes.LENGTH, axes.MLP))
         h = nn.Dropout(self.dropout_rate)(h, deterministic=not train)
         out = nn.Dense(d_model, dtype=self.dtype, param_dtype=self.param_dtype, name="outer",
@@ -210,6 +225,7 @@ class _Layer(nn.Module):
     implementation: str | None = None
     dtype: Any = None
     param_dtype: Any = jnp.float32
+    activation: str = "relu"
 
     def _attention(self, name: str, *, relative: bool, decode: bool = False) -> MultiHeadAttention:
         """A sub-layer's MultiHeadAttention; `relative` gives it the layer's position scheme (self-attention)."""
@@ -224,7 +240,8 @@ class _Layer(nn.Module):
                          param_dtype=self.param_dtype, name=name)
 
     def _ffn_block(self, x: Array, train: bool) -> Array:
-        ffn = FeedForward(self.d_ff, self.relu_dropout_rate, self.dtype, self.param_dtype, name="ffn")
+        ffn = FeedForward(self.d_ff, self.relu_dropout_rate, self.dtype, self.param_dtype, activation=self.activation,
+                          name="ffn")
         return self._block("ffn_block")(x, lambda h: ffn(h, train), train)[0]
 
 
@@ -248,6 +265,8 @@ class EncoderLayer(_Layer):
         intermediates "l0".
       implementation: the `dot_product_attention` backend.
       dtype, param_dtype: compute and parameter dtypes.
+      activation: the FFN's nonlinearity, "relu" (the paper) or "gelu" (BERT, arXiv:1810.04805, §3.1); see
+        `FeedForward`.
     """
 
     @nn.compact

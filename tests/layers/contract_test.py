@@ -29,6 +29,7 @@ from attention_jax.layers.head_gates import GatedMultiHeadAttention
 from attention_jax.layers.multihead import MultiHeadAttention
 from attention_jax.layers.multistep import MultiStepAttention
 from attention_jax.layers.nadaraya_watson import NadarayaWatson
+from attention_jax.layers.reader import AttentionOverAttention, AttentionSum
 from attention_jax.layers.relative import RelativeMultiHeadAttention
 from attention_jax.layers.structured import StructuredSelfAttention
 from attention_jax.models.han import HierarchicalAttentionNetwork
@@ -653,6 +654,61 @@ class DualAttentionEncoderContractTest(contract.LayerContract):
     def bad_inputs(self, inputs):
         return [("inputs of rank 2", {**inputs, "inputs": inputs["inputs"][:, 0]}, ("inputs", (B, D))),
                 ("lengths of another batch", {**inputs, "lengths": inputs["lengths"][:1]}, ("lengths",))]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The cloze readers' attentions: a document (and a query) of contextual embeddings, no parameters.
+
+NO_STEP_READER = "a reader reads the whole document: {name} has no decoding step"
+
+
+class AttentionSumContractTest(contract.LayerContract):
+    """Kadlec et al.'s attention sum: document [B, S, D] against one query vector [B, D]."""
+
+    SKIP = {"masked_inputs": "its keys are its raw inputs (the document), which test_masked_never_leak_keys "
+                             "poisons",
+            "step": NO_STEP_READER.format(name="AttentionSum")}
+
+    def make_module(self):
+        return AttentionSum()
+
+    def make_inputs(self, rng):
+        return dict(document=_normal(rng, B, S, D), query=_normal(rng, B, D), document_mask=_valid(KEY_LENGTHS, S))
+
+    def masked_keys(self, inputs):
+        return [Poison("document", ~inputs["document_mask"][..., None])]
+
+    def bad_inputs(self, inputs):
+        return [("query of another batch", {**inputs, "query": inputs["query"][:1]}, ("query", (1, D))),
+                ("query of another width", {**inputs, "query": inputs["query"][:, 1:]}, ("query", (B, D - 1))),
+                ("mask of another length", {**inputs, "document_mask": inputs["document_mask"][:, 1:]},
+                 ("document_mask", (B, S - 1)))]
+
+
+class AttentionOverAttentionContractTest(contract.LayerContract):
+    """Cui et al.'s attention over attention: document [B, S, D] and query [B, T, D], both padded."""
+
+    QUERY_LENGTHS = np.array([2, T], np.int32)
+    SKIP = {"masked_inputs": "its keys are its raw inputs (document and query), which "
+                             "test_masked_never_leak_keys poisons",
+            "step": NO_STEP_READER.format(name="AttentionOverAttention")}
+
+    def make_module(self):
+        return AttentionOverAttention()
+
+    def make_inputs(self, rng):
+        return dict(document=_normal(rng, B, S, D), query=_normal(rng, B, T, D),
+                    document_mask=_valid(KEY_LENGTHS, S), query_mask=_valid(self.QUERY_LENGTHS, T))
+
+    def masked_keys(self, inputs):
+        return [Poison("document", ~inputs["document_mask"][..., None]),
+                Poison("query", ~inputs["query_mask"][..., None])]
+
+    def bad_inputs(self, inputs):
+        return [("query of another width", {**inputs, "query": inputs["query"][..., 1:]}, ("query", (B, T, D - 1))),
+                ("query of rank 2", {**inputs, "query": inputs["query"][:, 0]}, ("query", (B, D))),
+                ("query_mask of another length", {**inputs, "query_mask": inputs["query_mask"][:, 1:]},
+                 ("query_mask", (B, T - 1)))]
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -13,7 +13,9 @@ import jax.numpy as jnp
 import numpy as np
 from absl.testing import absltest
 
+from attention_jax.models.bert import BertClassifier, BertEncoder
 from attention_jax.models.convs2s import ConvS2S
+from attention_jax.models.reader import AttentionOverAttentionReader, AttentionSumReader
 from attention_jax.models.seq2seq import Seq2Seq
 from attention_jax.models.transformer import Transformer
 from attention_jax.models.transformer_xl import TransformerXLLM
@@ -158,6 +160,116 @@ class TransformerXLLMContractTest(contract.LayerContract):
             ("memories of another batch", {**inputs, "memories": [m[:1] for m in memories]},
              ("memories", (1, self.M, self.D))),
         ]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# BERT: a bidirectional encoder over right-padded token ids (0 = padding).
+
+
+class BertEncoderContractTest(contract.LayerContract):
+    """The BERT encoder (arXiv:1810.04805): two post-LN GELU layers; row 1 has 3 real tokens of 6."""
+
+    B, T, V = 2, 6, 13
+    LENGTHS = (6, 3)
+    SKIP = {"step": "BERT is a bidirectional encoder: no decoding step",
+            "masked_inputs": "its inputs are token ids, which hold no NaN, and padding is where tokens == pad_id; "
+                             "bert_test.py checks that a padded row equals the same row unpadded"}
+
+    def make_module(self):
+        return BertEncoder(vocab_size=self.V, hidden_size=8, num_layers=2, num_heads=2, intermediate_size=16,
+                           max_position_embeddings=8, dropout_rate=0.0, attention_dropout_rate=0.0)
+
+    def make_inputs(self, rng):
+        tokens = rng.integers(1, self.V, (self.B, self.T)).astype(np.int32)
+        types = np.broadcast_to(np.arange(self.T) >= 3, (self.B, self.T)).astype(np.int32)
+        for b, n in enumerate(self.LENGTHS):
+            tokens[b, n:] = 0
+        return dict(tokens=jnp.asarray(tokens), token_type_ids=jnp.asarray(types))
+
+    def masked_keys(self, inputs):
+        # The projected keys and values of every layer's self-attention at padded positions.
+        dead = (inputs["tokens"] == 0)[:, :, None, None]
+        return [Poison(module=f"layers_*/self_attention/{kv}", dead=dead) for kv in ("key", "value")]
+
+    def bad_inputs(self, inputs):
+        tokens, types = inputs["tokens"], inputs["token_type_ids"]
+        long = jnp.ones((self.B, 9), jnp.int32)
+        return [("tokens of rank 1", {**inputs, "tokens": tokens[0]}, ("tokens", (self.T,))),
+                ("token_type_ids of another shape", {**inputs, "token_type_ids": types[:, :-1]},
+                 ((self.B, self.T - 1), (self.B, self.T))),
+                ("more positions than the table", {"tokens": long, "token_type_ids": long},
+                 ("max_position_embeddings=8", (self.B, 9)))]
+
+
+class BertClassifierContractTest(BertEncoderContractTest):
+    """BERT fine-tuned for sequence classification (arXiv:1810.04805, §4.1): logits on the pooled [CLS]."""
+
+    def make_module(self):
+        return BertClassifier(vocab_size=self.V, hidden_size=8, num_layers=1, num_heads=2, intermediate_size=16,
+                              max_position_embeddings=8, dropout_rate=0.0, attention_dropout_rate=0.0, num_classes=3,
+                              classifier_dropout=0.0)
+
+    def masked_keys(self, inputs):
+        dead = (inputs["tokens"] == 0)[:, :, None, None]
+        return [Poison(module=f"bert/layers_*/self_attention/{kv}", dead=dead) for kv in ("key", "value")]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The cloze readers: token ids of a document, a query and candidates (0 = padding) -> candidate probabilities.
+
+
+class _Reader(contract.LayerContract):
+    """A document of 6 tokens (row 1: 4), a query of 4 (row 0: 2), 3 candidates (row 1: 2, then a 0)."""
+
+    B, S, T, V = 2, 6, 4, 11
+    SKIP = {"step": "a reader reads the whole document: there is no decoding step"}
+
+    def make_inputs(self, rng):
+        document = rng.integers(1, self.V, (self.B, self.S)).astype(np.int32)
+        document[1, 4:] = 0
+        query = rng.integers(1, self.V, (self.B, self.T)).astype(np.int32)
+        query[0, 2:] = 0
+        candidates = np.stack([document[0, :3], [document[1, 0], document[1, 3], 0]]).astype(np.int32)
+        return dict(document=jnp.asarray(document), query=jnp.asarray(query), candidates=jnp.asarray(candidates))
+
+    def _padded(self, inputs):
+        return (inputs["document"] == 0)[..., None], (inputs["query"] == 0)[..., None]
+
+    def masked_inputs(self, inputs):
+        # NaN in the embeddings of padded tokens (document and query share one embedding call).
+        document, query = self._padded(inputs)
+        return [Poison(module="embed", dead=jnp.concatenate([document, query], axis=1))]
+
+    def bad_inputs(self, inputs):
+        document, query, candidates = inputs["document"], inputs["query"], inputs["candidates"]
+        return [("document of rank 1", {**inputs, "document": document.reshape(-1)}, ("document", (self.B * self.S,))),
+                ("query of another batch", {**inputs, "query": query[:1]}, ("query", (1, self.T))),
+                ("candidates of rank 3", {**inputs, "candidates": candidates[..., None]},
+                 ("candidates", (self.B, 3, 1)))]
+
+
+class AttentionSumReaderContractTest(_Reader):
+    """The Attention Sum Reader (arXiv:1603.01547): separate document and query BiGRUs."""
+
+    def make_module(self):
+        return AttentionSumReader(vocab_size=self.V, embed_dim=4, hidden_size=3)
+
+    def masked_keys(self, inputs):
+        # The contextual embeddings f_i(d) the attention reads, at padded document tokens.
+        return [Poison(module="", method="encode", index="document", dead=self._padded(inputs)[0])]
+
+
+class AttentionOverAttentionReaderContractTest(_Reader):
+    """The Attention-over-Attention Reader (arXiv:1607.04423): one BiGRU shared by document and query."""
+
+    def make_module(self):
+        return AttentionOverAttentionReader(vocab_size=self.V, embed_dim=4, hidden_size=3)
+
+    def masked_keys(self, inputs):
+        # h_doc and h_query, which M = h_doc h_query^T pairs, at padded tokens.
+        document, query = self._padded(inputs)
+        return [Poison(module="", method="encode", index="document", dead=document),
+                Poison(module="", method="encode", index="query", dead=query)]
 
 
 if __name__ == "__main__":

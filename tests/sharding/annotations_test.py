@@ -25,6 +25,7 @@ from attention_jax.core.positional import ComplexOrderEmbedding, LearnedPosition
 from attention_jax.layers import _common
 from attention_jax.layers.luong import LuongAttention
 from attention_jax.layers.multihead import MultiHeadAttention
+from attention_jax.models.bert import BertForPretraining, BertTokenClassifier
 from attention_jax.models.convs2s import GLUConv
 from attention_jax.models.seq2seq import Seq2Seq
 from attention_jax.models.transformer import DecoderLayer, EncoderLayer, FeedForward, Transformer
@@ -67,12 +68,18 @@ FACTORIES = {
         (_tokens, _lengths, _tokens)),
     "LuongAttention/location": (LuongAttention(score="location", max_source_len=T), (_x, _x)),
     "MultiHeadAttention/normalize_qk": (MultiHeadAttention(num_heads=2, normalize_qk=True), (_x,)),
+    "BertForPretraining/pre": (BertForPretraining(vocab_size=11, hidden_size=D, num_layers=1, num_heads=2,
+                                                  intermediate_size=16, max_position_embeddings=T, norm="pre"),
+                               (_tokens, _tokens)),
+    "BertTokenClassifier": (BertTokenClassifier(vocab_size=11, hidden_size=D, num_layers=1, num_heads=2,
+                                                intermediate_size=16, max_position_embeddings=T, num_classes=3),
+                            (_tokens,)),
 }
 
 # Classes reached only inside a model, with the model whose contract and factory cover them.
 INSIDE = {"Encoder": "Seq2Seq", "DecoderCell": "Seq2Seq", "_Sublayer": "Transformer", "_Layer": "EncoderLayer",
           "_Block": "TransformerLM", "BiGRU": "HierarchicalAttentionNetwork",
-          "_ClassifierBlock": "TransformerClassifier"}
+          "_ClassifierBlock": "TransformerClassifier", "_BertConfig": "BertEncoder"}
 
 
 def _contract_classes():
