@@ -1,4 +1,5 @@
-"""SentencePiece BPE tokenizers with the special ids pad=0, unk=1, bos=2, eos=3, cached by their training text."""
+"""SentencePiece tokenizers (BPE, or whole words) with the special ids pad=0, unk=1, bos=2, eos=3, cached by their
+training text; extra symbols such as BERT's [CLS] / [SEP] / [MASK] take the ids that follow (4, 5, ...)."""
 
 from __future__ import annotations
 
@@ -70,6 +71,10 @@ class Tokenizer:
         """The subword string of id ``i`` (``<pad>``, ``<unk>``, ``<s>``, ``</s>`` for the special ids)."""
         return self.processor.id_to_piece(int(i))
 
+    def piece_to_id(self, piece: str) -> int:
+        """The id of a piece (a user-defined symbol such as ``"[MASK]"``, or ``"▁word"``); unk_id if unknown."""
+        return int(self.processor.piece_to_id(piece))
+
     def __getstate__(self) -> dict[str, Any]:
         return {"model_proto": self.processor.serialized_model_proto(), "path": self.path}
 
@@ -81,20 +86,25 @@ _SPM_SETTINGS = dict(model_type="bpe", character_coverage=1.0, pad_id=PAD_ID, un
                      eos_id=EOS_ID, normalization_rule_name="identity", minloglevel=2)
 
 
-def _train_sentencepiece(texts: Sequence[str], vocab_size: int, *, hard_vocab_limit: bool = True) -> bytes:
+MODEL_TYPES = ("bpe", "word")
+
+
+def _train_sentencepiece(texts: Sequence[str], vocab_size: int, *, hard_vocab_limit: bool = True,
+                         extra: dict[str, Any] | None = None) -> bytes:
     import sentencepiece as spm  # pylint: disable=g-import-not-at-top
 
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(sentence_iterator=iter(texts), model_writer=model, vocab_size=vocab_size,
                                    hard_vocab_limit=hard_vocab_limit, num_threads=max(1, min(8, os.cpu_count() or 1)),
-                                   **_SPM_SETTINGS)
+                                   **{**_SPM_SETTINGS, **(extra or {})})
     return model.getvalue()
 
 
-def load_or_train_tokenizer(texts: Sequence[str], model_dir: str | os.PathLike[str], vocab_size: int) -> Tokenizer:
-    """A joint BPE SentencePiece model of ``texts``, read from ``model_dir`` if trained before.
+def load_or_train_tokenizer(texts: Sequence[str], model_dir: str | os.PathLike[str], vocab_size: int, *,
+                            model_type: str = "bpe", user_defined_symbols: Sequence[str] = ()) -> Tokenizer:
+    """A joint SentencePiece model of ``texts``, read from ``model_dir`` if trained before.
 
-    The model file is ``model_dir/spm_bpe_<vocab_size>_<hash>.model``, the hash covering the texts
+    The model file is ``model_dir/spm_<model_type>_<vocab_size>_<hash>.model``, the hash covering the texts
     and the settings, so a different training split or vocabulary trains a new model. When the texts
     are too small for ``vocab_size`` (SentencePiece refuses), training is repeated with
     ``hard_vocab_limit=False``, which gives a smaller vocabulary; `Tokenizer.vocab_size` says which.
@@ -103,42 +113,55 @@ def load_or_train_tokenizer(texts: Sequence[str], model_dir: str | os.PathLike[s
       texts: training sentences (for translation, the sources and the targets of the train split).
       model_dir: cache folder for models (``~`` is expanded).
       vocab_size: requested vocabulary size V, special ids included (>= 5).
+      model_type: "bpe" (subwords) or "word" (every whitespace-separated word one piece, the most frequent
+        ``vocab_size`` of them; the cloze readers point at whole words).
+      user_defined_symbols: pieces that are never split, with the first ids after the four special ones (BPE: 4,
+        5, ... in this order; the word model also gives each a "▁"-prefixed twin), e.g. ``("[CLS]", "[SEP]",
+        "[MASK]")``. Look them up with `Tokenizer.piece_to_id`.
 
     Returns:
       The tokenizer.
 
     Raises:
-      ValueError: if ``texts`` is empty or ``vocab_size`` < 5.
+      ValueError: if ``texts`` is empty, ``vocab_size`` < 5 or ``model_type`` is unknown.
     """
     if vocab_size < 5:
         raise ValueError(f"vocab_size must be >= 5 (4 special ids + 1 piece), got {vocab_size=}")
+    if model_type not in MODEL_TYPES:
+        raise ValueError(f"model_type must be one of {MODEL_TYPES}, got {model_type!r}")
     texts = [normalize_whitespace(t) for t in texts]
     texts = [t for t in texts if t]
     if not texts:
         raise ValueError("cannot train a tokenizer on no text")
+    extra: dict[str, Any] = {}
+    if model_type != "bpe":
+        extra["model_type"] = model_type
+    if user_defined_symbols:
+        extra["user_defined_symbols"] = list(user_defined_symbols)
     digest = hashlib.sha256()
-    digest.update(repr(sorted(_SPM_SETTINGS.items())).encode())
+    # The BPE models trained before these options keep their hash (and cached file).
+    digest.update(repr(sorted({**_SPM_SETTINGS, **extra}.items())).encode())
     digest.update(str(vocab_size).encode())
     for t in texts:
         digest.update(t.encode("utf-8") + b"\n")
-    path = pathlib.Path(model_dir).expanduser() / f"spm_bpe_{vocab_size}_{digest.hexdigest()[:16]}.model"
+    path = pathlib.Path(model_dir).expanduser() / f"spm_{model_type}_{vocab_size}_{digest.hexdigest()[:16]}.model"
     if path.is_file():
         logging.info("Tokenizer: using the cached SentencePiece model %s", path)
         return Tokenizer(path.read_bytes(), path)
     start = time.perf_counter()
     try:
-        proto = _train_sentencepiece(texts, vocab_size)
+        proto = _train_sentencepiece(texts, vocab_size, extra=extra)
     except RuntimeError as e:
         if "Vocabulary size" not in str(e):
             raise
         logging.warning("Tokenizer: %d sentences are too few for %d pieces (%s); training with "
                         "hard_vocab_limit=False instead", len(texts), vocab_size, str(e).split("] ")[-1])
-        proto = _train_sentencepiece(texts, vocab_size, hard_vocab_limit=False)
+        proto = _train_sentencepiece(texts, vocab_size, hard_vocab_limit=False, extra=extra)
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile("wb", dir=path.parent, prefix=path.name, suffix=".tmp", delete=False) as f:
         f.write(proto)
     os.replace(f.name, path)
     tokenizer = Tokenizer(proto, path)
-    logging.info("Tokenizer: trained a %d-piece BPE SentencePiece model on %d sentences in %.1f s; saved %s",
-                 tokenizer.vocab_size, len(texts), time.perf_counter() - start, path)
+    logging.info("Tokenizer: trained a %d-piece %s SentencePiece model on %d sentences in %.1f s; saved %s",
+                 tokenizer.vocab_size, model_type, len(texts), time.perf_counter() - start, path)
     return tokenizer

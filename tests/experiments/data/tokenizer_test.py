@@ -58,3 +58,18 @@ class TestTokenizer:
             data.load_or_train_tokenizer(["a"], tmp_path, 4)
         with pytest.raises(ValueError, match="no text"):
             data.load_or_train_tokenizer([" "], tmp_path, 100)
+
+
+def test_word_model_and_user_symbols(tmp_path):
+    texts = ["the cat sat on the mat", "a dog sat on a log", "XXXXX sat"] * 5
+    tok = data.load_or_train_tokenizer(texts, tmp_path, 40, model_type="word",
+                                       user_defined_symbols=("[CLS]", "[SEP]"))
+    ids = [tok.piece_to_id(p) for p in ("[CLS]", "[SEP]")]
+    assert len(set(ids)) == 2 and min(ids) == 4 and tok.unk_id not in ids
+    assert [tok.id_to_piece(i) for i in tok.encode("the cat sat")] == ["▁the", "▁cat", "▁sat"]  # whole words
+    bpe = data.load_or_train_tokenizer(texts, tmp_path, 40)
+    assert bpe.path != tok.path and bpe.path.name.startswith("spm_bpe_")
+    assert [data.load_or_train_tokenizer(texts, tmp_path, 60, user_defined_symbols=("[CLS]", "[SEP]")).piece_to_id(p)
+            for p in ("[CLS]", "[SEP]")] == [4, 5]
+    with pytest.raises(ValueError, match="model_type"):
+        data.load_or_train_tokenizer(texts, tmp_path, 40, model_type="char")
