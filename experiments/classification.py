@@ -29,6 +29,7 @@ from typing import Any
 from absl import app
 from absl import flags
 from absl import logging
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -36,6 +37,7 @@ import numpy as np
 import optax
 from ml_collections import config_flags
 
+from attention_jax.models.bert import BertClassifier
 from attention_jax.models.han import HierarchicalAttentionNetwork
 from attention_jax.models import text_classifiers as tc
 from experiments import cli
@@ -50,7 +52,7 @@ from experiments.training import report, spec
 from experiments.training import table as runs_table
 
 FLAGS = flags.FLAGS
-FAMILIES = ("textcnn", "bilstm", "han", "transformer", "dattn")
+FAMILIES = ("textcnn", "bilstm", "han", "transformer", "dattn", "bert")
 POOLINGS = {"textcnn": tc.CNN_POOLINGS, "bilstm": tc.RNN_POOLINGS, "han": ("attention", "mean", "max")}
 LENGTH_BINS = (16, 32, 64, 128)
 
@@ -72,9 +74,56 @@ DATA_PATH_HELP = ("your own labelled text instead of --config.data.corpus: a UTF
                   "lines (split into train / test by a hash of the text)")
 
 
-def build_model(m: ml_collections.ConfigDict, vocab_size: int, num_classes: int, max_len: int):
-    """The flax module of a row's ``model`` config."""
+class BertDocumentClassifier(nn.Module):
+    """`BertClassifier` over ``[CLS] document [SEP]``, built from a saved encoder's sizes (`experiments.bert`).
+
+    Attributes:
+      encoder: the `BertEncoder` attributes (`experiments.bert.encoder_kwargs`).
+      num_classes: C.
+      cls_id, sep_id: the encoder vocabulary's [CLS] and [SEP] ids.
+      dropout_rate: the classifier's dropout.
+      max_len: documents are cut to max_len - 2 tokens (the pretraining length: later positions are untrained).
+    """
+
+    encoder: Any
+    num_classes: int
+    cls_id: int
+    sep_id: int
+    dropout_rate: float = 0.1
+    max_len: int = 64
+
+    @nn.compact
+    def __call__(self, tokens: jax.Array, train: bool = False) -> tuple[jax.Array, dict[str, Any]]:
+        """tokens [B, T] int32 (0-padded) -> (logits [B, C] float32, {})."""
+        tokens = tokens[:, :self.max_len - 2]
+        b = tokens.shape[0]
+        lengths = jnp.sum(tokens != docs.PAD_ID, axis=1)  # [B]
+        x = jnp.concatenate([jnp.full((b, 1), self.cls_id, tokens.dtype), tokens, jnp.zeros((b, 1), tokens.dtype)],
+                            axis=1)  # [B, T + 2]
+        x = x.at[jnp.arange(b), lengths + 1].set(self.sep_id)
+        logits = BertClassifier(**dict(self.encoder), num_classes=self.num_classes,
+                                classifier_dropout=self.dropout_rate, name="classifier")(x, train=train)
+        return logits, {}
+
+
+def _bert_encoder(m: ml_collections.ConfigDict) -> tuple[dict[str, Any], int]:
+    """(the `BertEncoder` attributes, the pretraining length) of the saved encoder ``m.bert_encoder``."""
+    from experiments import bert  # pylint: disable=import-outside-toplevel
+
+    with open(os.path.join(os.path.expanduser(m.bert_encoder), "encoder.json"), encoding="utf-8") as f:
+        meta = json.load(f)
+    kwargs = bert.encoder_kwargs(meta["model"], meta["vocab_size"])
+    return kwargs, int(meta["pretrain"].get("max_tokens", kwargs["max_position_embeddings"]))
+
+
+def build_model(m: ml_collections.ConfigDict, vocab_size: int, num_classes: int, max_len: int,
+                special: tuple[int, int] = (4, 5)):
+    """The flax module of a row's ``model`` config (``special``: the [CLS] and [SEP] ids of the bert family)."""
     common = dict(vocab_size=int(vocab_size), num_classes=int(num_classes), dropout_rate=float(m.dropout_rate))
+    if m.family == "bert":
+        encoder, length = _bert_encoder(m) if m.bert_encoder else ({"vocab_size": int(vocab_size)}, 64)
+        return BertDocumentClassifier(encoder=encoder, num_classes=int(num_classes), cls_id=special[0],
+                                      sep_id=special[1], dropout_rate=float(m.dropout_rate), max_len=length)
     if m.family == "textcnn":
         return tc.TextCNN(**common, embed_dim=m.embed_dim, filter_widths=tuple(m.filter_widths),
                           num_filters=m.num_filters, pooling=m.pooling, attention_dim=m.attention_dim or None,
@@ -145,6 +194,14 @@ def validate(config: ml_collections.ConfigDict, rows: list[str]) -> None:
                                    "bootstrap CI and permutation p) or none")
     for row in rows:
         m = training.row_config(EXPERIMENT, config, row).model
+        if (m.family == "bert") != bool(m.bert_encoder):
+            raise training.ConfigError(
+                f"row {row}: the bert row needs --config.model.bert_encoder and the other rows must leave it empty "
+                "(one invocation has one vocabulary); fix: run --rows=bert --config.model.bert_encoder=<the encoder/ "
+                "folder of an experiments.bert pretraining run> on its own")
+        if m.bert_encoder and not os.path.exists(os.path.join(os.path.expanduser(m.bert_encoder), "encoder.json")):
+            raise training.ConfigError(f"--config.model.bert_encoder={m.bert_encoder!r} holds no saved encoder; fix: "
+                                       "pass the encoder/ folder of a finished experiments.bert pretraining run")
         if m.family not in FAMILIES:
             raise training.ConfigError(f"row {row}: --config.model.family={m.family!r} is not valid; fix: use one of "
                                        f"{', '.join(FAMILIES)}")
@@ -307,7 +364,8 @@ def train_run(cfg: ml_collections.ConfigDict, corpus: docs.Documents, run_dir: s
     tests), test_predictions.json and, for the models with word weights, attention_documents.json.
     """
     m, t = cfg.model, cfg.train
-    model = build_model(m, corpus.tokenizer.vocab_size, corpus.num_classes, cfg.data.max_tokens)
+    special = tuple(corpus.tokenizer.piece_to_id(p) for p in ("[CLS]", "[SEP]")) if m.family == "bert" else (4, 5)
+    model = build_model(m, corpus.tokenizer.vocab_size, corpus.num_classes, cfg.data.max_tokens, special)
     optimizer = optax.chain(optax.clip_by_global_norm(t.grad_clip_norm) if t.grad_clip_norm else optax.identity(),
                             optax.adam(t.learning_rate))
     buckets = tuple(cfg.data.buckets)
@@ -316,6 +374,12 @@ def train_run(cfg: ml_collections.ConfigDict, corpus: docs.Documents, run_dir: s
     rng = jax.random.key(int(cfg.seed))
     init_rng, dropout_rng, step_rng = jax.random.split(rng, 3)
     params = model.init({"params": init_rng, "dropout": dropout_rng}, _inputs(m.family, first))["params"]
+    if m.family == "bert":  # start from the pretrained encoder (a checkpoint in run_dir, if any, still wins)
+        from experiments import bert  # pylint: disable=import-outside-toplevel
+
+        params = nn.unbox(params)
+        loaded, _, _ = bert.load_encoder(m.bert_encoder, jax.tree.map(np.asarray, params["classifier"]["bert"]))
+        params = {**params, "classifier": {**params["classifier"], "bert": loaded}}
     opt_state = optimizer.init(params)
     step = make_train_step(model, m.family, optimizer, float(m.penalty))
     predict = make_predict(model, m.family)
@@ -362,6 +426,8 @@ def _describe(m: ml_collections.ConfigDict) -> dict[str, Any]:
         what = f"{m.attention} self-attention"
     elif m.family == "dattn":
         what = f"local + global ({m.global_scores}) attention"
+    elif m.family == "bert":
+        what = "[CLS], pretrained encoder"
     else:
         what = m.pooling + (f", penalty {m.penalty:g}" if m.pooling == "structured" else "")
     return {"model": m.family, "pooling": what}
@@ -369,11 +435,16 @@ def _describe(m: ml_collections.ConfigDict) -> dict[str, Any]:
 
 def _load_corpus(config: ml_collections.ConfigDict) -> docs.Documents:
     d = config.data
+    tokenizer = None
+    if config.model.get("bert_encoder"):  # the encoder's own vocabulary
+        from experiments import bert  # pylint: disable=import-outside-toplevel
+
+        tokenizer = bert.load_encoder(config.model.bert_encoder)[1]
     return docs.prepare_documents(d.corpus, d.data_dir, vocab_size=d.vocab_size, max_tokens=d.max_tokens,
                                   max_sentences=d.max_sentences, sentence_tokens=d.sentence_tokens,
                                   dev_fraction=d.dev_fraction, test_fraction=d.test_fraction,
                                   max_train=d.max_train, max_test=d.max_test, sentences=d.sentences,
-                                  data_path=d.get("data_path", ""))
+                                  data_path=d.get("data_path", ""), tokenizer=tokenizer)
 
 
 def run(config: ml_collections.ConfigDict, rows: list[str], workdir: str, *, preset: str = "", command: str = "",

@@ -342,3 +342,34 @@ def metric_by_length(buckets: Mapping[str, Sequence[Mapping[str, Any]]], path: s
     fig.tight_layout()
     _save(fig, path)
     return path
+
+
+def metric_curves(metrics: Mapping[str, Sequence[Mapping[str, Any]]], path: str, *,
+                  panels: Sequence[tuple[str, str]], title: str = "") -> str:
+    """One panel per metric against step, one line per row (e.g. BERT's training loss and held-out accuracies).
+
+    Args:
+      metrics: row name -> metrics.jsonl records; a record adds a point to every panel whose key it holds.
+      path: PNG file to write.
+      panels: (record key, y-axis label) per panel, left to right.
+      title: figure title.
+
+    Returns:
+      ``path``.
+    """
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4), squeeze=False)
+    for ax, (key, label) in zip(axes[0], panels):
+        for k, (row, records) in enumerate(metrics.items()):
+            points = [(r["step"], r[key]) for r in records if r.get(key) is not None and "step" in r]
+            if points:
+                ax.plot(*zip(*points), "-", marker=_MARKERS[k % len(_MARKERS)], markersize=3, linewidth=1, label=row)
+        ax.set_xlabel("step")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        if ax.get_lines():
+            ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    _save(fig, path)
+    return path

@@ -66,8 +66,13 @@ ROWS = {
     "dattn": {"model.family": "dattn"},
     # Not in the default table: the penalty at a tenth of Lin's coefficient (--rows=lstm_structured_penalty_0.1).
     "lstm_structured_penalty_0.1": {"model.family": "bilstm", "model.pooling": "structured", "model.penalty": 0.1},
+    # Not in the default table: fine-tuning a BERT encoder saved by `experiments.bert` (--rows=bert
+    # --config.model.bert_encoder=workdirs/bert/pretrain/nsp/seed_0/encoder); [CLS] document [SEP] in the encoder's
+    # own vocabulary, cut to the length it was pretrained on.
+    "bert": {"model.family": "bert", "train.learning_rate": 2e-4},
 }
-DEFAULT_ROWS = tuple(row for row in ROWS if row != "lstm_structured_penalty_0.1")
+EXTRA_ROWS = ("lstm_structured_penalty_0.1", "bert")
+DEFAULT_ROWS = tuple(row for row in ROWS if row not in EXTRA_ROWS)
 # One row of each model family, plus the baseline: every code path in about two minutes.
 PRESET_ROWS = {"smoke": ("cnn_max", "cnn_attention", "lstm_structured_penalty", "han_att", "transformer_entmax15",
                          "dattn")}
@@ -154,6 +159,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.global_features = 32
     c.model.global_scores = "document"
     c.model.hidden_dim = 128
+    c.model.bert_encoder = ""  # the encoder/ folder of a finished experiments.bert pretraining run (the bert row)
 
     c.train = ml_collections.ConfigDict()
     c.train.batch_size = 64

@@ -200,7 +200,7 @@ def _hash_order(items: Sequence[tuple[str, str]], salt: str) -> list[tuple[str, 
 def prepare_documents(corpus: str, data_dir: str | os.PathLike[str] | None = None, *, vocab_size: int = 8000,
                       max_tokens: int = 128, max_sentences: int = 8, sentence_tokens: int = 32,
                       dev_fraction: float = 0.1, test_fraction: float = 0.2, max_train: int = 0, max_test: int = 0,
-                      sentences: str = "", data_path: str = "") -> Documents:
+                      sentences: str = "", data_path: str = "", tokenizer: Tokenizer | None = None) -> Documents:
     """Loads, splits, segments, tokenises and encodes one corpus (see the module docstring).
 
     Args:
@@ -216,6 +216,7 @@ def prepare_documents(corpus: str, data_dir: str | os.PathLike[str] | None = Non
       max_test: keep at most this many test (and dev) documents (0: all).
       sentences: "pysbd", "none", or "" for the corpus' default (`default_sentence_mode`).
       data_path: a "label<TAB>text" file to use instead of ``corpus`` (`classification.load_labelled_tsv`).
+      tokenizer: a tokenizer to use instead of one trained on the train split (e.g. a pretrained BERT's).
 
     Raises:
       DataError: the corpus cannot be obtained, or a split is empty.
@@ -255,8 +256,9 @@ def prepare_documents(corpus: str, data_dir: str | os.PathLike[str] | None = Non
     split_sentences = {}
     for name, items in (("train", train_items), ("dev", dev_items), ("test", test_items)):
         split_sentences[name] = segment([t for _, t in items], mode, cache if mode == "pysbd" else None)
-    tokenizer = load_or_train_tokenizer([s for doc in split_sentences["train"] for s in doc],
-                                        os.path.join(root, "tokenizers"), vocab_size)
+    if tokenizer is None:
+        tokenizer = load_or_train_tokenizer([s for doc in split_sentences["train"] for s in doc],
+                                            os.path.join(root, "tokenizers"), vocab_size)
     out, dropped = {}, {}
     for name, items in (("train", train_items), ("dev", dev_items), ("test", test_items)):
         triples = [(index[label], text, sents) for (label, text), sents in zip(items, split_sentences[name])]
