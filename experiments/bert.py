@@ -423,7 +423,8 @@ def finetune_run(cfg: ml_collections.ConfigDict, fd: FinetuneData, run_dir: str,
                                                     "encoder")
         loaded, _, _ = load_encoder(encoder_dir, jax.tree.map(np.asarray, params["bert"]))
         params = {**params, "bert": loaded}
-    optimizer = optax.adamw(_schedule(f.learning_rate, f.num_steps, f.warmup_fraction), weight_decay=0.01)
+    num_steps = max(int(f.num_steps), int(np.ceil(f.min_epochs * subset.shape[0] / int(f.batch_size))))
+    optimizer = optax.adamw(_schedule(f.learning_rate, num_steps, f.warmup_fraction), weight_decay=0.01)
     opt_state = optimizer.init(params)
 
     def loss_fn(prm, batch, step_rng):
@@ -453,8 +454,8 @@ def finetune_run(cfg: ml_collections.ConfigDict, fd: FinetuneData, run_dir: str,
             tokens = train.tokens[idx]
             yield {"tokens": tokens[:, :_width(tokens)], "labels": train.labels[idx]}, float(np.count_nonzero(tokens))
 
-    t = ml_collections.ConfigDict({"num_steps": f.num_steps, "max_minutes": 0.0, "log_every": f.log_every,
-                                   "eval_every": 0, "checkpoint_every": max(f.num_steps // 2, 1)})
+    t = ml_collections.ConfigDict({"num_steps": num_steps, "max_minutes": 0.0, "log_every": f.log_every,
+                                   "eval_every": 0, "checkpoint_every": max(num_steps // 2, 1)})
     steps_per_epoch = -(-subset.shape[0] // int(f.batch_size))
     outcome = training.train_loop(step, params, opt_state, epoch_batches, train_config=t, run_dir=run_dir,
                                   rng=jax.random.key(int(cfg.seed) + 1), steps_per_epoch=steps_per_epoch, label=label,
@@ -563,7 +564,8 @@ def write_report(config: ml_collections.ConfigDict, workdir: str, rows: list[str
              f"{m.intermediate_size}, post-LN, GELU; vocabulary: SentencePiece BPE {info.get('vocab_size', '?')} "
              f"pieces of the pretraining text",
              f"pretraining (pretrain/results.md): {pre or 'none in this table'}",
-             f"fine-tuning: [CLS] text [SEP] cut at {d.max_len} pieces, {f.num_steps} steps of {f.batch_size}, AdamW "
+             f"fine-tuning: [CLS] text [SEP] cut at {d.max_len} pieces, {f.num_steps} steps of {f.batch_size} (or "
+             f"{f.min_epochs:g} epoch of the labelled subset if longer), AdamW "
              f"{f.learning_rate:g} with warm-up and linear decay, dropout {m.dropout_rate}, the same for every row; "
              "the labelled subset is drawn per seed; R8 "
              f"{info.get('r8_train', '?')} train / {info.get('r8_test', '?')} test, rotten tomatoes "
@@ -673,6 +675,8 @@ def validate(config: ml_collections.ConfigDict, rows: list[str]) -> None:
     at_least("model.max_position_embeddings", m.max_position_embeddings, max(p.max_tokens, d.max_len))
     at_least("data.max_test", d.max_test, 0)
     at_least("train.log_every", f.log_every, 1)
+    if not f.min_epochs >= 0:
+        raise training.ConfigError(f"--config.train.min_epochs={f.min_epochs} must be >= 0; fix: change it")
     unknown = [s for s in p.sources.split(",") if s not in pretraining.SOURCES]
     if unknown or not p.sources:
         raise training.ConfigError(f"--config.pretrain.sources={p.sources!r} is not valid; fix: a comma-separated "
