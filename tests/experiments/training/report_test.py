@@ -148,8 +148,10 @@ def test_every_experiment_s_paper_numbers_and_claims_name_its_rows():
     from experiments.bahdanau import EXPERIMENT as BAHDANAU  # pylint: disable=import-outside-toplevel
     from experiments.head_pruning import EXPERIMENT as PRUNING  # pylint: disable=import-outside-toplevel
     from experiments.transformer import EXPERIMENT as TRANSFORMER  # pylint: disable=import-outside-toplevel
+    from experiments.cloze import EXPERIMENT as CLOZE  # pylint: disable=import-outside-toplevel
+    from experiments.bert import EXPERIMENT as BERT, PRETRAIN  # pylint: disable=import-outside-toplevel
 
-    for exp in (LUONG, BAHDANAU, TRANSFORMER, PRUNING):
+    for exp in (LUONG, BAHDANAU, TRANSFORMER, PRUNING, CLOZE, BERT, PRETRAIN):
         assert spec.paper_and_claim_problems(exp) == [], exp.name
     assert PRUNING.default_baseline == "dense" and PRUNING.claim_list and PRUNING.paper_numbers
     broken = dataclasses.replace(LUONG, baseline_row="bogus", claims=(stats.Claim("x", "global_dot", ("nope",)),))
