@@ -72,9 +72,17 @@ EXPERIMENT = training.Experiment(
         default_jobs=2,
         preset_rows=bert_config.PRESET_ROWS,
 )
+
+
+def _pretrain_base_config() -> ml_collections.ConfigDict:
+    """The pretraining table's base config (defined here, so the fine-tuning claims of configs/bert.py are not
+    the pretraining table's)."""
+    return pretrain_config(bert_config.get_config())
+
+
 PRETRAIN = training.Experiment(
         name="bert", title="BERT pretraining (arXiv:1810.04805, §3.1): MLM + NSP against MLM only",
-        get_config=bert_config.get_config, presets={}, rows=bert_config.PRETRAIN_ROWS,
+        get_config=_pretrain_base_config, presets={}, rows=bert_config.PRETRAIN_ROWS,
         default_rows=tuple(bert_config.PRETRAIN_ROWS), default_preset="small", default_workdir="workdirs/bert/pretrain",
         paper={"nsp": {"text": "-", "source": "-"}}, claims=(), baseline_row="nsp")
 PRETRAIN_SECTIONS = ("experiment", "seed", "seeds", "model", "pretrain", "eval")
