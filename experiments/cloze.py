@@ -137,6 +137,8 @@ def prepare(config: ml_collections.ConfigDict, books: list[cloze.Book] | None = 
             if questions:
                 mean = float(np.mean([len(q.context) for q in questions]))
                 info[f"{kind}_{name}_mean_context_tokens"] = round(mean, 1)
+        for rule in ("frequency", "recency"):  # what a reader must beat without reading the query
+            info[f"{kind}_test_{rule}_accuracy"] = round(cloze.heuristic_accuracy(out[kind]["test"].questions, rule), 2)
         unknown = int(np.sum(out[kind]["test"].candidates == tokenizer.unk_id))
         info[f"{kind}_test_unknown_candidates"] = unknown
     return ClozeData(tokenizer, out, info)
@@ -411,7 +413,13 @@ def write_report(config: ml_collections.ConfigDict, workdir: str, rows: list[str
              f"a word of verse 21 blanked, 10 candidates from the context; split by book; test books "
              f"{', '.join(info.get('test_books', []))}); {counts}; word vocabulary {info.get('vocab_size', '?')}; "
              f"named entities and common nouns by the corpus heuristic of experiments/data/cloze.py "
-             f"({info.get('named_entities', '?')} / {info.get('common_nouns', '?')} words); chance is 10%",
+             f"({info.get('named_entities', '?')} / {info.get('common_nouns', '?')} words); chance is 10%; rules that "
+             "read no query: the candidate most frequent in the context "
+             + ", ".join(f"{kind.upper()} {info.get(f'{kind}_test_frequency_accuracy', '?')}%" for kind in
+                         cloze.ANSWER_TYPES)
+             + "; the one that occurs last "
+             + ", ".join(f"{kind.upper()} {info.get(f'{kind}_test_recency_accuracy', '?')}%" for kind in
+                         cloze.ANSWER_TYPES),
              f"training: {config.train.num_steps} steps of {config.train.batch_size} questions, Adam "
              f"{config.train.learning_rate:g}, embedding {config.model.embed_dim}, GRU {config.model.hidden_size} per "
              f"direction, the same for every row; test after the last step",

@@ -214,6 +214,28 @@ def questions_from_book(book: Book, kinds: WordKinds, answer_type: str, *, strid
     return out
 
 
+def heuristic_accuracy(questions: Sequence[Question], rule: str) -> float:
+    """Accuracy (%) of a rule that reads no query: "frequency" picks the candidate seen most often in the context
+    (the first in candidate order on ties), "recency" the one that occurs last. Chance is 100 / 10.
+
+    Raises:
+      ValueError: for an unknown rule.
+    """
+    if rule not in ("frequency", "recency"):
+        raise ValueError(f"rule must be 'frequency' or 'recency', got {rule!r}")
+    if not questions:
+        return 0.0
+    right = 0
+    for q in questions:
+        if rule == "frequency":
+            pick = max(q.candidates, key=q.context.count)
+        else:
+            last = {w: i for i, w in enumerate(q.context)}
+            pick = max(q.candidates, key=lambda c: last.get(c, -1))
+        right += pick == q.answer
+    return 100.0 * right / len(questions)
+
+
 def split_books(books: Sequence[Book], *, dev_fraction: float = 0.1, test_fraction: float = 0.15,
                 salt: str = "cloze-split") -> dict[str, list[Book]]:
     """Train / dev / test books, by the rank of a hash of each book's name, about the given shares of verses.

@@ -69,3 +69,12 @@ def test_split_books_is_disjoint_and_stable():
         {k: sorted(b.name for b in v) for k, v in again.items()}
     with pytest.raises(ValueError, match="fraction"):
         cloze.split_books(books, dev_fraction=0.3, test_fraction=0.3)
+
+
+def test_heuristic_accuracy_reads_only_the_context():
+    q = cloze.Question("B", 0, ("Abel", "saw", "Cain", "and", "Abel", ".", "Dinah"), ("XXXXX", "ran"), "Abel",
+                       ("Cain", "Abel", "Dinah"))
+    assert cloze.heuristic_accuracy([q], "frequency") == 100.0  # Abel occurs twice
+    assert cloze.heuristic_accuracy([q], "recency") == 0.0  # Dinah occurs last
+    with pytest.raises(ValueError, match="rule"):
+        cloze.heuristic_accuracy([q], "oracle")
