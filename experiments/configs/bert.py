@@ -29,7 +29,8 @@ Presets (2-core CPU machine, ``--jobs=2``; wall times in WORKSPACE.md):
 * ``smoke``: 300 pretraining steps of 16 pairs on 200 documents, a 2-layer 64-wide encoder; the 100-label rows of
   both datasets, 20 fine-tuning steps, one seed (plumbing only).
 * ``small`` (default): the 4-layer, 128-wide encoder (4 heads, FFN 512), ``pretrain.num_steps`` steps of 64 pairs
-  of 64 pieces, then 18 rows x 3 seeds of ``train.num_steps`` steps on documents cut to 64 pieces.
+  of 64 pieces, then 18 rows x 3 seeds of ``train.num_steps`` steps on documents cut to 64 pieces: 46.2 min (15.1
+  for the two pretraining runs side by side, 31 for the 54 fine-tuning runs).
 * ``paper``: BERT-base (12 layers, 768 wide, 12 heads, 128 then 512 pieces, 1M steps of 256 in the paper; here
   100k steps of 256 at 128 pieces), for an accelerator.
 """
