@@ -626,6 +626,8 @@ def main(argv: list[str]) -> None:
         logging.set_verbosity(logging.INFO)
     try:
         rows = cli.parse_rows(EXPERIMENT, FLAGS.rows, FLAGS.preset)
+        if FLAGS.rows.strip() == "all":  # the bert row runs on its own, with its encoder's vocabulary
+            rows = [row for row in rows if row != "bert"]
         if EXPERIMENT.custom_row in rows:
             raise training.ConfigError(f"the {EXPERIMENT.custom_row!r} row is not offered here; fix: pass --rows from "
                                        f"{', '.join(EXPERIMENT.rows)}")

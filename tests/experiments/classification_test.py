@@ -178,7 +178,13 @@ def test_train_step_adds_the_lin_penalty():
 
 def test_validate_rejects_bad_values():
     config = classification.cls_config.get_config()
-    classification.validate(config, list(classification.EXPERIMENT.rows))
+    classification.validate(config, [row for row in classification.EXPERIMENT.rows if row != "bert"])
+    with pytest.raises(training.ConfigError, match="bert_encoder"):  # the bert row needs a saved encoder
+        classification.validate(config, ["bert"])
+    config.model.bert_encoder = "/nonexistent/encoder"
+    with pytest.raises(training.ConfigError, match="bert_encoder"):  # ... and only it may take one
+        classification.validate(config, ["cnn_max"])
+    config.model.bert_encoder = ""
     config.model.penalty = -1.0
     with pytest.raises(training.ConfigError, match="penalty"):
         classification.validate(config, ["lstm_attention"])
