@@ -19,6 +19,10 @@ same with or without a mesh.
               hidden size of Bahdanau/Luong, ConvS2S channels, RNN states
   "vocab"     the vocabulary (embedding rows, output logits)                  V
 
+Feature maps [B, H, W, C] (vision layers) name their channels "embed" and a hidden channel width (SE's C / r,
+DANet's C / 8) "mlp"; H and W are never sharded. A C -> C map is named ("embed", None), since one mesh axis
+cannot shard two axes of the same array.
+
 None marks an axis that is never sharded: a convolution's width, the rows of a position table, the 2k + 1
 rows of a Shaw table, a weight over the source length (Luong's location score).
 
@@ -116,6 +120,23 @@ def dense_inits(in_name: str | None, out_name: str | None, *,
       kernel_init, bias_init: the initializers to box.
     """
     return dict(kernel_init=partitioned(kernel_init, (in_name, out_name)),
+                bias_init=partitioned(bias_init, (out_name,)))
+
+
+def conv_inits(in_name: str | None, out_name: str | None, *, spatial_dims: int = 2,
+               kernel_init: Callable[..., Any] = nn.initializers.lecun_normal(),
+               bias_init: Callable[..., Any] = nn.initializers.zeros_init()) -> dict[str, Callable[..., Any]]:
+    """kernel_init and bias_init keyword arguments of an `nn.Conv` [k_1, ..., k_n, Cin, Cout], boxed with names.
+
+    The window axes are never sharded (None); Cin and Cout are named like a Dense's Din and Dout. The
+    initializers default to `nn.Conv`'s own.
+
+    Args:
+      in_name, out_name: the logical names of Cin and Cout (`NAMES` or None).
+      spatial_dims: n, the number of window axes (2 for an image's H x W).
+      kernel_init, bias_init: the initializers to box.
+    """
+    return dict(kernel_init=partitioned(kernel_init, (None,) * spatial_dims + (in_name, out_name)),
                 bias_init=partitioned(bias_init, (out_name,)))
 
 
