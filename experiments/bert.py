@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
 import os
 import shutil
 import sys
@@ -213,10 +214,42 @@ def prepare_pretraining(config: ml_collections.ConfigDict,
     keep = min(p.eval_instances, held_out.is_next.shape[0])
     held_out = pretraining.Instances(held_out.tokens[:keep], held_out.token_type_ids[:keep], held_out.is_next[:keep],
                                      held_out.same_group[:keep])
+    piece, floor = unigram_rule_accuracy(encode(train), held_out.tokens, _never_ids(tokenizer), p.mask_rate)
     info = {"train_documents": len(train), "held_out_documents": len(held), "held_out_pairs": keep,
+            "unigram_rule_piece": tokenizer.id_to_piece(piece) if piece >= 0 else "",
+            "unigram_rule_mlm_accuracy": round(floor, 2),
             "train_sentences": sum(len(d.sentences) for d in train), "vocab_size": tokenizer.vocab_size,
             "tokenizer": str(tokenizer.path), "sources": p.sources}
     return PretrainData(tokenizer, encode(train), [d.name.split("/")[0] for d in train], held_out, info)
+
+
+def unigram_rule_accuracy(train: list[list[list[int]]], tokens: np.ndarray, never: set[int],
+                          mask_rate: float) -> tuple[int, float]:
+    """The MLM floor: the expected held-out accuracy, in %, of always predicting the most frequent training piece.
+
+    Each row of ``tokens`` predicts k = min(max(1, round(mask_rate * n)), ceil(mask_rate * T)) of its n eligible
+    positions (`mlm_mask`'s rule), chosen uniformly, so the rule's expected accuracy is the k-weighted mean of each
+    row's share of that piece among its eligible positions.
+
+    Args:
+      train: per document, per sentence, piece ids (the training documents).
+      tokens: [N, T] int, the held-out pairs.
+      never: the ids `mlm_mask` never chooses (padding, [CLS], [SEP], [MASK], ...).
+      mask_rate: the share of eligible positions predicted.
+
+    Returns:
+      (the piece id, the expected accuracy in %); (-1, 0.0) when there is nothing to predict.
+    """
+    counts = np.bincount(np.asarray([i for d in train for s in d for i in s if i not in never], np.int64))
+    eligible = ~np.isin(tokens, np.asarray(sorted(never), np.int64))
+    n = eligible.sum(axis=1)
+    if counts.size == 0 or not n.any():
+        return -1, 0.0
+    piece = int(np.argmax(counts))
+    k = np.where(n > 0, np.minimum(np.maximum(1, np.round(np.float32(mask_rate) * n)),
+                                   max(1, math.ceil(mask_rate * tokens.shape[1]))), 0)
+    share = ((tokens == piece) & eligible).sum(axis=1) / np.maximum(n, 1)
+    return piece, float(100.0 * np.sum(k * share) / np.sum(k))
 
 
 def _schedule(peak: float, steps: int, warmup_fraction: float) -> optax.Schedule:
@@ -226,9 +259,15 @@ def _schedule(peak: float, steps: int, warmup_fraction: float) -> optax.Schedule
                                  optax.linear_schedule(peak, 0.0, max(1, steps - warm))], [warm])
 
 
+def _never_ids(tokenizer: Tokenizer) -> set[int]:
+    """The ids `mlm_mask` never chooses nor draws: padding, unknown, BOS / EOS and the BERT symbols."""
+    return {i for i in (tokenizer.pad_id, tokenizer.unk_id, tokenizer.bos_id, tokenizer.eos_id,
+                        *special_ids(tokenizer).values()) if i >= 0}
+
+
 def _mask_fn(tokenizer: Tokenizer, p: ml_collections.ConfigDict):
     ids = special_ids(tokenizer)
-    never = (tokenizer.pad_id, tokenizer.unk_id, tokenizer.bos_id, tokenizer.eos_id, ids["[CLS]"], ids["[SEP]"])
+    never = tuple(sorted(_never_ids(tokenizer) - {ids["[MASK]"]}))
     return functools.partial(mlm_mask, vocab_size=tokenizer.vocab_size, mask_id=ids["[MASK]"], special_ids=never,
                              mask_rate=float(p.mask_rate))
 
@@ -269,9 +308,11 @@ def pretrain_run(cfg: ml_collections.ConfigDict, pd: PretrainData, run_dir: str,
     def measure(prm, batch, rng):
         return losses(prm, batch, rng, False)[1]
 
+    ids = special_ids(pd.tokenizer)
+
     def epoch_batches(epoch: int):
-        inst = pretraining.nsp_instances(pd.train, max_tokens=p.max_tokens, cls_id=special_ids(pd.tokenizer)["[CLS]"],
-                                         sep_id=special_ids(pd.tokenizer)["[SEP]"], seed=epoch, groups=pd.groups)
+        inst = pretraining.nsp_instances(pd.train, max_tokens=p.max_tokens, cls_id=ids["[CLS]"], sep_id=ids["[SEP]"],
+                                         seed=epoch, groups=pd.groups)
         order = np.random.default_rng(epoch).permutation(inst.is_next.shape[0])
         for start in range(0, order.shape[0] - p.batch_size + 1, p.batch_size):
             idx = order[start:start + p.batch_size]
@@ -305,7 +346,8 @@ def pretrain_run(cfg: ml_collections.ConfigDict, pd: PretrainData, run_dir: str,
     final = evaluate(outcome.params)
     save_encoder(os.path.join(run_dir, "encoder"), nn.unbox(outcome.params["bert"]), pd.tokenizer, cfg.model,
                  {"nsp": bool(p.nsp), "steps": outcome.steps, "max_tokens": int(p.max_tokens), **pd.info})
-    fields = {**final, "params": sum(int(np.prod(x.shape)) for x in jax.tree.leaves(outcome.params)),
+    fields = {**final, "unigram_rule_mlm_accuracy": pd.info.get("unigram_rule_mlm_accuracy"),
+              "params": sum(int(np.prod(x.shape)) for x in jax.tree.leaves(outcome.params)),
               "steps": outcome.steps, "train_minutes": round(outcome.minutes, 2), "stop_reason": outcome.stop_reason,
               "encoder_dir": os.path.abspath(os.path.join(run_dir, "encoder"))}
     logging.info("[%s] held-out MLM accuracy %.2f%%, NSP accuracy %.2f%% after %d steps, %.1f min", label,
@@ -315,6 +357,7 @@ def pretrain_run(cfg: ml_collections.ConfigDict, pd: PretrainData, run_dir: str,
 
 
 PRETRAIN_COLUMNS = (("row", "row"), ("held-out MLM accuracy %", "held_out_mlm_accuracy"),
+                    ("MLM, most-frequent-piece rule %", "unigram_rule_mlm_accuracy"),
                     ("held-out MLM loss", "held_out_mlm_loss"), ("held-out NSP accuracy %", "held_out_nsp_accuracy"),
                     ("NSP, is-next or random B from the same corpus %", "held_out_nsp_accuracy_same_corpus"),
                     ("NSP, random B from the other corpus %", "held_out_nsp_accuracy_other_corpus"),
@@ -343,6 +386,9 @@ def write_pretrain_report(config, workdir: str, rows, seeds, records, *, command
              f"{config.model.num_heads} heads, FFN {config.model.intermediate_size}",
              "held-out: MLM on the same 15% / 80-10-10 masking (fixed key), NSP on held-out pairs (about half "
              "random); the no_nsp row never trains its NSP head, so its NSP accuracy is chance by design",
+             "the MLM floor: always predicting the most frequent training piece scores the 'most-frequent-piece "
+             "rule' column (its expectation over the masking, `unigram_rule_accuracy`); an MLM that learned context "
+             "must clear it",
              f"machine: {report.machine_description()}; wall time of this invocation: {wall_s / 60:.1f} min"]
     del info
     results.write(workdir, table, title=PRETRAIN.title, command=command, notes=notes,

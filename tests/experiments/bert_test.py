@@ -89,6 +89,8 @@ def test_pretraining_saves_an_encoder_that_loads_back(finished):
     assert [r["row"] for r in table] == ["nsp", "no_nsp"]
     for r in table:
         assert r["steps"] == 20 and 0 <= r["held_out_mlm_accuracy"] <= 100 and 0 <= r["held_out_nsp_accuracy"] <= 100
+        assert r["unigram_rule_mlm_accuracy"] == pretrain_data.info["unigram_rule_mlm_accuracy"] > 0
+    assert "most-frequent-piece rule" in open(os.path.join(pre, "results.md"), encoding="utf-8").read()
     assert os.path.exists(os.path.join(pre, "curves.png"))
     params, tokenizer, meta = bert.load_encoder(os.path.join(pre, "nsp", "seed_0", "encoder"))
     assert tokenizer.vocab_size == pretrain_data.tokenizer.vocab_size and meta["pretrain"]["nsp"] is True
@@ -129,6 +131,29 @@ def test_rerun_only_reports(finished):
     again = bert.run(config, rows, workdir, command="test", pretrain_data=pretrain_data, finetune_data=finetune_data)
     assert [r["test_accuracy"] for r in again] == [r["test_accuracy"] for r in records]
     assert os.path.getmtime(os.path.join(workdir, "pretrain", "nsp", "seed_0", "metrics.jsonl")) == stamp
+
+
+def test_unigram_rule_accuracy_is_the_expectation_over_mlm_mask_draws():
+    rng = np.random.default_rng(0)
+    never = {0, 1, 9}
+    train = [[[2, 3, 3, 4], [3, 5]], [[3, 6, 7]]]  # 3 is the most frequent training piece
+    tokens = rng.choice(np.arange(2, 9), size=(12, 20), p=[0.1, 0.3, 0.2, 0.1, 0.1, 0.1, 0.1]).astype(np.int32)
+    tokens[:, 0] = 1
+    tokens[3, 8:] = 0  # a short row (padding) and a row with nothing to predict
+    tokens[5, 1:] = 0
+    piece, expected = bert.unigram_rule_accuracy(train, tokens, never, 0.15)
+    assert piece == 3
+    hits = total = 0.0
+    draw = jax.jit(lambda key: bert.mlm_mask(key, tokens, vocab_size=10, mask_id=9, special_ids=(0, 1),
+                                             mask_rate=0.15))
+    for i in range(400):
+        _, positions, weights = draw(jax.random.key(i))
+        targets = np.take_along_axis(tokens, np.asarray(positions), axis=1)
+        hits += float(np.sum(np.asarray(weights) * (targets == piece)))
+        total += float(np.sum(weights))
+    assert abs(100.0 * hits / total - expected) < 1.5, (100.0 * hits / total, expected)
+    assert bert.unigram_rule_accuracy([], tokens, never, 0.15) == (-1, 0.0)
+    assert bert.unigram_rule_accuracy(train, np.zeros((2, 5), np.int32), never, 0.15) == (-1, 0.0)
 
 
 @pytest.mark.parametrize("flag, expected", [
