@@ -31,10 +31,8 @@ import json
 import math
 import os
 import shutil
-import sys
 from typing import Any
 
-from absl import app
 from absl import flags
 from absl import logging
 import flax.linen as nn
@@ -43,7 +41,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from ml_collections import config_flags
 
 from attention_jax.models.bert import BertClassifier, BertForPretraining, mlm_loss_and_accuracy, mlm_mask
 from experiments import cli
@@ -610,7 +607,7 @@ def write_report(config: ml_collections.ConfigDict, workdir: str, rows: list[str
     if os.path.exists(os.path.join(workdir, "data.json")):
         with open(os.path.join(workdir, "data.json"), encoding="utf-8") as fh:
             info = json.load(fh)
-    d, f, p, m = config.data, config.train, config.pretrain, config.model
+    d, f, m = config.data, config.train, config.model
     pre = "; ".join(f"{r['row']}: held-out MLM accuracy {r['held_out_mlm_accuracy']:.2f}%, NSP accuracy "
                     f"{r['held_out_nsp_accuracy']:.2f}% after {r['steps']} steps ({r['train_minutes']:.1f} min)"
                     for r in pretrain_table)
@@ -703,12 +700,8 @@ def validate(config: ml_collections.ConfigDict, rows: list[str]) -> None:
     """
     p, d, f, m = config.pretrain, config.data, config.train, config.model
 
-    def at_least(path, value, minimum):
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise training.ConfigError(f"--config.{path}={value!r} is not valid; fix: use an int >= {minimum}")
-
     for name in ("hidden_size", "num_layers", "num_heads", "intermediate_size"):
-        at_least(f"model.{name}", m[name], 1)
+        cli.int_at_least(f"model.{name}", m[name], 1)
     if m.hidden_size % m.num_heads:
         raise training.ConfigError(f"--config.model.hidden_size={m.hidden_size} is not a multiple of num_heads="
                                    f"{m.num_heads}; fix: change one of them")
@@ -717,18 +710,18 @@ def validate(config: ml_collections.ConfigDict, rows: list[str]) -> None:
     for name in ("dropout_rate", "attention_dropout_rate"):
         if not 0 <= m[name] < 1:
             raise training.ConfigError(f"--config.model.{name}={m[name]} must be in [0, 1); fix: change it")
-    at_least("pretrain.vocab_size", p.vocab_size, 16)
-    at_least("pretrain.max_tokens", p.max_tokens, 8)
+    cli.int_at_least("pretrain.vocab_size", p.vocab_size, 16)
+    cli.int_at_least("pretrain.max_tokens", p.max_tokens, 8)
     for name in ("batch_size", "num_steps"):
-        at_least(f"pretrain.{name}", p[name], 1)
-        at_least(f"train.{name}", f[name], 1)
+        cli.int_at_least(f"pretrain.{name}", p[name], 1)
+        cli.int_at_least(f"train.{name}", f[name], 1)
     for name in ("max_documents", "log_every", "eval_every", "checkpoint_every"):
-        at_least(f"pretrain.{name}", p[name], 0)
-    at_least("pretrain.eval_instances", p.eval_instances, 2)
-    at_least("data.max_len", d.max_len, 8)
-    at_least("model.max_position_embeddings", m.max_position_embeddings, max(p.max_tokens, d.max_len))
-    at_least("data.max_test", d.max_test, 0)
-    at_least("train.log_every", f.log_every, 1)
+        cli.int_at_least(f"pretrain.{name}", p[name], 0)
+    cli.int_at_least("pretrain.eval_instances", p.eval_instances, 2)
+    cli.int_at_least("data.max_len", d.max_len, 8)
+    cli.int_at_least("model.max_position_embeddings", m.max_position_embeddings, max(p.max_tokens, d.max_len))
+    cli.int_at_least("data.max_test", d.max_test, 0)
+    cli.int_at_least("train.log_every", f.log_every, 1)
     if not f.min_epochs >= 0:
         raise training.ConfigError(f"--config.train.min_epochs={f.min_epochs} must be >= 0; fix: change it")
     unknown = [s for s in p.sources.split(",") if s not in pretraining.SOURCES]
@@ -750,40 +743,12 @@ def validate(config: ml_collections.ConfigDict, rows: list[str]) -> None:
         if rf.init not in bert_config.INITS:
             raise training.ConfigError(f"row {row}: train.init={rf.init!r} is not valid; fix: use one of "
                                        f"{', '.join(bert_config.INITS)}")
-        at_least("data.budget", rd.budget, 0)
+        cli.int_at_least("data.budget", rd.budget, 0)
     if f.encoder_dir and not os.path.exists(os.path.join(os.path.expanduser(f.encoder_dir), "encoder.json")):
         raise training.ConfigError(f"--config.train.encoder_dir={f.encoder_dir!r} holds no saved encoder; fix: pass "
                                    "the encoder/ folder of a finished pretraining run")
 
 
-def main(argv: list[str]) -> None:
-    """Builds the config from the flags, validates it and runs both phases."""
-    if len(argv) > 1:
-        cli.fail(f"unexpected positional argument {argv[1]!r}; fix: pass options as --flag=value (see --help)")
-    if FLAGS["verbosity"].using_default_value:
-        logging.set_verbosity(logging.INFO)
-    try:
-        rows = cli.parse_rows(EXPERIMENT, FLAGS.rows, FLAGS.preset)
-        if EXPERIMENT.custom_row in rows:
-            raise training.ConfigError(f"the {EXPERIMENT.custom_row!r} row is not offered here; fix: pass --rows from "
-                                       f"{', '.join(EXPERIMENT.rows)}")
-        if FLAGS.data_path:
-            raise training.ConfigError("--data_path is not offered by this experiment; fix: leave it out")
-        config = cli.build_config(EXPERIMENT, FLAGS.preset, dict(config_flags.get_override_values(FLAGS["config"])))
-        validate(config, rows)
-        training.enable_compilation_cache()
-        jobs, worker = cli.parse_jobs(EXPERIMENT, FLAGS.jobs, FLAGS.worker)
-        run(config, rows, FLAGS.workdir, preset=FLAGS.preset, command=cli.command_line(EXPERIMENT, sys.argv),
-            jobs=jobs, worker_command=cli.worker_command(EXPERIMENT, sys.argv), worker=worker)
-    except (training.ConfigError, data.DataError) as err:
-        cli.fail(str(err))
-    except KeyboardInterrupt:
-        print(f"interrupted; rerun the same command to resume {FLAGS.workdir} from its last checkpoints",
-              file=sys.stderr, flush=True)
-        sys.exit(130)
-
-
 if __name__ == "__main__":
-    cli.define_flags(EXPERIMENT)
-    cli.define_job_flags(EXPERIMENT)
-    app.run(main, flags_parser=functools.partial(cli._parse_flags, EXPERIMENT))  # pylint: disable=protected-access
+    cli.run_table(EXPERIMENT, validate_fn=validate, run_fn=run,
+                  data_path="its documents are the KJV chapters and the fortunes")

@@ -20,13 +20,10 @@ share of exactly-zero self-attention weights of the softmax / sparsemax / entmax
 
 from __future__ import annotations
 
-import functools
 import json
 import os
-import sys
 from typing import Any
 
-from absl import app
 from absl import flags
 from absl import logging
 import flax.linen as nn
@@ -35,13 +32,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from ml_collections import config_flags
 
 from attention_jax.models.bert import BertClassifier
 from attention_jax.models.han import HierarchicalAttentionNetwork
 from attention_jax.models import text_classifiers as tc
 from experiments import cli
-from experiments import data
 from experiments import results
 from experiments import stats
 from experiments import training
@@ -144,11 +139,6 @@ def build_model(m: ml_collections.ConfigDict, vocab_size: int, num_classes: int,
                               hidden_dim=m.hidden_dim)
 
 
-def _int_at_least(path: str, value: Any, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise training.ConfigError(f"--config.{path}={value!r} is not valid; fix: use an int >= {minimum}")
-
-
 def validate(config: ml_collections.ConfigDict, rows: list[str]) -> None:
     """Checks every value the runs will use, before any data or compute.
 
@@ -166,9 +156,9 @@ def validate(config: ml_collections.ConfigDict, rows: list[str]) -> None:
         raise training.ConfigError(f"--config.data.sentences={d.sentences!r} is not valid; fix: use pysbd, none or "
                                    "leave it empty")
     for name in ("vocab_size", "max_tokens", "max_sentences", "sentence_tokens"):
-        _int_at_least(f"data.{name}", d[name], 8 if name == "vocab_size" else 1)
+        cli.int_at_least(f"data.{name}", d[name], 8 if name == "vocab_size" else 1)
     for name in ("max_train", "max_test"):
-        _int_at_least(f"data.{name}", d[name], 0)
+        cli.int_at_least(f"data.{name}", d[name], 0)
     for name in ("dev_fraction", "test_fraction"):
         if not 0.0 < d[name] < 0.5:
             raise training.ConfigError(f"--config.data.{name}={d[name]!r} is not valid; fix: use a fraction in "
@@ -178,17 +168,17 @@ def validate(config: ml_collections.ConfigDict, rows: list[str]) -> None:
             or list(buckets) != sorted(set(buckets)) or buckets[-1] < d.max_tokens):
         raise training.ConfigError(f"--config.data.buckets={d.buckets!r} is not valid; fix: use strictly increasing "
                                    f"ints ending at >= data.max_tokens={d.max_tokens}, e.g. '(32,64,128)'")
-    _int_at_least("train.batch_size", t.batch_size, 1)
+    cli.int_at_least("train.batch_size", t.batch_size, 1)
     for name in ("num_steps", "log_every", "eval_every", "checkpoint_every"):
-        _int_at_least(f"train.{name}", t[name], 0)
+        cli.int_at_least(f"train.{name}", t[name], 0)
     if not t.learning_rate > 0 or t.grad_clip_norm < 0 or t.max_minutes < 0:
         raise training.ConfigError("--config.train.learning_rate must be > 0 and grad_clip_norm, max_minutes >= 0 "
                                    f"(got {t.learning_rate}, {t.grad_clip_norm}, {t.max_minutes}); fix: change them")
     if t.num_steps == 0 and t.max_minutes == 0:
         raise training.ConfigError("train.num_steps and train.max_minutes are both 0, so training would never stop; "
                                    "fix: set --config.train.num_steps")
-    _int_at_least("eval.batch_size", e.batch_size, 1)
-    _int_at_least("eval.num_documents", e.num_documents, 0)
+    cli.int_at_least("eval.batch_size", e.batch_size, 1)
+    cli.int_at_least("eval.num_documents", e.num_documents, 0)
     if e.significance not in ("bs", "none"):
         raise training.ConfigError(f"--config.eval.significance={e.significance!r} is not valid; fix: use bs (paired "
                                    "bootstrap CI and permutation p) or none")
@@ -618,37 +608,6 @@ def _figures(workdir: str, rows: list[str], seeds: tuple[int, ...], table: list[
     return paths
 
 
-def main(argv: list[str]) -> None:
-    """Builds the config from the flags, validates it and runs the table."""
-    if len(argv) > 1:
-        cli.fail(f"unexpected positional argument {argv[1]!r}; fix: pass options as --flag=value (see --help)")
-    if FLAGS["verbosity"].using_default_value:
-        logging.set_verbosity(logging.INFO)
-    try:
-        rows = cli.parse_rows(EXPERIMENT, FLAGS.rows, FLAGS.preset)
-        if FLAGS.rows.strip() == "all":  # the bert row runs on its own, with its encoder's vocabulary
-            rows = [row for row in rows if row != "bert"]
-        if EXPERIMENT.custom_row in rows:
-            raise training.ConfigError(f"the {EXPERIMENT.custom_row!r} row is not offered here; fix: pass --rows from "
-                                       f"{', '.join(EXPERIMENT.rows)}")
-        overrides = dict(config_flags.get_override_values(FLAGS["config"]))
-        if FLAGS.data_path:
-            overrides["data.data_path"] = FLAGS.data_path
-        config = cli.build_config(EXPERIMENT, FLAGS.preset, overrides)
-        validate(config, rows)
-        training.enable_compilation_cache()
-        jobs, worker = cli.parse_jobs(EXPERIMENT, FLAGS.jobs, FLAGS.worker)
-        run(config, rows, FLAGS.workdir, preset=FLAGS.preset, command=cli.command_line(EXPERIMENT, sys.argv),
-            jobs=jobs, worker_command=cli.worker_command(EXPERIMENT, sys.argv), worker=worker)
-    except (training.ConfigError, data.DataError) as err:
-        cli.fail(str(err))
-    except KeyboardInterrupt:
-        print(f"interrupted; rerun the same command to resume {FLAGS.workdir} from its last checkpoints",
-              file=sys.stderr, flush=True)
-        sys.exit(130)
-
-
 if __name__ == "__main__":
-    cli.define_flags(EXPERIMENT, data_path_help=DATA_PATH_HELP)
-    cli.define_job_flags(EXPERIMENT)
-    app.run(main, flags_parser=functools.partial(cli._parse_flags, EXPERIMENT))  # pylint: disable=protected-access
+    cli.run_table(EXPERIMENT, validate_fn=validate, run_fn=run,
+                  data_path_help=DATA_PATH_HELP, left_out_of_all=("bert",))

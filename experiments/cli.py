@@ -18,7 +18,7 @@ the fix on stderr, and exit code 2 (never a traceback).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 import functools
 import os
 import shlex
@@ -157,6 +157,12 @@ def _choice(path: str, value: Any, choices: tuple[str, ...]) -> None:
 def _at_least(path: str, value: Any, minimum: float, what: str = "a number") -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value < minimum:
         raise training.ConfigError(f"--config.{path}={value!r} is not valid; fix: use {what} >= {minimum:g}")
+
+
+def int_at_least(path: str, value: Any, minimum: int) -> None:
+    """Raises a one-line ConfigError unless ``--config.<path>`` is an int (not a bool) >= ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise training.ConfigError(f"--config.{path}={value!r} is not valid; fix: use an int >= {minimum}")
 
 
 def _increasing(path: str, values: Any) -> None:
@@ -307,6 +313,60 @@ def main(exp: training.Experiment, argv: list[str]) -> None:
         print(f"interrupted; rerun the same command to resume {FLAGS.workdir} from its last checkpoints",
               file=sys.stderr, flush=True)
         sys.exit(130)
+
+
+def table_main(exp: training.Experiment, argv: list[str], *, validate_fn: Callable[..., None],
+               run_fn: Callable[..., Any], data_path: str | None = None, left_out_of_all: tuple[str, ...] = ()) -> None:
+    """The main of an experiment with its own ``validate`` and ``run`` (and no custom row).
+
+    Builds the config from the flags, calls ``validate_fn(config, rows)`` and then ``run_fn(config, rows,
+    workdir, preset=, command=, jobs=, worker_command=, worker=)``; every `training.ConfigError` or
+    `data.DataError` exits with its one line.
+
+    Args:
+      exp: the experiment.
+      argv: absl's remaining arguments (only the program name is accepted).
+      validate_fn, run_fn: the experiment's checks and its table.
+      data_path: None to pass ``--data_path`` on as ``data.data_path``; otherwise why this experiment refuses
+        it (its data come from elsewhere), said in the error.
+      left_out_of_all: rows that ``--rows=all`` leaves out (they run on their own).
+    """
+    if len(argv) > 1:
+        fail(f"unexpected positional argument {argv[1]!r}; fix: pass options as --flag=value (see --help)")
+    if FLAGS["verbosity"].using_default_value:
+        logging.set_verbosity(logging.INFO)
+    try:
+        rows = parse_rows(exp, FLAGS.rows, FLAGS.preset)
+        if FLAGS.rows.strip() == "all":
+            rows = [row for row in rows if row not in left_out_of_all]
+        if exp.custom_row in rows:
+            raise training.ConfigError(f"the {exp.custom_row!r} row is not offered here; fix: pass --rows from "
+                                       f"{', '.join(exp.rows)}")
+        overrides = dict(config_flags.get_override_values(FLAGS["config"]))
+        if FLAGS.data_path:
+            if data_path is not None:
+                raise training.ConfigError(f"--data_path is not offered by this experiment ({data_path}); fix: "
+                                           "leave it out")
+            overrides["data.data_path"] = FLAGS.data_path
+        config = build_config(exp, FLAGS.preset, overrides)
+        validate_fn(config, rows)
+        training.enable_compilation_cache()
+        jobs, worker = parse_jobs(exp, FLAGS.jobs, FLAGS.worker)
+        run_fn(config, rows, FLAGS.workdir, preset=FLAGS.preset, command=command_line(exp, sys.argv), jobs=jobs,
+               worker_command=worker_command(exp, sys.argv), worker=worker)
+    except (training.ConfigError, data.DataError) as err:
+        fail(str(err))
+    except KeyboardInterrupt:
+        print(f"interrupted; rerun the same command to resume {FLAGS.workdir} from its last checkpoints",
+              file=sys.stderr, flush=True)
+        sys.exit(130)
+
+
+def run_table(exp: training.Experiment, *, data_path_help: str | None = None, **main_kwargs: Any) -> None:
+    """Defines the flags and runs `table_main` under absl (entry point of experiments with their own run)."""
+    define_flags(exp, data_path_help=data_path_help)
+    define_job_flags(exp)
+    app.run(functools.partial(table_main, exp, **main_kwargs), flags_parser=functools.partial(_parse_flags, exp))
 
 
 def _parse_flags(exp: training.Experiment, argv: list[str]) -> list[str]:

@@ -19,13 +19,10 @@ attention_<row>.html (the document attention of test questions as coloured text,
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import os
-import sys
 from typing import Any
 
-from absl import app
 from absl import flags
 from absl import logging
 import jax
@@ -33,11 +30,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from ml_collections import config_flags
 
-from attention_jax.models.reader import AttentionOverAttentionReader, AttentionSumReader, cloze_loss
+from attention_jax.models.reader import AttentionOverAttentionReader, AttentionSumReader
 from experiments import cli
-from experiments import data
 from experiments import results
 from experiments import stats
 from experiments import training
@@ -157,29 +152,25 @@ def validate(config: ml_collections.ConfigDict, rows: list[str]) -> None:
     """
     d, t, e = config.data, config.train, config.eval
 
-    def at_least(path, value, minimum):
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise training.ConfigError(f"--config.{path}={value!r} is not valid; fix: use an int >= {minimum}")
-
-    at_least("data.vocab_size", d.vocab_size, 8)
+    cli.int_at_least("data.vocab_size", d.vocab_size, 8)
     for name in ("max_document", "max_query", "train_stride", "test_stride"):
-        at_least(f"data.{name}", d[name], 1)
+        cli.int_at_least(f"data.{name}", d[name], 1)
     for name in ("max_train", "max_test"):
-        at_least(f"data.{name}", d[name], 0)
+        cli.int_at_least(f"data.{name}", d[name], 0)
     if not (0 < d.dev_fraction and 0 < d.test_fraction and d.dev_fraction + d.test_fraction < 0.5):
         raise training.ConfigError(f"--config.data.dev_fraction={d.dev_fraction} and test_fraction={d.test_fraction} "
                                    "must be > 0 with a sum below 0.5; fix: change them")
-    at_least("train.batch_size", t.batch_size, 1)
+    cli.int_at_least("train.batch_size", t.batch_size, 1)
     for name in ("num_steps", "log_every", "eval_every", "checkpoint_every"):
-        at_least(f"train.{name}", t[name], 0)
+        cli.int_at_least(f"train.{name}", t[name], 0)
     if not t.learning_rate > 0 or t.grad_clip_norm < 0 or t.max_minutes < 0:
         raise training.ConfigError("--config.train.learning_rate must be > 0 and grad_clip_norm, max_minutes >= 0; "
                                    "fix: change them")
     if t.num_steps == 0 and t.max_minutes == 0:
         raise training.ConfigError("train.num_steps and train.max_minutes are both 0, so training would never stop; "
                                    "fix: set --config.train.num_steps")
-    at_least("eval.batch_size", e.batch_size, 1)
-    at_least("eval.num_figures", e.num_figures, 0)
+    cli.int_at_least("eval.batch_size", e.batch_size, 1)
+    cli.int_at_least("eval.num_figures", e.num_figures, 0)
     if e.significance not in ("bs", "none"):
         raise training.ConfigError(f"--config.eval.significance={e.significance!r} is not valid; fix: use bs or none")
     for row in rows:
@@ -191,8 +182,8 @@ def validate(config: ml_collections.ConfigDict, rows: list[str]) -> None:
             raise training.ConfigError(f"row {row}: data.answer_type={rc.data.answer_type!r} is not valid; fix: use "
                                        f"one of {', '.join(cloze.ANSWER_TYPES)}")
         m = rc.model
-        at_least("model.embed_dim", m.embed_dim, 1)
-        at_least("model.hidden_size", m.hidden_size, 1)
+        cli.int_at_least("model.embed_dim", m.embed_dim, 1)
+        cli.int_at_least("model.hidden_size", m.hidden_size, 1)
         if not 0 <= m.dropout_rate < 1:
             raise training.ConfigError(f"--config.model.dropout_rate={m.dropout_rate} must be in [0, 1); fix: change "
                                        "it")
@@ -456,35 +447,6 @@ def run(config: ml_collections.ConfigDict, rows: list[str], workdir: str, *, pre
                                 worker_command=worker_command, worker=worker, data=cloze_data)
 
 
-def main(argv: list[str]) -> None:
-    """Builds the config from the flags, validates it and runs the table."""
-    if len(argv) > 1:
-        cli.fail(f"unexpected positional argument {argv[1]!r}; fix: pass options as --flag=value (see --help)")
-    if FLAGS["verbosity"].using_default_value:
-        logging.set_verbosity(logging.INFO)
-    try:
-        rows = cli.parse_rows(EXPERIMENT, FLAGS.rows, FLAGS.preset)
-        if EXPERIMENT.custom_row in rows:
-            raise training.ConfigError(f"the {EXPERIMENT.custom_row!r} row is not offered here; fix: pass --rows from "
-                                       f"{', '.join(EXPERIMENT.rows)}")
-        if FLAGS.data_path:
-            raise training.ConfigError("--data_path is not offered by this experiment (its questions are built from "
-                                       "the King James Bible); fix: leave it out")
-        config = cli.build_config(EXPERIMENT, FLAGS.preset, dict(config_flags.get_override_values(FLAGS["config"])))
-        validate(config, rows)
-        training.enable_compilation_cache()
-        jobs, worker = cli.parse_jobs(EXPERIMENT, FLAGS.jobs, FLAGS.worker)
-        run(config, rows, FLAGS.workdir, preset=FLAGS.preset, command=cli.command_line(EXPERIMENT, sys.argv),
-            jobs=jobs, worker_command=cli.worker_command(EXPERIMENT, sys.argv), worker=worker)
-    except (training.ConfigError, data.DataError) as err:
-        cli.fail(str(err))
-    except KeyboardInterrupt:
-        print(f"interrupted; rerun the same command to resume {FLAGS.workdir} from its last checkpoints",
-              file=sys.stderr, flush=True)
-        sys.exit(130)
-
-
 if __name__ == "__main__":
-    cli.define_flags(EXPERIMENT)
-    cli.define_job_flags(EXPERIMENT)
-    app.run(main, flags_parser=functools.partial(cli._parse_flags, EXPERIMENT))  # pylint: disable=protected-access
+    cli.run_table(EXPERIMENT, validate_fn=validate, run_fn=run,
+                  data_path="its questions are built from the King James Bible")

@@ -16,7 +16,6 @@ import json
 import os
 import sys
 import time
-from typing import Any
 
 from absl import app
 from absl import flags
@@ -57,11 +56,6 @@ def build_model(cfg: ml_collections.ConfigDict, vocab_size: int) -> TransformerX
                            dropout_rate=float(m.dropout_rate), pre_norm=bool(m.pre_norm))
 
 
-def _int_at_least(path: str, value: Any, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise training.ConfigError(f"--config.{path}={value!r} is not valid; fix: use an int >= {minimum}")
-
-
 def validate(config: ml_collections.ConfigDict) -> None:
     """Checks every value the run will use, before any data or compute.
 
@@ -74,20 +68,20 @@ def validate(config: ml_collections.ConfigDict) -> None:
                                    "plain UTF-8 text file, or leave it empty to use the KJV Bible")
     if not d.data_path and d.corpus != "kjv":
         raise training.ConfigError(f"--config.data.corpus={d.corpus!r} is not valid; fix: use kjv or pass --data_path")
-    _int_at_least("data.vocab_size", d.vocab_size, 8)
+    cli.int_at_least("data.vocab_size", d.vocab_size, 8)
     for name in ("valid_fraction", "test_fraction"):
         if not 0.0 < d[name] < 0.5:
             raise training.ConfigError(f"--config.data.{name}={d[name]!r} is not valid; fix: use a fraction in "
                                        "(0, 0.5)")
     for name in ("num_layers", "num_heads", "head_dim", "d_model", "d_inner"):
-        _int_at_least(f"model.{name}", m[name], 1)
+        cli.int_at_least(f"model.{name}", m[name], 1)
     if not 0.0 <= m.dropout_rate < 1.0:
         raise training.ConfigError(f"--config.model.dropout_rate={m.dropout_rate!r} is not valid; fix: use a rate in "
                                    "[0, 1)")
     for name in ("batch_size", "segment_len"):
-        _int_at_least(f"train.{name}", t[name], 1)
+        cli.int_at_least(f"train.{name}", t[name], 1)
     for name in ("mem_len", "warmup_steps", "num_steps", "log_every", "eval_every", "checkpoint_every"):
-        _int_at_least(f"train.{name}", t[name], 0)
+        cli.int_at_least(f"train.{name}", t[name], 0)
     if not t.learning_rate > 0:
         raise training.ConfigError(f"--config.train.learning_rate={t.learning_rate!r} is not valid; fix: use a number "
                                    "> 0, e.g. 1e-3")
@@ -102,9 +96,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if t.batch_size % shards or e.batch_size < 1:
         raise training.ConfigError(f"--config.train.batch_size={t.batch_size} must be a multiple of mesh.data * "
                                    f"mesh.fsdp = {shards}; fix: change one of them")
-    _int_at_least("eval.batch_size", e.batch_size, 1)
-    _int_at_least("eval.max_tokens", e.max_tokens, 0)
-    _int_at_least("eval.valid_max_tokens", e.valid_max_tokens, 0)
+    cli.int_at_least("eval.batch_size", e.batch_size, 1)
+    cli.int_at_least("eval.max_tokens", e.max_tokens, 0)
+    cli.int_at_least("eval.valid_max_tokens", e.valid_max_tokens, 0)
     mems = tuple(e.mem_lens) if isinstance(e.mem_lens, (tuple, list)) else (e.mem_lens,)
     if (not mems or any(isinstance(x, bool) or not isinstance(x, int) or x < 0 for x in mems)
             or list(mems) != sorted(set(mems))):
