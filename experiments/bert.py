@@ -273,7 +273,8 @@ def pretrain_run(cfg: ml_collections.ConfigDict, pd: PretrainData, run_dir: str,
                  ) -> dict[str, Any]:
     """Pretrains (or resumes) one encoder, measures it on the held-out documents and saves it; returns the record."""
     p = cfg.pretrain
-    model = BertForPretraining(**encoder_kwargs(cfg.model, pd.tokenizer.vocab_size))
+    model = BertForPretraining(**{**encoder_kwargs(cfg.model, pd.tokenizer.vocab_size),
+                                  "dropout_rate": float(p.dropout_rate), "attention_dropout_rate": float(p.dropout_rate)})
     mask = _mask_fn(pd.tokenizer, p)
     nsp_weight = 1.0 if p.nsp else 0.0
     optimizer = optax.chain(optax.clip_by_global_norm(1.0),
@@ -379,8 +380,9 @@ def write_pretrain_report(config, workdir: str, rows, seeds, records, *, command
     info = table[0]
     notes = [f"data: {p.sources} documents (KJV chapters, multi-sentence fortunes), 5% of them held out; pairs of "
              f"{p.max_tokens} pieces, {p.batch_size} a step, {p.num_steps} steps, AdamW {p.learning_rate:g} with "
-             f"warm-up and linear decay; encoder {config.model.num_layers} layers x {config.model.hidden_size}, "
-             f"{config.model.num_heads} heads, FFN {config.model.intermediate_size}",
+             f"warm-up and linear decay, dropout {p.dropout_rate:g}; encoder {config.model.num_layers} layers x "
+             f"{config.model.hidden_size}, {config.model.num_heads} heads, FFN {config.model.intermediate_size}, "
+             f"{config.model.norm}-LN",
              "held-out: MLM on the same 15% / 80-10-10 masking (fixed key), NSP on held-out pairs (about half "
              "random); the no_nsp row never trains its NSP head, so its NSP accuracy is chance by design",
              "the MLM floor: always predicting the most frequent training piece scores the 'most-frequent-piece "
@@ -707,9 +709,11 @@ def validate(config: ml_collections.ConfigDict, rows: list[str]) -> None:
                                    f"{m.num_heads}; fix: change one of them")
     if m.norm not in ("post", "pre"):
         raise training.ConfigError(f"--config.model.norm={m.norm!r} is not valid; fix: use post or pre")
-    for name in ("dropout_rate", "attention_dropout_rate"):
-        if not 0 <= m[name] < 1:
-            raise training.ConfigError(f"--config.model.{name}={m[name]} must be in [0, 1); fix: change it")
+    for path, value in (("model.dropout_rate", m.dropout_rate), ("model.attention_dropout_rate",
+                                                                  m.attention_dropout_rate),
+                        ("pretrain.dropout_rate", p.dropout_rate)):
+        if not 0 <= value < 1:
+            raise training.ConfigError(f"--config.{path}={value} must be in [0, 1); fix: change it")
     cli.int_at_least("pretrain.vocab_size", p.vocab_size, 16)
     cli.int_at_least("pretrain.max_tokens", p.max_tokens, 8)
     for name in ("batch_size", "num_steps"):
