@@ -64,19 +64,8 @@ def kjv_verses(data_dir: str | os.PathLike[str] | None) -> list[str]:
     cache = root / KJV_CACHE_NAME
     if cache.is_file():
         return cache.read_text(encoding="utf-8").splitlines()
-    package = data.obtain_debian_package(data.KJV_PACKAGE, root)
-    module = data.find_ztext_module(package, data.KJV_PACKAGE)
-    verses = []
-    for testament in ("ot", "nt"):
-        entries = data.read_ztext(module, testament)
-        if len(entries) != data.kjv_num_records(testament):
-            raise data.DataError(f"SWORD module {str(module)!r} has {len(entries)} '{testament}' entries where KJV "
-                                 f"versification has {data.kjv_num_records(testament)}; fix: delete "
-                                 f"{str(root / data.KJV_PACKAGE)!r} so that the package is fetched again")
-        for index, *_ in data.kjv_verse_records(testament):
-            text = data.osis_to_text(entries[index])
-            if text:
-                verses.append(text)
+    module = data.find_ztext_module(data.obtain_debian_package(data.KJV_PACKAGE, root), data.KJV_PACKAGE)
+    verses = [text for *_, text in data.kjv_verses(module)]
     root.mkdir(parents=True, exist_ok=True)
     cache.write_text("\n".join(verses) + "\n", encoding="utf-8")
     return verses

@@ -63,6 +63,7 @@ from experiments.data.sword import SWORD_ZTEXT_DIR
 from experiments.data.sword import find_ztext_module
 from experiments.data.sword import kjv_num_records
 from experiments.data.sword import kjv_verse_records
+from experiments.data.sword import kjv_verses
 from experiments.data.sword import load_sword
 from experiments.data.sword import osis_to_text
 from experiments.data.sword import read_ztext
@@ -86,6 +87,7 @@ __all__ = [
     "DROP_REASONS", "DataError", "Dataset", "EOS_ID", "Example", "KJV_BOOKS", "KJV_PACKAGE", "PAD_ID", "Pair",
     "ParallelText", "RV_PACKAGE", "SWORD_ZTEXT_DIR", "Tokenizer", "UNK_ID", "align_by_length", "batches",
     "check_buckets", "dedupe", "find_ztext_module", "get_pairs", "is_sentence", "kjv_num_records", "kjv_verse_records",
+    "kjv_verses",
     "load_ding", "load_or_train_tokenizer", "load_parallel_files", "load_parallel_tsv", "load_sword",
     "normalize_whitespace", "num_words", "obtain_debian_package", "osis_to_text", "padded_length", "parse_ding_line",
     "prepare", "read_parallel_tsv", "read_ztext", "resolve_data_dir", "split_key", "split_pairs", "strip_annotations",

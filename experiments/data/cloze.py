@@ -40,7 +40,6 @@ import re
 from collections.abc import Iterable, Sequence
 
 from experiments.data import download, sword
-from experiments.data.base import DataError
 
 ANSWER_TYPES = ("ne", "cn")
 BLANK = "XXXXX"
@@ -118,16 +117,8 @@ def load_kjv_books(data_dir: str | os.PathLike[str] | None = None) -> list[Book]
     root = download.resolve_data_dir(data_dir)
     module = sword.find_ztext_module(download.obtain_debian_package(sword.KJV_PACKAGE, root), sword.KJV_PACKAGE)
     books: dict[str, list[str]] = {}
-    for testament in ("ot", "nt"):
-        entries = sword.read_ztext(module, testament)
-        if len(entries) != sword.kjv_num_records(testament):
-            raise DataError(f"SWORD module {str(module)!r} has {len(entries)} '{testament}' entries where KJV "
-                            f"versification has {sword.kjv_num_records(testament)}; fix: delete "
-                            f"{str(root / sword.KJV_PACKAGE)!r} so that the package is fetched again")
-        for index, book, _, _ in sword.kjv_verse_records(testament):
-            text = sword.osis_to_text(entries[index])
-            if text:
-                books.setdefault(book, []).append(text)
+    for book, _, _, text in sword.kjv_verses(module):
+        books.setdefault(book, []).append(text)
     return [Book(name, tuple(verses)) for name, verses in books.items()]
 
 

@@ -59,16 +59,8 @@ def load_kjv_chapters(data_dir: str | os.PathLike[str] | None = None) -> list[Do
     root = download.resolve_data_dir(data_dir)
     module = sword.find_ztext_module(download.obtain_debian_package(sword.KJV_PACKAGE, root), sword.KJV_PACKAGE)
     chapters: dict[str, list[str]] = {}
-    for testament in ("ot", "nt"):
-        entries = sword.read_ztext(module, testament)
-        if len(entries) != sword.kjv_num_records(testament):
-            raise DataError(f"SWORD module {str(module)!r} has {len(entries)} '{testament}' entries where KJV "
-                            f"versification has {sword.kjv_num_records(testament)}; fix: delete "
-                            f"{str(root / sword.KJV_PACKAGE)!r} so that the package is fetched again")
-        for index, book, chapter, _ in sword.kjv_verse_records(testament):
-            text = sword.osis_to_text(entries[index])
-            if text:
-                chapters.setdefault(f"kjv/{book}.{chapter}", []).append(text)
+    for book, chapter, _, text in sword.kjv_verses(module):
+        chapters.setdefault(f"kjv/{book}.{chapter}", []).append(text)
     return [Document(name, tuple(verses)) for name, verses in chapters.items()]
 
 

@@ -264,6 +264,29 @@ def find_ztext_module(root: pathlib.Path, package: str) -> pathlib.Path:
     return modules[0]
 
 
+def kjv_verses(module_dir: str | os.PathLike[str]) -> list[tuple[str, int, int, str]]:
+    """Every non-empty KJV verse of an unpacked ``sword-text-kjv`` module, in canonical order (Genesis 1:1 ..
+    Revelation 22:21), as (book, chapter, verse, plain text).
+
+    The one reader behind the KJV verses, chapters and books of the experiments' corpora.
+
+    Raises:
+      DataError: if the module does not have KJV versification (a damaged or different download).
+    """
+    out = []
+    for testament in ("ot", "nt"):
+        entries = read_ztext(module_dir, testament)
+        if len(entries) != kjv_num_records(testament):
+            raise DataError(f"SWORD module {str(module_dir)!r} has {len(entries)} '{testament}' entries where KJV "
+                            f"versification has {kjv_num_records(testament)}; fix: delete the downloaded "
+                            f"{KJV_PACKAGE!r} folder so that the package is fetched again")
+        for index, book, chapter, verse in kjv_verse_records(testament):
+            text = osis_to_text(entries[index])
+            if text:
+                out.append((book, chapter, verse, text))
+    return out
+
+
 def load_sword(kjv_dir: str | os.PathLike[str], rv_dir: str | os.PathLike[str]) -> list[Pair]:
     """Reads (English, Spanish) verse pairs from the KJV and Reina-Valera 1909 zText modules.
 

@@ -71,11 +71,23 @@ class TestSword:
             assert re.findall(r"en(\d+x\d+)", en) == re.findall(r"es(\d+x\d+)", es), (en, es)
         assert [re.findall(r"en(\d+x\d+)", en) for en, _ in jonah[16:18]] == [["1x17"], ["2x1"]]
 
+    def test_kjv_verses_references_and_order(self, tmp_path):
+        kjv, _ = write_bible(tmp_path)
+        verses = data.kjv_verses(kjv)
+        assert [(b, c, v) for b, c, v, _ in verses[:2]] == [("Gen", 1, 1), ("Gen", 1, 2)]  # 1:3 is empty
+        assert verses[0][3] == EXPECTED_GEN[0][0] and verses[-1][:3] == ("John", 3, 16)
+        assert verses[-1][3] == EXPECTED_JOHN[0]
+        jonah = [(c, v) for b, c, v, _ in verses if b == "Jonah"]
+        assert jonah == sorted(jonah) and len(jonah) == 48
+        assert all(text and "<" not in text for *_, text in verses)
+
     def test_wrong_versification(self, tmp_path):
         write_ztext(tmp_path / "a", "ot", {}, 100)
         write_ztext(tmp_path / "a", "nt", {}, 100)
         with pytest.raises(data.DataError, match="KJV versification"):
             data.load_sword(tmp_path / "a", tmp_path / "a")
+        with pytest.raises(data.DataError, match="KJV versification"):
+            data.kjv_verses(tmp_path / "a")
 
     def test_missing_module(self, tmp_path):
         with pytest.raises(data.DataError, match="does not exist"):
