@@ -561,14 +561,11 @@ def write_report(config: ml_collections.ConfigDict, workdir: str, rows: list[str
     claims = [c for c in EXPERIMENT.claim_list if c.better in rows and all(w in rows for w in c.worse)]
     claim_p: dict = {}
     if config.eval.significance == "bs":
-        groups = sorted({(_group(config, r)[0], _group(config, r)[1]) for r in rows})
-        for dataset, budget in groups:
-            subset = [rec for rec in table if _group(config, rec["row"])[:2] == (dataset, budget)]
-            baseline = next((r for r in rows if _group(config, r) == (dataset, budget, "scratch")), "")
-            if baseline and any(rec["row"] == baseline for rec in subset):
-                claim_p.update(runs_table.add_paired_significance(
-                    subset, workdir, metric="test_accuracy", baseline=baseline,
-                    n_resamples=int(config.eval.significance_samples), claims=claims))
+        scratch = {_group(config, r)[:2]: r for r in rows if _group(config, r)[2] == "scratch"}
+        claim_p = runs_table.add_grouped_significance(  # each row against the scratch row of its dataset and budget
+            table, workdir, metric="test_accuracy",
+            baselines={r: scratch[_group(config, r)[:2]] for r in rows if _group(config, r)[:2] in scratch},
+            n_resamples=int(config.eval.significance_samples), claims=claims)
     for rec in table:
         rec["title"] = EXPERIMENT.title
     summary = results.summarize(table)
@@ -576,11 +573,7 @@ def write_report(config: ml_collections.ConfigDict, workdir: str, rows: list[str
         if _group(config, line["row"])[2] == "scratch":
             line["test_accuracy_p"] = "baseline"
     verdicts = [stats.claim_verdict(c, table, p_values=claim_p) for c in claims]
-    with open(os.path.join(workdir, "claims.jsonl"), "w", encoding="utf-8") as fh:
-        for v in verdicts:
-            fh.write(json.dumps({**v, "experiment": EXPERIMENT.name, "title": EXPERIMENT.title, "command": command,
-                                 "workdir": os.path.abspath(workdir), "machine": report.machine_description(),
-                                 "seeds": list(seeds), "wall_minutes": round(wall_s / 60, 1)}, sort_keys=True) + "\n")
+    runs_table.write_claims(workdir, verdicts, exp=EXPERIMENT, command=command, seeds=seeds, wall_s=wall_s)
     from experiments import plots  # pylint: disable=import-outside-toplevel
 
     figures = []
@@ -599,22 +592,15 @@ def write_report(config: ml_collections.ConfigDict, workdir: str, rows: list[str
                 lines, os.path.join(workdir, f"accuracy_by_budget_{dataset}.png"), metric="accuracy",
                 xlabel="training labels", ylabel="test accuracy % (mean over seeds)",
                 title=f"{dataset}: fine-tuning from scratch or from a pretrained encoder"), workdir))
-    metrics = {row: results.read_jsonl(os.path.join(spec.run_dir(workdir, row, seeds[0]), "metrics.jsonl"))
-               for row in rows}
-    metrics = {row: recs for row, recs in metrics.items() if recs}
-    if metrics:
-        figures.append(os.path.relpath(plots.classification_curves(metrics, os.path.join(workdir, "loss_curves.png"),
-                                                                   title=f"fine-tuning, seed {seeds[0]}"), workdir))
-    info = {}
-    if os.path.exists(os.path.join(workdir, "data.json")):
-        with open(os.path.join(workdir, "data.json"), encoding="utf-8") as fh:
-            info = json.load(fh)
+    curves = runs_table.loss_curves_figure(workdir, rows, seeds[0], title=f"fine-tuning, seed {seeds[0]}")
+    figures += [curves] if curves else []
+    info = runs_table.read_data_info(workdir)
     d, f, m = config.data, config.train, config.model
     pre = "; ".join(f"{r['row']}: held-out MLM accuracy {r['held_out_mlm_accuracy']:.2f}%, NSP accuracy "
                     f"{r['held_out_nsp_accuracy']:.2f}% after {r['steps']} steps ({r['train_minutes']:.1f} min)"
                     for r in pretrain_table)
     notes = [f"preset: {preset or '-'}; encoder: {m.num_layers} layers x {m.hidden_size}, {m.num_heads} heads, FFN "
-             f"{m.intermediate_size}, post-LN, GELU; vocabulary: SentencePiece BPE {info.get('vocab_size', '?')} "
+             f"{m.intermediate_size}, {m.norm}-LN, GELU; vocabulary: SentencePiece BPE {info.get('vocab_size', '?')} "
              f"pieces of the pretraining text",
              f"pretraining (pretrain/results.md): {pre or 'none in this table'}",
              f"fine-tuning: [CLS] text [SEP] cut at {d.max_len} pieces, {f.num_steps} steps of {f.batch_size} (or "

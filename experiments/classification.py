@@ -498,14 +498,9 @@ def write_report(config: ml_collections.ConfigDict, workdir: str, rows: list[str
         if line["row"] == baseline:
             line["test_accuracy_p"] = "baseline"
     verdicts = [stats.claim_verdict(c, table, p_values=claim_p) for c in claims]
-    info = _read_json(os.path.join(workdir, "data.json"))
+    info = runs_table.read_data_info(workdir)
     wall_min = wall_s / 60.0
-    claim_recs = [{**v, "experiment": EXPERIMENT.name, "title": EXPERIMENT.title, "command": command,
-                   "workdir": os.path.abspath(workdir), "machine": report.machine_description(),
-                   "seeds": list(seeds), "wall_minutes": round(wall_min, 1)} for v in verdicts]
-    with open(os.path.join(workdir, "claims.jsonl"), "w", encoding="utf-8") as f:
-        for rec in claim_recs:
-            f.write(json.dumps(rec, sort_keys=True) + "\n")
+    runs_table.write_claims(workdir, verdicts, exp=EXPERIMENT, command=command, seeds=seeds, wall_s=wall_s)
     figures = _figures(workdir, rows, seeds, table)
     notes = [f"preset: {preset or '-'}; corpus: {info.get('corpus', '?')} ({info.get('classes', '?')} classes; "
              f"{info.get('train', '?')} train / {info.get('dev', '?')} dev / {info.get('test', '?')} test documents; "
@@ -567,24 +562,12 @@ def _sparsity_line(table: list[dict[str, Any]]) -> str:
                                                              for row, v in shares.items()) + ".")
 
 
-def _read_json(path: str) -> dict[str, Any]:
-    if not os.path.exists(path):
-        return {}
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
-
-
 def _figures(workdir: str, rows: list[str], seeds: tuple[int, ...], table: list[dict[str, Any]]) -> list[str]:
     from experiments import plots  # pylint: disable=import-outside-toplevel
 
-    paths = []
     first = seeds[0]
-    metrics = {row: results.read_jsonl(os.path.join(spec.run_dir(workdir, row, first), "metrics.jsonl"))
-               for row in rows}
-    metrics = {row: recs for row, recs in metrics.items() if recs}
-    if metrics:
-        paths.append(os.path.relpath(plots.classification_curves(metrics, os.path.join(workdir, "loss_curves.png"),
-                                                                 title=f"seed {first}"), workdir))
+    curves = runs_table.loss_curves_figure(workdir, rows, first, title=f"seed {first}")
+    paths = [curves] if curves else []
     by_length = {rec["row"]: rec["accuracy_by_length"] for rec in table
                  if rec["seed"] == first and rec.get("accuracy_by_length")}
     if by_length:

@@ -19,7 +19,6 @@ attention_<row>.html (the document attention of test questions as coloured text,
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from typing import Any
 
@@ -342,13 +341,11 @@ def write_report(config: ml_collections.ConfigDict, workdir: str, rows: list[str
     claims = [c for c in EXPERIMENT.claim_list if c.better in rows and all(w in rows for w in c.worse)]
     claim_p: dict = {}
     if config.eval.significance == "bs":
-        for kind in cloze.ANSWER_TYPES:  # each row against the AS Reader of its own answer kind
-            subset = [rec for rec in table if rec["answer_type"] == kind]
-            baseline = config.eval.baseline_row or f"as_{kind}"
-            if any(rec["row"] == baseline for rec in subset):
-                claim_p.update(runs_table.add_paired_significance(
-                    subset, workdir, metric="test_accuracy", baseline=baseline,
-                    n_resamples=int(config.eval.significance_samples), claims=claims))
+        kinds = {rec["row"]: rec["answer_type"] for rec in table}  # each row against the AS Reader of its kind
+        claim_p = runs_table.add_grouped_significance(
+            table, workdir, metric="test_accuracy",
+            baselines={row: config.eval.baseline_row or f"as_{kind}" for row, kind in kinds.items()},
+            n_resamples=int(config.eval.significance_samples), claims=claims)
     paper = EXPERIMENT.paper_numbers
     for rec in table:
         rec["paper"], rec["title"] = paper.get(rec["row"]), EXPERIMENT.title
@@ -359,24 +356,13 @@ def write_report(config: ml_collections.ConfigDict, workdir: str, rows: list[str
         if line["row"].startswith("as_"):
             line["test_accuracy_p"] = "baseline"
     verdicts = [stats.claim_verdict(c, table, p_values=claim_p) for c in claims]
-    with open(os.path.join(workdir, "claims.jsonl"), "w", encoding="utf-8") as f:
-        for v in verdicts:
-            f.write(json.dumps({**v, "experiment": EXPERIMENT.name, "title": EXPERIMENT.title, "command": command,
-                                "workdir": os.path.abspath(workdir), "machine": report.machine_description(),
-                                "seeds": list(seeds), "wall_minutes": round(wall_s / 60, 1)}, sort_keys=True) + "\n")
-    info = {}
-    if os.path.exists(os.path.join(workdir, "data.json")):
-        with open(os.path.join(workdir, "data.json"), encoding="utf-8") as f:
-            info = json.load(f)
+    runs_table.write_claims(workdir, verdicts, exp=EXPERIMENT, command=command, seeds=seeds, wall_s=wall_s)
+    info = runs_table.read_data_info(workdir)
     from experiments import plots  # pylint: disable=import-outside-toplevel
 
     figures = []
-    metrics = {row: results.read_jsonl(os.path.join(spec.run_dir(workdir, row, seeds[0]), "metrics.jsonl"))
-               for row in rows}
-    metrics = {row: recs for row, recs in metrics.items() if recs}
-    if metrics:
-        figures.append(os.path.relpath(plots.classification_curves(metrics, os.path.join(workdir, "loss_curves.png"),
-                                                                   title=f"seed {seeds[0]}"), workdir))
+    curves = runs_table.loss_curves_figure(workdir, rows, seeds[0], title=f"seed {seeds[0]}")
+    figures += [curves] if curves else []
     by_length = {}
     for row in rows:
         runs = [rec for rec in table if rec["row"] == row and rec.get("accuracy_by_length")]

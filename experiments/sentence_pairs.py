@@ -17,7 +17,6 @@ loss_curves.png (training loss and dev accuracy) and heatmaps/ (ABCNN's input at
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from typing import Any
 
@@ -350,24 +349,10 @@ def write_report(config: ml_collections.ConfigDict, workdir: str, rows: list[str
         if line["row"] == baseline:
             line["test_map_p"] = line["test_accuracy_p"] = "baseline"
     verdicts = [stats.claim_verdict(c, table, p_values=claim_p) for c in claims]
-    with open(os.path.join(workdir, "claims.jsonl"), "w", encoding="utf-8") as f:
-        for v in verdicts:
-            f.write(json.dumps({**v, "experiment": EXPERIMENT.name, "title": EXPERIMENT.title, "command": command,
-                                "workdir": os.path.abspath(workdir), "machine": report.machine_description(),
-                                "seeds": list(seeds), "wall_minutes": round(wall_s / 60, 1)}, sort_keys=True) + "\n")
-    info = {}
-    if os.path.exists(os.path.join(workdir, "data.json")):
-        with open(os.path.join(workdir, "data.json"), encoding="utf-8") as f:
-            info = json.load(f)
-    figures = []
-    from experiments import plots  # pylint: disable=import-outside-toplevel
-
-    metrics = {row: results.read_jsonl(os.path.join(spec.run_dir(workdir, row, seeds[0]), "metrics.jsonl"))
-               for row in rows}
-    metrics = {row: recs for row, recs in metrics.items() if recs}
-    if metrics:
-        figures.append(os.path.relpath(plots.classification_curves(metrics, os.path.join(workdir, "loss_curves.png"),
-                                                                   title=f"seed {seeds[0]}"), workdir))
+    runs_table.write_claims(workdir, verdicts, exp=EXPERIMENT, command=command, seeds=seeds, wall_s=wall_s)
+    info = runs_table.read_data_info(workdir)
+    curves = runs_table.loss_curves_figure(workdir, rows, seeds[0], title=f"seed {seeds[0]}")
+    figures = [curves] if curves else []
     notes = [f"preset: {preset or '-'}; data: {info.get('aligned_verses', '?')} of 7,957 KJV New Testament verses "
              f"matched to their WEB verse; pairs train / dev / test {info.get('train_pairs', '?')} / "
              f"{info.get('dev_pairs', '?')} / {info.get('test_pairs', '?')} (half paraphrases, half the most "

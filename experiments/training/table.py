@@ -10,7 +10,7 @@ row, from the ``test_scores.json`` each run leaves.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 import json
 import os
 import time
@@ -20,6 +20,7 @@ from absl import logging
 import ml_collections
 import numpy as np
 
+from experiments import results
 from experiments import stats
 from experiments.training import loop, report, spec
 
@@ -172,3 +173,57 @@ def add_paired_significance(table: list[dict[str, Any]], workdir: str, *, metric
             rec[f"{metric}_p"] = test.p_value
         rec["baseline_row"] = baseline
     return {key: test.p_value for key, test in tested.items()}
+
+
+def add_grouped_significance(table: list[dict[str, Any]], workdir: str, *, metric: str,
+                             baselines: Mapping[str, str], n_resamples: int, claims: Sequence[stats.Claim] = (),
+                             scale: float = 100.0) -> dict[tuple[str, str, int], float]:
+    """`add_paired_significance` with a baseline per group of rows: each row is tested against ``baselines[row]``.
+
+    For tables whose rows fall into groups, each with its own baseline (the cloze answer kinds, the BERT
+    (dataset, label budget) cells). A group whose baseline has no record is left untested; rows missing from
+    ``baselines`` are left alone.
+
+    Returns:
+      (better row, worse row, seed) -> p, over every group (as `add_paired_significance`).
+    """
+    p_values: dict[tuple[str, str, int], float] = {}
+    for baseline in sorted(set(baselines.values())):
+        group = [rec for rec in table if baselines.get(rec["row"]) == baseline]
+        if any(rec["row"] == baseline for rec in group):
+            p_values.update(add_paired_significance(group, workdir, metric=metric, baseline=baseline,
+                                                    n_resamples=n_resamples, claims=claims, scale=scale))
+    return p_values
+
+
+def write_claims(workdir: str, verdicts: Sequence[Mapping[str, Any]], *, exp: spec.Experiment, command: str,
+                 seeds: Sequence[int], wall_s: float) -> None:
+    """claims.jsonl: each verdict with the experiment, command, workdir, machine, seeds and wall time."""
+    with open(os.path.join(workdir, "claims.jsonl"), "w", encoding="utf-8") as f:
+        for v in verdicts:
+            f.write(json.dumps({**v, "experiment": exp.name, "title": exp.title, "command": command,
+                                "workdir": os.path.abspath(workdir), "machine": report.machine_description(),
+                                "seeds": list(seeds), "wall_minutes": round(wall_s / 60, 1)}, sort_keys=True) + "\n")
+
+
+def read_data_info(workdir: str) -> dict[str, Any]:
+    """The table's data.json (what `run_table`'s ``data_files`` wrote), or {} when there is none."""
+    path = os.path.join(workdir, "data.json")
+    if not os.path.exists(path):
+        return {}
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def loss_curves_figure(workdir: str, rows: Sequence[str], seed: int, *, title: str) -> str | None:
+    """loss_curves.png of the rows' runs of one seed (`plots.classification_curves`); its path relative to
+    ``workdir``, or None when no run has metrics."""
+    from experiments import plots  # pylint: disable=import-outside-toplevel  (matplotlib only when reporting)
+
+    metrics = {row: recs for row in rows
+               if (recs := results.read_jsonl(os.path.join(spec.run_dir(workdir, row, seed), "metrics.jsonl")))}
+    if not metrics:
+        return None
+    return os.path.relpath(plots.classification_curves(metrics, os.path.join(workdir, "loss_curves.png"),
+                                                       title=title), workdir)
+
