@@ -5,6 +5,11 @@ local-m, centred on p_t = t, and local-p, centred on a predicted p_t with a Gaus
 `normalize` picks the normaliser by name: the softmax or one of the sparse normalisers of `core.sparse`
 (sparsemax, 1.5-entmax). Weights are float32 and rows whose keys are all masked are all zero, with zero
 gradients.
+
+Hard alignment picks one key instead of averaging: `sample_hard` draws it from the weights (the multinoulli of
+Xu et al. 2015's hard attention, arXiv:1502.03044, eq. 8), and `gumbel_softmax` draws it from logits with the
+Gumbel-softmax relaxation and its straight-through estimator (Jang et al. 2016, arXiv:1611.01144; Maddison et
+al. 2016, arXiv:1611.00712).
 """
 
 from __future__ import annotations
@@ -324,3 +329,120 @@ def local_alignment(
     if gaussian:
         weights = weights * gaussian_window(position, num_keys, window / 2.0)
     return weights
+
+
+def _check_rng(rng: jax.Array) -> None:
+    """Raises TypeError unless `rng` is a PRNG key: a typed key (jax.random.key) or a raw uint32 key."""
+    _checks.array("rng", rng)
+    dtype = jnp.result_type(rng) if not hasattr(rng, "dtype") else rng.dtype
+    if jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+        if jnp.ndim(rng) != 0:
+            raise ValueError(f"rng must be a single key, got a key array of shape {jnp.shape(rng)}")
+        return
+    if dtype != jnp.uint32 or jnp.ndim(rng) != 1:
+        raise TypeError(f"rng must be a PRNG key (jax.random.key or jax.random.PRNGKey), got dtype {dtype} and "
+                        f"shape {jnp.shape(rng)}")
+
+
+def _check_last_axis_mask(name: str, x: jax.Array, mask: jax.Array | None) -> None:
+    _checks.floating(name, x)
+    if jnp.ndim(x) < 1:
+        raise ValueError(f"{name} must have shape [..., S], got {jnp.shape(x)}")
+    if mask is not None:
+        _checks.boolean("mask", mask)
+        if jnp.shape(mask) != jnp.shape(x):
+            raise ValueError(f"mask and {name} shapes differ: {jnp.shape(mask)=} {name}.shape={jnp.shape(x)}")
+
+
+def sample_hard(rng: jax.Array, weights: jax.Array, mask: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+    """One location per row drawn from the multinoulli given by `weights`, as a one-hot and an index.
+
+    Xu et al. 2015, arXiv:1502.03044, eq. 8: s_t ~ Multinoulli_L({alpha_i}), the hard attention's choice of
+    one location. Location i is drawn with probability weights_i / sum_j weights_j over the valid locations
+    (the weights need not be normalised). Locations where `mask` is False, or whose weight is zero or negative,
+    are never drawn, whatever they hold (NaN included: they are selected away before the log). A row with no
+    such location (fully masked, all-zero, or S = 0) gets an all-zero one-hot and index -1. The draw is
+    discrete, so the one-hot carries no gradient (a score-function estimator, such as the REINFORCE surrogate
+    of `attention_jax.layers.show_attend_tell`, supplies one).
+
+    Args:
+      rng: a PRNG key (jax.random.key or jax.random.PRNGKey); every row gets independent noise.
+      weights: [..., S] floating, non-negative, e.g. attention weights alpha.
+      mask: None or bool of exactly the shape of `weights` (True = may be drawn); never broadcast.
+
+    Returns:
+      one_hot: [..., S] float32, 1 at the drawn location and 0 elsewhere (all 0 for a row with none).
+      index: [...] int32, the drawn location, or -1 for a row with none.
+
+    Raises:
+      ValueError: if weights is a scalar, the mask shape differs from the weights', or rng is a key array.
+      TypeError: if weights are not floating, the mask is not boolean, or rng is not a PRNG key.
+    """
+    _check_rng(rng)
+    _check_last_axis_mask("weights", weights, mask)
+    weights = jnp.asarray(weights).astype(_F32)
+    num = weights.shape[-1]
+    if num == 0:
+        return jnp.zeros(weights.shape, _F32), jnp.full(weights.shape[:-1], -1, jnp.int32)
+    valid = weights > 0  # False at NaN too
+    if mask is not None:
+        valid = valid & jnp.asarray(mask)
+    log_weights = jnp.where(valid, jnp.log(jnp.where(valid, weights, 1.0)), -jnp.inf)  # [..., S]
+    index = jax.random.categorical(rng, jax.lax.stop_gradient(log_weights), axis=-1)  # [...]
+    index = jnp.where(jnp.any(valid, axis=-1), index, -1).astype(jnp.int32)
+    return jax.nn.one_hot(index, num, dtype=_F32), index
+
+
+def gumbel_softmax(
+    rng: jax.Array,
+    logits: jax.Array,
+    mask: jax.Array | None = None,
+    temperature: float = 1.0,
+    hard: bool = True,
+) -> jax.Array:
+    """A Gumbel-softmax sample over the last axis; with hard=True, a one-hot with the straight-through gradient.
+
+    Jang et al. 2016, arXiv:1611.01144, eq. 1 (Maddison et al. 2016, arXiv:1611.00712, the Concrete
+    distribution): y_i = exp((l_i + g_i) / tau) / sum_j exp((l_j + g_j) / tau) with g_i ~ Gumbel(0, 1), the
+    softmax running over the valid locations only. With hard=True (Jang et al. §2, "Straight-Through
+    Gumbel-Softmax Estimator") the forward value is exactly the one-hot of argmax_i (l_i + g_i), a draw from
+    softmax(l) (the Gumbel-max trick), and the gradient is exactly that of the relaxed y: the result is
+    one_hot + (y - stop_gradient(y)), whose second term is exactly 0 forward.
+
+    Masked logits are replaced before any arithmetic, so a masked location is never chosen and NaN or inf
+    stored there reaches neither the output nor the gradient (which is 0 there). A row with no valid location
+    (or S = 0) gives all zeros with zero gradient.
+
+    Args:
+      rng: a PRNG key (jax.random.key or jax.random.PRNGKey) for the Gumbel noise.
+      logits: [..., S] floating, unnormalised log-probabilities.
+      mask: None or bool of exactly the shape of `logits` (True = may be chosen); never broadcast.
+      temperature: tau > 0; the relaxation tends to the one-hot as tau -> 0.
+      hard: True for the straight-through one-hot, False for the relaxed sample y.
+
+    Returns:
+      sample: [..., S] float32; one-hot rows (hard) or rows of the simplex (relaxed); zero rows where no
+        location is valid.
+
+    Raises:
+      ValueError: if logits is a scalar, the mask shape differs, temperature <= 0, or rng is a key array.
+      TypeError: if logits are not floating, the mask is not boolean, hard is not a bool, or rng is not a key.
+    """
+    _check_rng(rng)
+    _check_last_axis_mask("logits", logits, mask)
+    temperature = _checks.positive_real("temperature", temperature)
+    hard = _checks.flag("hard", hard)
+    logits = jnp.asarray(logits).astype(_F32)
+    if mask is not None:
+        logits = jnp.where(mask, logits, 0.0)  # select, not multiply: NaN at masked logits never reaches noise
+    perturbed = logits + jax.random.gumbel(rng, logits.shape, _F32)  # [..., S]
+    relaxed = masked_softmax(perturbed / temperature, mask)  # [..., S]
+    if not hard or logits.shape[-1] == 0:
+        return relaxed
+    if mask is None:
+        index = jnp.argmax(perturbed, axis=-1)
+    else:
+        index = jnp.argmax(jnp.where(mask, perturbed, -jnp.inf), axis=-1)
+        index = jnp.where(jnp.any(mask, axis=-1), index, -1)
+    one_hot = jax.lax.stop_gradient(jax.nn.one_hot(index, logits.shape[-1], dtype=_F32))
+    return one_hot + (relaxed - jax.lax.stop_gradient(relaxed))
