@@ -13,19 +13,28 @@
 Every function takes inputs [B, T, D] and an optional mask [B, T] (True = a real position), and never lets a
 masked position reach the output or the gradients, even when it holds NaN. A sequence (or a chunk or window)
 with no valid position pools to zeros, with zero gradients; T = 0 is such a sequence.
+
+The same for feature maps [B, H, W, C] with an optional pixel mask [B, H, W], over non-overlapping wh x ww
+windows (stride = window; the last row and column of windows partial when the window does not divide the map):
+
+  max_pool_2d, avg_pool_2d        the maximum / the mean over each window's real pixels.
+  stochastic_pool_2d              Zeiler & Fergus 2013 (arXiv:1301.3557), §3, over 2-D windows (the paper's
+                                  own setting).
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 
 from attention_jax import _checks
 
-__all__ = ["chunk_max_pool", "dynamic_k", "kmax_pool", "masked_sequence", "max_pool", "mean_pool", "mean_weights",
-           "stochastic_pool", "sum_pool"]
+__all__ = ["avg_pool_2d", "chunk_max_pool", "dynamic_k", "kmax_pool", "masked_feature_map", "masked_sequence",
+           "max_pool", "max_pool_2d", "mean_pool", "mean_weights", "stochastic_pool", "stochastic_pool_2d",
+           "sum_pool"]
 
 
 def masked_sequence(inputs: jax.Array, mask: jax.Array | None) -> tuple[jax.Array, jax.Array]:
@@ -283,3 +292,176 @@ def stochastic_pool(
     choice = jax.random.categorical(rng, jnp.swapaxes(logits, 2, 3), axis=-1)  # [B, R, D]
     picked = jnp.take_along_axis(x, choice[:, :, None, :], axis=2)[:, :, 0]  # [B, R, D]
     return jnp.where(alive[:, :, 0], picked, jnp.zeros((), inputs.dtype))
+
+
+# -- 2-D pooling over the H, W of feature maps [B, H, W, C] -------------------------------------------------------
+
+
+def _window_pair(window: Any) -> tuple[int, int]:
+    """(wh, ww) from an int or a pair of ints, each >= 1."""
+    if isinstance(window, (tuple, list)):
+        if len(window) != 2:
+            raise ValueError(f"window must be an int or a pair (wh, ww) of ints >= 1, got {window!r}")
+        return _checks.int_at_least("window[0]", window[0], 1), _checks.int_at_least("window[1]", window[1], 1)
+    size = _checks.int_at_least("window", window, 1)
+    return size, size
+
+
+def masked_feature_map(inputs: jax.Array, mask: jax.Array | None) -> tuple[jax.Array, jax.Array]:
+    """Checks a feature map and its pixel mask and zeroes the masked pixels: what every 2-D pooling does first.
+
+    Args:
+      inputs: [B, H, W, C] floating.
+      mask: None or [B, H, W] bool, True = a real pixel.
+
+    Returns:
+      (inputs with masked pixels set to 0, so NaN stored there reaches nothing; the mask, all True for None).
+
+    Raises:
+      ValueError: if inputs are not rank 4 or the mask is not [B, H, W] (the message names both shapes).
+      TypeError: if inputs are not floating or the mask is not boolean.
+    """
+    _checks.rank("inputs", inputs, 4)
+    _checks.floating("inputs", inputs)
+    inputs = jnp.asarray(inputs)
+    if mask is None:
+        return inputs, jnp.ones(inputs.shape[:3], bool)
+    _checks.array("mask", mask)
+    if tuple(jnp.shape(mask)) != inputs.shape[:3]:
+        raise ValueError(f"mask must be [B, H, W] = {inputs.shape[:3]} for inputs [B, H, W, C], got "
+                         f"mask.shape={tuple(jnp.shape(mask))} inputs.shape={inputs.shape}")
+    _checks.boolean("mask", mask)
+    mask = jnp.asarray(mask)
+    return jnp.where(mask[..., None], inputs, jnp.zeros((), inputs.dtype)), mask
+
+
+def _windows_2d(inputs: jax.Array, window: Any, mask: jax.Array | None) -> tuple[jax.Array, jax.Array]:
+    """The non-overlapping windows of a feature map, the last row and column of windows padded with dead pixels.
+
+    Returns:
+      x: [B, Rh, Rw, K, C], Rh = ceil(H / wh), Rw = ceil(W / ww), K = wh ww, pixels row-major in their window;
+        0 at masked and padding pixels.
+      valid: [B, Rh, Rw, K] bool, True at the real pixels.
+    """
+    wh, ww = _window_pair(window)
+    inputs, mask = masked_feature_map(inputs, mask)
+    batch, height, width, channels = inputs.shape
+    rows, cols = -(-height // wh), -(-width // ww)
+    pad = ((0, 0), (0, rows * wh - height), (0, cols * ww - width))
+    x = jnp.pad(inputs, pad + ((0, 0),)).reshape(batch, rows, wh, cols, ww, channels)
+    x = x.transpose(0, 1, 3, 2, 4, 5).reshape(batch, rows, cols, wh * ww, channels)
+    valid = jnp.pad(mask, pad).reshape(batch, rows, wh, cols, ww).transpose(0, 1, 3, 2, 4)
+    return x, valid.reshape(batch, rows, cols, wh * ww)
+
+
+def _compute_dtype(x: jax.Array) -> Any:
+    """float32 for inputs of at most 32 bits, float64 for float64 inputs (so float64 gradients stay exact)."""
+    return jnp.promote_types(x.dtype, jnp.float32)
+
+
+def max_pool_2d(inputs: jax.Array, window: int | tuple[int, int], mask: jax.Array | None = None) -> jax.Array:
+    """The maximum of each channel over non-overlapping wh x ww windows (stride = window) of a feature map.
+
+    Windows tile the map from the top-left; the last row (column) of windows is partial when wh (ww) does not
+    divide H (W), and pools over the pixels it has, as `stochastic_pool`'s last window does. Masked pixels
+    never reach the output or the gradients; a window with no real pixel pools to 0 with zero gradients. Ties
+    share the gradient, as `jnp.max`'s do.
+
+    Args:
+      inputs: [B, H, W, C] floating.
+      window: wh = ww, a Python int >= 1, or a pair (wh, ww).
+      mask: None or [B, H, W] bool, True = a real pixel.
+
+    Returns:
+      [B, ceil(H / wh), ceil(W / ww), C] in the inputs' dtype.
+
+    Raises:
+      ValueError: if inputs are not rank 4, the mask is not [B, H, W], or the window is not an int or a pair
+        of ints >= 1.
+      TypeError: if inputs are not floating or the mask is not boolean.
+    """
+    x, valid = _windows_2d(inputs, window, mask)
+    batch, rows, cols, size, channels = x.shape
+    pooled = max_pool(x.reshape(batch * rows * cols, size, channels), valid.reshape(batch * rows * cols, size))
+    return pooled.reshape(batch, rows, cols, channels)
+
+
+def avg_pool_2d(inputs: jax.Array, window: int | tuple[int, int], mask: jax.Array | None = None) -> jax.Array:
+    """The mean of each channel over the real pixels of non-overlapping wh x ww windows (stride = window).
+
+    A partial window at the bottom or right edge, or one with masked pixels, averages over its real pixels
+    only (not over wh ww): padding never dilutes the mean. A window with no real pixel pools to 0 with zero
+    gradients. Sums run in float32 (float64 for float64 inputs).
+
+    Args:
+      inputs: [B, H, W, C] floating.
+      window: wh = ww, a Python int >= 1, or a pair (wh, ww).
+      mask: None or [B, H, W] bool, True = a real pixel.
+
+    Returns:
+      [B, ceil(H / wh), ceil(W / ww), C] in the inputs' dtype.
+
+    Raises:
+      ValueError: if inputs are not rank 4, the mask is not [B, H, W], or the window is not an int or a pair
+        of ints >= 1.
+      TypeError: if inputs are not floating or the mask is not boolean.
+    """
+    x, valid = _windows_2d(inputs, window, mask)
+    dtype = _compute_dtype(x)
+    count = jnp.sum(valid, axis=3).astype(dtype)[..., None]  # [B, Rh, Rw, 1]
+    total = jnp.sum(x.astype(dtype), axis=3)  # [B, Rh, Rw, C]
+    return (total / jnp.maximum(count, 1.0)).astype(x.dtype)
+
+
+def stochastic_pool_2d(
+    inputs: jax.Array,
+    window: int | tuple[int, int],
+    mask: jax.Array | None = None,
+    *,
+    deterministic: bool = True,
+    rng: jax.Array | None = None,
+) -> jax.Array:
+    """Stochastic pooling over non-overlapping wh x ww windows of a feature map (Zeiler & Fergus 2013, §3).
+
+    arXiv:1301.3557, §3: in each window R_j and channel, p_i = a_i / sum_{k in R_j} a_k. Training
+    (`deterministic=False`) samples one location l from the multinomial p and outputs s_j = a_l; test time
+    outputs the probability-weighted sum s_j = sum_{i in R_j} p_i a_i (the paper's "probabilistic weighting"),
+    the expectation of the training output. (The paper's equation numbers were not checked here.) Activations
+    must be non-negative (after a ReLU, as in the paper): negative values get probability 0. A window whose
+    real activations are all zero pools to 0 (never 0 / 0), with zero gradients. Windows tile the map from the
+    top-left, the last row / column partial as in `max_pool_2d`; masked pixels never reach the output or the
+    gradients. The weighting runs in float32 (float64 for float64 inputs).
+
+    Args:
+      inputs: [B, H, W, C] floating, non-negative.
+      window: wh = ww, a Python int >= 1, or a pair (wh, ww).
+      mask: None or [B, H, W] bool, True = a real pixel.
+      deterministic: True for the test-time weighting, False to sample.
+      rng: a PRNG key, required when deterministic is False; each (image, window, channel) draws on its own.
+
+    Returns:
+      [B, ceil(H / wh), ceil(W / ww), C] in the inputs' dtype; when sampling, each entry is exactly one of its
+      window's real activations (or 0 for a window with no positive one).
+
+    Raises:
+      ValueError: if inputs are not rank 4, the mask is not [B, H, W], the window is not an int or a pair of
+        ints >= 1, or sampling has no rng.
+      TypeError: if inputs are not floating, the mask is not boolean, or deterministic is not a bool.
+    """
+    deterministic = _checks.flag("deterministic", deterministic)
+    if not deterministic and rng is None:
+        raise ValueError("stochastic_pool_2d with deterministic=False samples locations: pass rng=a PRNG key")
+    x, valid = _windows_2d(inputs, window, mask)
+    dtype = _compute_dtype(x)
+    weight = jnp.where(valid[..., None], jnp.maximum(x.astype(dtype), 0.0), 0.0)  # [B, Rh, Rw, K, C]
+    total = jnp.sum(weight, axis=3, keepdims=True)  # [B, Rh, Rw, 1, C]
+    alive = total > 0
+    probs = weight / jnp.where(alive, total, 1.0)  # p_i
+    if deterministic:  # sum_i p_i a_i
+        pooled = jnp.sum(probs * x.astype(dtype), axis=3)
+        return jnp.where(alive[:, :, :, 0], pooled, 0.0).astype(x.dtype)
+    logits = jnp.where(probs > 0, jnp.log(jnp.where(probs > 0, probs, 1.0)), -jnp.inf)
+    logits = jnp.where(alive, logits, 0.0)  # a dead window samples anything; its output is zeroed below
+    choice = jax.random.categorical(rng, jnp.moveaxis(logits, 3, -1), axis=-1)  # [B, Rh, Rw, C], l ~ p
+    picked = jnp.take_along_axis(x, choice[:, :, :, None, :], axis=3)[:, :, :, 0]  # [B, Rh, Rw, C]
+    return jnp.where(alive[:, :, :, 0], picked, jnp.zeros((), x.dtype))
