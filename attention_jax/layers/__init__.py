@@ -16,6 +16,19 @@
   coda.py        compositional de-attention, quasi-attention weights in (-1, 1) (arXiv:1910.01086).
   reader.py      the cloze readers' attention sum and pointer sum (arXiv:1603.01547) and attention over attention
                  (arXiv:1607.04423).
+  squeeze_excitation.py  Squeeze-and-Excitation channel gates for [B, H, W, C] maps (arXiv:1709.01507).
+  cbam.py        CBAM: channel attention (one MLP over average- and max-pooled vectors) then spatial attention
+                 (arXiv:1807.06521).
+  danet.py       DANet's position and channel attention modules and their sum (arXiv:1809.02983).
+  pyramid.py     spatial pyramid pooling (arXiv:1406.4729) and pyramid attention pooling (APANet, arXiv:1808.00288).
+  co_attention.py  COSNet co-attention between two feature maps, with its gate (CVPR 2019; arXiv:2001.06810).
+  few_shot.py    CAN's cross attention module (arXiv:1910.07677) and prototypical-network prototypes and logits
+                 (arXiv:1703.05175).
+  sets.py        Deep Sets' invariant model and permutation-equivariant layer (arXiv:1703.06114), and attention
+                 pooling over a set (Set Transformer's PMA, arXiv:1810.00825).
+  show_attend_tell.py  Show, Attend and Tell's soft and hard attention: the doubly stochastic penalty, the
+                 REINFORCE surrogate with its moving-average baseline, and Gumbel straight-through
+                 (arXiv:1502.03044).
 
 Layers import `attention_jax.core` and `attention_jax.dot_product`, never `attention_jax.models`.
 """

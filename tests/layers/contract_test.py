@@ -827,5 +827,15 @@ class ContractSelfTest(absltest.TestCase):
                 self.assertIn(check, self._failed(case_cls))
 
 
+# The vision, set and hard-attention layers keep their contract classes beside their own tests (each file has
+# an __all__, so only the classes come in).
+# pylint: disable=wildcard-import,unused-wildcard-import,wrong-import-position
+from tests.layers.show_attend_tell_contracts import *  # noqa: E402,F401,F403
+from tests.layers.sets_contracts import *  # noqa: E402,F401,F403
+from tests.layers.channel_contracts import *  # noqa: E402,F401,F403
+from tests.layers.coattn_contracts import *  # noqa: E402,F401,F403
+from tests.layers.danet_contracts import *  # noqa: E402,F401,F403
+from tests.layers.pyramid_contracts import *  # noqa: E402,F401,F403
+
 if __name__ == "__main__":
     absltest.main()
