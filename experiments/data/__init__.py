@@ -25,6 +25,8 @@ One module per idea; this package re-exports their public names, so ``from exper
   tokenizer.py  `Tokenizer` and `load_or_train_tokenizer` (SentencePiece BPE; pad=0, unk=1, bos=2, eos=3).
   dataset.py    `Example`, `Dataset` and `prepare`, the whole pipeline (steps in its docstring).
   batching.py   `batches`: fixed-size padded batches in a few bucket lengths.
+  fashion_mnist.py  the Fashion-MNIST images of the vision experiments (``dataset-fashion-mnist``): `load`,
+                `read_idx` (checked gzip IDX), `split_by_class`; not re-exported here.
 
 Lengths: S = source tokens, T = target tokens + 1 (BOS or EOS), B = batch size.
 """
