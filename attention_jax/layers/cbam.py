@@ -39,6 +39,7 @@ import jax.numpy as jnp
 
 from attention_jax import _checks
 from attention_jax.core import axes
+from attention_jax.core import pooling
 from attention_jax.layers import squeeze_excitation as se
 
 __all__ = ["CBAM", "CBAMChannelAttention", "CBAMSpatialAttention", "cbam", "cbam_channel_attention",
@@ -69,7 +70,7 @@ def cbam_channel_attention(inputs: jax.Array, w1: jax.Array, b1: jax.Array, w2: 
         [R, C], [C] (the message names the shapes).
       TypeError: for non-floating inputs or weights, or a non-boolean mask.
     """
-    clean, mask = se.check_feature_map(inputs, mask)
+    clean, mask = pooling.masked_feature_map(inputs, mask)
     se.check_channel_mlp(clean.shape[-1], w1, b1, w2, b2)
     avg, best, alive = se.masked_spatial_pools(clean, mask, with_max=True)  # [B, C] each
     logits = se.channel_mlp(jnp.stack([avg, best], axis=1), w1, b1, w2, b2)  # [B, 2, C]: the shared MLP
@@ -113,7 +114,7 @@ def cbam_spatial_attention(inputs: jax.Array, kernel: jax.Array, bias: jax.Array
         not [kh, kw, 2, 1] / [1] (the message names the shapes).
       TypeError: for non-floating inputs, kernel or bias, or a non-boolean mask.
     """
-    clean, mask = se.check_feature_map(inputs, mask)
+    clean, mask = pooling.masked_feature_map(inputs, mask)
     if clean.shape[-1] == 0:
         raise ValueError(f"inputs must have C >= 1 channels for the channel pools, got inputs.shape={clean.shape}")
     _check_conv(kernel, bias)

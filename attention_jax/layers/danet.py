@@ -61,6 +61,7 @@ import jax.numpy as jnp
 
 from attention_jax import _checks
 from attention_jax.core import axes
+from attention_jax.core import pooling
 from attention_jax.dot_product import dot_product_attention
 
 __all__ = ["ENERGIES", "ChannelAttention", "DualAttention", "PositionAttention", "channel_attention",
@@ -80,26 +81,16 @@ def _compute_dtype(x: Any) -> Any:
 
 
 def _check_feature_map(inputs: Any, mask: Any | None) -> tuple[jax.Array, jax.Array]:
-    """Checks inputs [B, H, W, C] (C >= 1) and mask [B, H, W] bool; returns (inputs with padded pixels 0, mask).
+    """`core.pooling.masked_feature_map` (inputs [B, H, W, C], mask [B, H, W]), plus C >= 1.
 
     Raises:
       ValueError: if inputs are not rank 4, have no channel, or the mask is not [B, H, W] (naming both shapes).
       TypeError: for non-floating inputs or a non-boolean mask.
     """
-    _checks.rank("inputs", inputs, 4)
-    _checks.floating("inputs", inputs)
-    inputs = jnp.asarray(inputs)
-    if inputs.shape[3] < 1:
-        raise ValueError(f"inputs need C >= 1 channels, got inputs.shape={inputs.shape}")
-    if mask is None:
-        return inputs, jnp.ones(inputs.shape[:3], bool)
-    _checks.array("mask", mask)
-    if tuple(jnp.shape(mask)) != inputs.shape[:3]:
-        raise ValueError(f"mask must be [B, H, W] = {inputs.shape[:3]} for inputs [B, H, W, C], got "
-                         f"mask.shape={tuple(jnp.shape(mask))} inputs.shape={inputs.shape}")
-    _checks.boolean("mask", mask)
-    mask = jnp.asarray(mask)
-    return jnp.where(mask[..., None], inputs, jnp.zeros((), inputs.dtype)), mask
+    clean, mask = pooling.masked_feature_map(inputs, mask)
+    if clean.shape[3] < 1:
+        raise ValueError(f"inputs need C >= 1 channels, got inputs.shape={clean.shape}")
+    return clean, mask
 
 
 def _check_scalar(name: str, value: Any) -> None:

@@ -20,7 +20,7 @@ right gives, at its real pixels, exactly the outputs of the cropped image.
 
 The gates are computed in float32 (float64 for float64 inputs); the outputs take the input dtype.
 
-The helpers `check_feature_map`, `check_channel_mlp`, `channel_mlp` and `masked_spatial_pools` are shared with
+The helpers `check_channel_mlp`, `channel_mlp` and `masked_spatial_pools` are shared with
 `attention_jax.layers.cbam`, whose channel attention is SE's excitation applied to two pooled vectors.
 """
 
@@ -34,6 +34,7 @@ import jax.numpy as jnp
 
 from attention_jax import _checks
 from attention_jax.core import axes
+from attention_jax.core import pooling
 
 __all__ = ["SqueezeExcitation", "hidden_width", "squeeze_excitation"]
 
@@ -41,34 +42,6 @@ __all__ = ["SqueezeExcitation", "hidden_width", "squeeze_excitation"]
 def compute_dtype(x: Any) -> Any:
     """float32 for inputs of at most 32 bits (bfloat16, float16, float32); float64 for float64 inputs."""
     return jnp.promote_types(jnp.result_type(x), jnp.float32)
-
-
-def check_feature_map(inputs: Any, mask: Any | None) -> tuple[jax.Array, jax.Array]:
-    """Checks a feature map and its optional pixel mask; returns (inputs with padded pixels 0, mask).
-
-    Args:
-      inputs: [B, H, W, C] floating.
-      mask: None, or [B, H, W] bool (True = a real pixel).
-
-    Returns:
-      (inputs [B, H, W, C] in their dtype, with padded pixels set to 0; mask [B, H, W] bool, all True for None).
-
-    Raises:
-      ValueError: if inputs are not rank 4 or the mask is not [B, H, W] (the message names both shapes).
-      TypeError: for non-floating inputs or a non-boolean mask.
-    """
-    _checks.rank("inputs", inputs, 4)
-    _checks.floating("inputs", inputs)
-    inputs = jnp.asarray(inputs)
-    if mask is None:
-        return inputs, jnp.ones(inputs.shape[:3], bool)
-    _checks.array("mask", mask)
-    if tuple(jnp.shape(mask)) != inputs.shape[:3]:
-        raise ValueError(f"mask must be [B, H, W] = {inputs.shape[:3]} for inputs [B, H, W, C], got "
-                         f"mask.shape={tuple(jnp.shape(mask))} inputs.shape={inputs.shape}")
-    _checks.boolean("mask", mask)
-    mask = jnp.asarray(mask)
-    return jnp.where(mask[..., None], inputs, jnp.zeros((), inputs.dtype)), mask
 
 
 def check_channel_mlp(channels: int, w1: Any, b1: Any, w2: Any, b2: Any) -> None:
@@ -110,7 +83,7 @@ def masked_spatial_pools(clean: jax.Array, mask: jax.Array, with_max: bool) -> t
     """Average (and max) of each channel over the real pixels of each image, in the compute dtype.
 
     Args:
-      clean: [B, H, W, C] floating, padded pixels already 0 (`check_feature_map`).
+      clean: [B, H, W, C] floating, padded pixels already 0 (`core.pooling.masked_feature_map`).
       mask: [B, H, W] bool, True = a real pixel.
       with_max: whether to compute the max pool as well.
 
@@ -155,7 +128,7 @@ def squeeze_excitation(inputs: jax.Array, w1: jax.Array, b1: jax.Array, w2: jax.
         [R, C], [C] (the message names the shapes).
       TypeError: for non-floating inputs or weights, or a non-boolean mask.
     """
-    clean, mask = check_feature_map(inputs, mask)
+    clean, mask = pooling.masked_feature_map(inputs, mask)
     check_channel_mlp(clean.shape[-1], w1, b1, w2, b2)
     z, _, alive = masked_spatial_pools(clean, mask, with_max=False)  # [B, C], eq. 2
     s = jax.nn.sigmoid(channel_mlp(z, w1, b1, w2, b2))  # [B, C], eq. 3
