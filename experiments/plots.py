@@ -10,6 +10,7 @@
   Yang et al. 2016 (N16-1174), Fig. 5: an HTML file (escaped with `html.escape`).
 * `weight_sparsity`: the share of exactly-zero attention weights per row (softmax / sparsemax / entmax), a bar
   chart.
+* `attention_overlays`: attention maps over the images they attend (CBAM, DANet, Show-Attend-Tell glimpses).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import os
 from typing import Any
 
 import matplotlib
+from matplotlib import patches
 from matplotlib import ticker
 
 matplotlib.use("Agg")
@@ -370,6 +372,69 @@ def metric_curves(metrics: Mapping[str, Sequence[Mapping[str, Any]]], path: str,
             ax.legend(fontsize=7)
     if title:
         fig.suptitle(title)
+    fig.tight_layout()
+    _save(fig, path)
+    return path
+
+
+def attention_overlays(images: np.ndarray, maps: np.ndarray, path: str, *, column_titles: Sequence[str] = (),
+                       row_titles: Sequence[str] = (), title: str = "", boxes: np.ndarray | None = None) -> str:
+    """Attention maps over the images they were computed from: one row per image, one column per map.
+
+    Each row shows the image alone, then the image in grey under each of its maps (drawn with a colour map at
+    half opacity, stretched over the whole image, so an h x w map over an H x W image shows its cells at their
+    receptive places). Used for CBAM's spatial maps, DANet's position attention and Show-Attend-Tell's glimpses.
+
+    Args:
+      images: [N, H, W] uint8 or float greyscale images.
+      maps: [N, M, h, w] float attention maps (each map scaled to its own range).
+      path: PNG file to write.
+      column_titles: M titles of the map columns (e.g. the decoding step and emitted word), or N * M titles,
+        one per panel, in row-major order.
+      row_titles: N titles of the rows (e.g. the true caption).
+      title: figure title.
+      boxes: None, or [N, M, 4] int (top, left, height, width) rectangles to outline on the panels (e.g. a
+        sampled hard-attention location).
+
+    Returns:
+      ``path``.
+
+    Raises:
+      ValueError: if images is not [N, H, W], maps not [N, M, h, w] with the same N, or a title count is wrong.
+    """
+    images, maps = np.asarray(images), np.asarray(maps, np.float32)
+    if images.ndim != 3 or maps.ndim != 4 or maps.shape[0] != images.shape[0]:
+        raise ValueError(f"images must be [N, H, W] and maps [N, M, h, w] with the same N, got {images.shape} and "
+                         f"{maps.shape}")
+    n, m = maps.shape[:2]
+    if column_titles and len(column_titles) not in (m, n * m):
+        raise ValueError(f"column_titles has {len(column_titles)} entries for {m} columns of {n} rows")
+    if row_titles and len(row_titles) != n:
+        raise ValueError(f"row_titles has {len(row_titles)} entries for {n} rows")
+    height, width = images.shape[1:]
+    panel = 2.0 * max(1.0, width / height) ** 0.5
+    fig, axes_grid = plt.subplots(n, m + 1, figsize=(panel * (m + 1), 2.0 * n + 0.6), squeeze=False)
+    extent = (-0.5, width - 0.5, height - 0.5, -0.5)
+    for i in range(n):
+        axes_grid[i, 0].imshow(images[i], cmap="gray", interpolation="nearest")
+        if row_titles:
+            axes_grid[i, 0].set_title(str(row_titles[i]), fontsize=7)
+        for j in range(m):
+            ax = axes_grid[i, j + 1]
+            ax.imshow(images[i], cmap="gray", interpolation="nearest", alpha=0.6)
+            ax.imshow(maps[i, j], cmap="jet", alpha=0.5, extent=extent, interpolation="bilinear")
+            if boxes is not None:
+                top, left, h, w = (float(v) for v in boxes[i, j])
+                ax.add_patch(patches.Rectangle((left - 0.5, top - 0.5), w, h, fill=False,
+                                                edgecolor="white", linewidth=1.2))
+            if column_titles:
+                text = column_titles[j] if len(column_titles) == m else column_titles[i * m + j]
+                ax.set_title(str(text), fontsize=7)
+    for ax in axes_grid.ravel():
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if title:
+        fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     _save(fig, path)
     return path

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import numpy as np
+import pytest
+
 from experiments import plots
 
 
@@ -50,3 +53,21 @@ class TestAttentionText:
         plots.weight_sparsity({"softmax": 0.0, "sparsemax": 0.62}, "unused.png")
         heights = [bar.get_height() for bar in saved[0].axes[0].patches]
         assert heights == [0.0, 62.0]
+
+    def test_attention_overlays(self, monkeypatch):
+        saved = []
+        monkeypatch.setattr(plots, "_save", lambda fig, path: saved.append(fig))
+        images = np.zeros((2, 8, 12), np.uint8)
+        maps = np.random.default_rng(0).random((2, 3, 2, 3)).astype(np.float32)
+        boxes = np.tile(np.array([1, 2, 4, 4]), (2, 3, 1))
+        plots.attention_overlays(images, maps, "unused.png", column_titles=["a", "b", "c"], row_titles=["x", "y"],
+                                 boxes=boxes)
+        axes = saved[0].axes
+        assert len(axes) == 2 * 4 and axes[1].get_title() == "a" and axes[4].get_title() == "y"
+        # The map is stretched over the whole image, whatever its own size.
+        assert axes[1].images[1].get_extent() == [-0.5, 11.5, 7.5, -0.5]
+        assert len(axes[1].patches) == 1 and len(axes[0].patches) == 0
+        with pytest.raises(ValueError, match="same N"):
+            plots.attention_overlays(images, maps[:1], "unused.png")
+        with pytest.raises(ValueError, match="column_titles"):
+            plots.attention_overlays(images, maps, "unused.png", column_titles=["a"])
