@@ -10,6 +10,7 @@
                  attentions.
   masks.py       padding masks and their broadcasting.
   positional.py  sinusoidal, learned, RoPE, ALiBi, Shaw and complex-order position encodings.
+  precision.py   `compute_dtype`: the math runs in float32 (float64 for float64 inputs).
   pooling.py     sum / mean / max, order-preserving k-max, chunk-max and stochastic pooling over time, and
                  max / average / stochastic pooling of [B, H, W, C] maps over non-overlapping windows.
 

@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 
 from attention_jax import _checks
+from attention_jax.core import precision
 
 __all__ = ["avg_pool_2d", "chunk_max_pool", "dynamic_k", "kmax_pool", "masked_feature_map", "masked_sequence",
            "max_pool", "max_pool_2d", "mean_pool", "mean_weights", "stochastic_pool", "stochastic_pool_2d",
@@ -354,11 +355,6 @@ def _windows_2d(inputs: jax.Array, window: Any, mask: jax.Array | None) -> tuple
     return x, valid.reshape(batch, rows, cols, wh * ww)
 
 
-def _compute_dtype(x: jax.Array) -> Any:
-    """float32 for inputs of at most 32 bits, float64 for float64 inputs (so float64 gradients stay exact)."""
-    return jnp.promote_types(x.dtype, jnp.float32)
-
-
 def max_pool_2d(inputs: jax.Array, window: int | tuple[int, int], mask: jax.Array | None = None) -> jax.Array:
     """The maximum of each channel over non-overlapping wh x ww windows (stride = window) of a feature map.
 
@@ -407,7 +403,7 @@ def avg_pool_2d(inputs: jax.Array, window: int | tuple[int, int], mask: jax.Arra
       TypeError: if inputs are not floating or the mask is not boolean.
     """
     x, valid = _windows_2d(inputs, window, mask)
-    dtype = _compute_dtype(x)
+    dtype = precision.compute_dtype(x)
     count = jnp.sum(valid, axis=3).astype(dtype)[..., None]  # [B, Rh, Rw, 1]
     total = jnp.sum(x.astype(dtype), axis=3)  # [B, Rh, Rw, C]
     return (total / jnp.maximum(count, 1.0)).astype(x.dtype)
@@ -452,7 +448,7 @@ def stochastic_pool_2d(
     if not deterministic and rng is None:
         raise ValueError("stochastic_pool_2d with deterministic=False samples locations: pass rng=a PRNG key")
     x, valid = _windows_2d(inputs, window, mask)
-    dtype = _compute_dtype(x)
+    dtype = precision.compute_dtype(x)
     weight = jnp.where(valid[..., None], jnp.maximum(x.astype(dtype), 0.0), 0.0)  # [B, Rh, Rw, K, C]
     total = jnp.sum(weight, axis=3, keepdims=True)  # [B, Rh, Rw, 1, C]
     alive = total > 0

@@ -40,6 +40,7 @@ import jax.numpy as jnp
 from attention_jax import _checks
 from attention_jax.core import axes
 from attention_jax.core import pooling
+from attention_jax.core import precision
 from attention_jax.layers import squeeze_excitation as se
 
 __all__ = ["CBAM", "CBAMChannelAttention", "CBAMSpatialAttention", "cbam", "cbam_channel_attention",
@@ -118,7 +119,7 @@ def cbam_spatial_attention(inputs: jax.Array, kernel: jax.Array, bias: jax.Array
     if clean.shape[-1] == 0:
         raise ValueError(f"inputs must have C >= 1 channels for the channel pools, got inputs.shape={clean.shape}")
     _check_conv(kernel, bias)
-    dtype = se.compute_dtype(clean)
+    dtype = precision.compute_dtype(clean)
     x = clean.astype(dtype)
     if x.shape[1] * x.shape[2] == 0:  # no pixel: nothing to convolve
         return clean, jnp.zeros(x.shape[:3], dtype)

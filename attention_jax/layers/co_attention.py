@@ -47,16 +47,12 @@ import jax.numpy as jnp
 
 from attention_jax import _checks
 from attention_jax.core import axes
+from attention_jax.core import precision
 
 __all__ = ["CoAttention", "VARIANTS", "co_attention", "co_attention_fusion"]
 
 VARIANTS = ("vanilla", "symmetric", "channel")
 """`CoAttention`'s variants of W: a full matrix, P^T D P, or a diagonal D."""
-
-
-def _compute_dtype(*xs: Any) -> Any:
-    """float32 for inputs of at most 32 bits (bfloat16, float16, float32); float64 for float64 inputs."""
-    return jnp.promote_types(jnp.result_type(*xs), jnp.float32)
 
 
 def _check_map(name: str, x: Any, mask_name: str, mask: Any | None) -> tuple[jax.Array, jax.Array]:
@@ -130,7 +126,7 @@ def co_attention(feat_a: jax.Array, feat_b: jax.Array, w: jax.Array, mask_a: jax
     if jnp.shape(w) not in ((channels, channels), (channels,)):
         raise ValueError(f"w must be [C, C] (vanilla or symmetric W) or [C] (channel-wise D) with C={channels}, "
                          f"got w.shape={tuple(jnp.shape(w))}; feat_a.shape={clean_a.shape}")
-    dtype = _compute_dtype(clean_a, clean_b)
+    dtype = precision.compute_dtype(clean_a, clean_b)
     batch = clean_a.shape[0]
     fa = clean_a.reshape(batch, -1, channels).astype(dtype)  # [B, S_a, C]
     fb = clean_b.reshape(batch, -1, channels).astype(dtype)  # [B, S_b, C]
@@ -178,7 +174,7 @@ def co_attention_fusion(z: jax.Array, feat: jax.Array, gate_kernel: jax.Array | 
     if tuple(jnp.shape(z)) != clean.shape:
         raise ValueError(f"z must have feat's shape [B, H, W, C]: z.shape={tuple(jnp.shape(z))} "
                          f"feat.shape={clean.shape}")
-    dtype = _compute_dtype(clean, z)
+    dtype = precision.compute_dtype(clean, z)
     z = jnp.where(mask[..., None], jnp.asarray(z), jnp.zeros((), jnp.result_type(z))).astype(dtype)
     if gate_kernel is None:
         if gate_bias is not None:

@@ -62,6 +62,7 @@ import jax.numpy as jnp
 from attention_jax import _checks
 from attention_jax.core import axes
 from attention_jax.core import pooling
+from attention_jax.core import precision
 from attention_jax.dot_product import dot_product_attention
 
 __all__ = ["ENERGIES", "ChannelAttention", "DualAttention", "PositionAttention", "channel_attention",
@@ -73,11 +74,6 @@ ENERGIES = ("paper", "released")
 # Segment ids of the PAM's mask: real pixels share id 0; a padded query (id 1) and a padded key (id 2) meet
 # nothing, so padded queries get empty rows (zeros) and padded keys no weight.
 _REAL, _PADDED_QUERY, _PADDED_KEY = 0, 1, 2
-
-
-def _compute_dtype(x: Any) -> Any:
-    """float32 for inputs of at most 32 bits, float64 for float64 inputs."""
-    return jnp.promote_types(jnp.result_type(x), jnp.float32)
 
 
 def _check_feature_map(inputs: Any, mask: Any | None) -> tuple[jax.Array, jax.Array]:
@@ -169,7 +165,7 @@ def position_attention(
     batch, height, width, channels = clean.shape
     reduced = _check_projections(channels, wq, bq, wk, bk, wv, bv)
     _check_scalar("gamma", gamma)
-    dtype = _compute_dtype(clean)
+    dtype = precision.compute_dtype(clean)
     positions = height * width
     a = clean.reshape(batch, positions, channels).astype(dtype)  # [B, S, C]
     q = _project(a, jnp.asarray(wq), jnp.asarray(bq))  # [B, S, R]
@@ -231,7 +227,7 @@ def channel_attention(inputs: jax.Array, beta: jax.Array, *, mask: jax.Array | N
     clean, mask = _check_feature_map(inputs, mask)
     _check_scalar("beta", beta)
     batch, height, width, channels = clean.shape
-    dtype = _compute_dtype(clean)
+    dtype = precision.compute_dtype(clean)
     a = clean.reshape(batch, height * width, channels).astype(dtype)  # [B, S, C], padded pixels 0
     logits = jnp.einsum("BSj,BSi->Bji", a, a)  # [B, C, C], A_j . A_i over the real pixels
     if energy == "released":

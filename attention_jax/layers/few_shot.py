@@ -49,17 +49,13 @@ import jax.numpy as jnp
 
 from attention_jax import _checks
 from attention_jax.core import axes
+from attention_jax.core import precision
 
 __all__ = ["CrossAttentionModule", "correlation", "cross_attention_module", "meta_fusion_attention",
            "prototypes", "prototypical_logits"]
 
 NORM_EPS = 1e-12
 """The floor of ||x|| in the cosine of eq. 1, as the released code's F.normalize."""
-
-
-def _compute_dtype(*xs: Any) -> Any:
-    """float32 for inputs of at most 32 bits (bfloat16, float16, float32); float64 for float64 inputs."""
-    return jnp.promote_types(jnp.result_type(*xs), jnp.float32)
 
 
 def _check_pair(class_feat: Any, query_feat: Any) -> None:
@@ -96,7 +92,7 @@ def correlation(class_feat: jax.Array, query_feat: jax.Array) -> jax.Array:
       TypeError: for non-floating feature maps.
     """
     _check_pair(class_feat, query_feat)
-    dtype = _compute_dtype(class_feat, query_feat)
+    dtype = precision.compute_dtype(class_feat, query_feat)
     batch, channels = jnp.shape(class_feat)[0], jnp.shape(class_feat)[-1]
     p = _unit_rows(jnp.asarray(class_feat).reshape(batch, -1, channels).astype(dtype))  # [B, m, C]
     q = _unit_rows(jnp.asarray(query_feat).reshape(batch, -1, channels).astype(dtype))  # [B, m, C]
@@ -153,7 +149,7 @@ def meta_fusion_attention(r: jax.Array, w1: jax.Array, b1: jax.Array, w2: jax.Ar
         raise ValueError(f"r must be a square correlation map [B, m, m], got r.shape={tuple(jnp.shape(r))}")
     _check_meta_learner(m, w1, b1, w2, b2)
     temperature = _check_temperature(temperature)
-    dtype = _compute_dtype(r)
+    dtype = precision.compute_dtype(r)
     r = jnp.asarray(r).astype(dtype)
     w1, b1, w2, b2 = (jnp.asarray(x).astype(dtype) for x in (w1, b1, w2, b2))
     if m == 0:
@@ -308,7 +304,7 @@ def prototypes(support: jax.Array, labels: jax.Array | None = None, num_classes:
                              f"mask.shape={tuple(jnp.shape(mask))} support.shape={support.shape}")
         _checks.boolean("mask", mask)
         mask = jnp.asarray(mask)
-    dtype = _compute_dtype(support)
+    dtype = precision.compute_dtype(support)
     clean = jnp.where(mask[..., None], support.astype(dtype), jnp.zeros((), dtype))
     if labels is None:
         counts = jnp.sum(mask, axis=-1, dtype=dtype)  # [..., N]
@@ -349,7 +345,7 @@ def prototypical_logits(queries: jax.Array, protos: jax.Array, class_mask: jax.A
     if q_shape[:-2] != p_shape[:-2] or q_shape[-1] != p_shape[-1]:
         raise ValueError(f"queries [B, T, D] and protos [B, N, D] must share B and D: queries.shape={q_shape} "
                          f"protos.shape={p_shape}")
-    dtype = _compute_dtype(queries, protos)
+    dtype = precision.compute_dtype(queries, protos)
     protos = jnp.asarray(protos).astype(dtype)
     if class_mask is not None:
         _checks.array("class_mask", class_mask)

@@ -54,6 +54,7 @@ import jax.numpy as jnp
 
 from attention_jax import _checks
 from attention_jax.core import axes, pooling
+from attention_jax.core import precision
 
 __all__ = ["PyramidAttentionPooling", "SpatialPyramidPooling", "pyramid_attention_pool", "pyramid_bins",
            "pyramid_size", "spatial_pyramid_pool", "tanh_scores"]
@@ -123,10 +124,6 @@ def _bins(levels: tuple[int, ...], height: int, width: int):
                 yield index, slice(r0, r1), slice(c0, c1)
 
 
-def _compute_dtype(x: Any) -> Any:
-    return jnp.promote_types(jnp.result_type(x), jnp.float32)
-
-
 def spatial_pyramid_pool(inputs: jax.Array, levels: Sequence[int] = (1, 2, 4), *, mode: str = "max",
                          mask: jax.Array | None = None) -> jax.Array:
     """He et al. 2014 (arXiv:1406.4729), §2.3: spatial pyramid pooling to a vector of fixed length.
@@ -151,7 +148,7 @@ def spatial_pyramid_pool(inputs: jax.Array, levels: Sequence[int] = (1, 2, 4), *
     _checks.choice("mode", mode, MODES)
     inputs, mask, levels = _feature_map(inputs, mask, levels)
     batch, height, width, channels = inputs.shape
-    dtype = _compute_dtype(inputs)
+    dtype = precision.compute_dtype(inputs)
     pooled = []
     for _, rows, cols in _bins(levels, height, width):
         x = inputs[:, rows, cols]  # [B, h, w, C]
@@ -193,7 +190,7 @@ def tanh_scores(inputs: jax.Array, w: jax.Array, b: jax.Array, v: jax.Array) -> 
     if got != ((channels, hidden), (hidden,), (hidden, 1)):
         raise ValueError(f"the scorer must be w [C, A], b [A], v [A, 1] for inputs with C = {channels}: got "
                          f"w.shape={got[0]} b.shape={got[1]} v.shape={got[2]} inputs.shape={tuple(jnp.shape(inputs))}")
-    dtype = jnp.promote_types(jnp.result_type(inputs, w, b, v), jnp.float32)
+    dtype = precision.compute_dtype(inputs, w, b, v)
     hidden_units = jnp.tanh(jnp.einsum("BHWC,CA->BHWA", jnp.asarray(inputs, dtype), jnp.asarray(w, dtype))
                             + jnp.asarray(b, dtype))  # [B, H, W, A]
     return jnp.einsum("BHWA,A->BHW", hidden_units, jnp.asarray(v, dtype)[:, 0])
@@ -242,7 +239,7 @@ def pyramid_attention_pool(inputs: jax.Array, logits: jax.Array, levels: Sequenc
     if tuple(jnp.shape(logits)) != expected:
         raise ValueError(f"logits must be [B, L, H, W] = {expected} (one score map per level of {levels}) for "
                          f"inputs.shape={inputs.shape}, got logits.shape={tuple(jnp.shape(logits))}")
-    dtype = jnp.promote_types(_compute_dtype(inputs), jnp.result_type(logits))
+    dtype = jnp.promote_types(precision.compute_dtype(inputs), jnp.result_type(logits))
     x = inputs.astype(dtype)
     logits = jnp.where(mask[:, None], jnp.asarray(logits, dtype), 0.0)  # NaN at masked pixels reaches nothing
     pooled, weights = [], jnp.zeros(expected, dtype)

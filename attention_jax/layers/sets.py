@@ -38,6 +38,7 @@ import jax.numpy as jnp
 
 from attention_jax import _checks
 from attention_jax.core import axes
+from attention_jax.core import precision
 from attention_jax.dot_product.api import dot_product_attention
 from attention_jax.dot_product.base import Backend
 from attention_jax.layers.multihead import dense_projection
@@ -47,11 +48,6 @@ __all__ = ["AGGREGATIONS", "AttentionPooling", "DeepSets", "PermutationEquivaria
 
 AGGREGATIONS = ("sum", "mean", "max")
 """The permutation-invariant poolings over the members of a set."""
-
-
-def _compute_dtype(x: jax.Array) -> Any:
-    """float32 for half and single precision inputs, float64 for float64 ones."""
-    return jnp.promote_types(jnp.result_type(x), jnp.float32)
 
 
 def _pool(clean: jax.Array, mask: jax.Array, aggregation: str) -> jax.Array:
@@ -119,7 +115,7 @@ def deep_sets_pool(features: jax.Array, mask: jax.Array | None = None, aggregati
     """
     mask = _check_set("features", features, mask)
     _checks.choice("aggregation", aggregation, AGGREGATIONS)
-    dtype = _compute_dtype(features)
+    dtype = precision.compute_dtype(features)
     clean = jnp.where(mask[..., None], jnp.asarray(features, dtype), jnp.zeros((), dtype))  # [B, S, D]
     return _pool(clean, mask, aggregation).astype(jnp.result_type(features))
 
@@ -180,7 +176,7 @@ def permutation_equivariant(
         if tuple(jnp.shape(bias)) != (out_width,):
             raise ValueError(f"bias must be [D'] = {(out_width,)}: bias.shape={tuple(jnp.shape(bias))} "
                              f"lambda_kernel.shape={tuple(jnp.shape(lambda_kernel))}")
-    dtype = _compute_dtype(features)
+    dtype = precision.compute_dtype(features)
     clean = jnp.where(mask[..., None], jnp.asarray(features, dtype), jnp.zeros((), dtype))  # [B, S, D]
     pooled = _pool(clean, mask, pool)  # [B, D], 0 for an empty set
     own = jnp.einsum("BSD,DF->BSF", clean, jnp.asarray(lambda_kernel, dtype))  # [B, S, D']

@@ -35,13 +35,9 @@ import jax.numpy as jnp
 from attention_jax import _checks
 from attention_jax.core import axes
 from attention_jax.core import pooling
+from attention_jax.core import precision
 
 __all__ = ["SqueezeExcitation", "hidden_width", "squeeze_excitation"]
-
-
-def compute_dtype(x: Any) -> Any:
-    """float32 for inputs of at most 32 bits (bfloat16, float16, float32); float64 for float64 inputs."""
-    return jnp.promote_types(jnp.result_type(x), jnp.float32)
 
 
 def check_channel_mlp(channels: int, w1: Any, b1: Any, w2: Any, b2: Any) -> None:
@@ -91,7 +87,7 @@ def masked_spatial_pools(clean: jax.Array, mask: jax.Array, with_max: bool) -> t
       (avg [B, C], max [B, C] or None, alive [B] bool: whether the image has a real pixel). For an image with
       no real pixel, avg and max are 0.
     """
-    dtype = compute_dtype(clean)
+    dtype = precision.compute_dtype(clean)
     x = clean.astype(dtype)
     count = jnp.sum(mask, axis=(1, 2)).astype(dtype)  # [B]
     alive = count > 0  # [B]
