@@ -10,54 +10,24 @@ _test so pytest collects the classes once.
 
 from __future__ import annotations
 
-import jax.numpy as jnp
-import numpy as np
-
 from attention_jax.layers.danet import ChannelAttention, DualAttention, PositionAttention
-from tests.layers import contract
-from tests.layers.contract import Poison
+from tests.layers.channel_contracts import _B, _ChannelMLP, _FeatureMap, _H, _W
 
 __all__ = ["DANetChannelAttentionContractTest", "DANetChannelAttentionReleasedContractTest",
            "DANetDualAttentionContractTest", "DANetDualAttentionFusionContractTest",
            "DANetPositionAttentionBlockwiseContractTest", "DANetPositionAttentionContractTest"]
 
-_B, _H, _W, _C = 2, 3, 4, 8
-_MASK = np.ones((_B, _H, _W), bool)
-_MASK[1, 2:, :] = _MASK[1, :, 3:] = False
-
-
-class _DANet(contract.LayerContract):
-    """Hooks shared by DANet's modules: inputs [B, H, W, C] with a pixel mask, attention maps returned too."""
-
-    SKIP = {"masked_inputs": "the layer's keys are its raw inputs (the feature map's pixels), which "
-                             "test_masked_never_leak_keys poisons at the padded pixels",
-            "step": "a feature-map attention has no decoding step: it reads the whole map at once"}
-
-    def make_inputs(self, rng):
-        return dict(inputs=jnp.asarray(rng.standard_normal((_B, _H, _W, _C)), jnp.float32), mask=jnp.asarray(_MASK))
-
-    def apply(self, module, variables, inputs):
-        # The maps are outputs too, so every check covers them (return_weights is a static Python bool).
-        return module.apply(variables, **inputs, return_weights=True)
-
-    def masked_keys(self, inputs):
-        return [Poison("inputs", ~inputs["mask"][..., None])]
+class _DANet(_FeatureMap):
+    """The feature-map hooks (inputs [B, H, W, C] with a pixel mask, maps returned too); C = 0 is rejected."""
 
     def bad_inputs(self, inputs):
-        x, mask = inputs["inputs"], inputs["mask"]
-        return [("inputs of rank 3", {**inputs, "inputs": x[..., 0]}, ("inputs", (_B, _H, _W))),
-                ("inputs of rank 5", {**inputs, "inputs": x[None]}, ("inputs", (1, _B, _H, _W, _C))),
-                ("no channel", {**inputs, "inputs": x[..., :0]}, ("C >= 1", (_B, _H, _W, 0))),
-                ("mask of another width", {**inputs, "mask": mask[:, :, 1:]}, ("mask", (_B, _H, _W - 1))),
-                ("mask of another batch", {**inputs, "mask": mask[:1]}, ("mask", (1, _H, _W), (_B, _H, _W, _C)))]
+        empty = {**inputs, "inputs": inputs["inputs"][..., :0]}
+        return super().bad_inputs(inputs) + [("no channel", empty, ("C >= 1", (_B, _H, _W, 0)))]
 
 
-class _Reduced(_DANet):
-    """A module with the PAM's C -> C // r convolutions: fewer channels than r are rejected too."""
-
-    def bad_inputs(self, inputs):
-        few = {**inputs, "inputs": inputs["inputs"][..., :2]}  # C = 2 < reduction = 4
-        return super().bad_inputs(inputs) + [("fewer channels than the reduction", few, ("reduction", "C = 2"))]
+class _Reduced(_DANet, _ChannelMLP):
+    """A module with the PAM's C -> C // r convolutions: fewer channels than r are rejected too (`_ChannelMLP`'s
+    check, reached through the method order _Reduced -> _DANet -> _ChannelMLP -> _FeatureMap)."""
 
 
 class DANetPositionAttentionContractTest(_Reduced):
