@@ -30,7 +30,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from attention_jax.models.reader import AttentionOverAttentionReader, AttentionSumReader
+from attention_jax.models.reader import AttentionOverAttentionReader, AttentionSumReader, cloze_losses
 from experiments import cli
 from experiments import results
 from experiments import stats
@@ -235,8 +235,7 @@ def train_run(cfg: ml_collections.ConfigDict, cd: ClozeData, run_dir: str, label
     def loss_fn(p, batch, rng):
         probs, _ = model.apply({"params": p}, batch["document"], batch["query"], batch["candidates"], train=True,
                                rngs={"dropout": rng})
-        picked = jnp.take_along_axis(probs, batch["answer"][:, None], axis=1)[:, 0]
-        losses = -jnp.log(jnp.maximum(picked, 1e-12))  # Kadlec eq. 4 per question
+        losses = cloze_losses(probs, batch["answer"])  # Kadlec eq. 4 per question
         return jnp.sum(losses * batch["weights"]) / jnp.maximum(jnp.sum(batch["weights"]), 1.0), (
             jnp.sum(losses * batch["weights"]), jnp.sum(batch["weights"]))
 

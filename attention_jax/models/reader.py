@@ -34,26 +34,27 @@ from attention_jax.core import axes
 from attention_jax.layers.reader import AttentionOverAttention, AttentionSum, pointer_sum
 from attention_jax.models.han import BiGRU
 
-__all__ = ["AttentionOverAttentionReader", "AttentionSumReader", "cloze_loss"]
+__all__ = ["AttentionOverAttentionReader", "AttentionSumReader", "cloze_loss", "cloze_losses"]
 
 _F32 = jnp.float32
 PROB_FLOOR = 1e-12
 """The smallest probability `cloze_loss` takes the log of, so that the loss stays finite."""
 
 
-def cloze_loss(probs: jax.Array, answer_index: jax.Array) -> jax.Array:
-    """The mean negative log-likelihood of the right candidate: Kadlec et al. 2016 (arXiv:1603.01547), eq. 4;
-    Cui et al. 2017 (arXiv:1607.04423), eq. 11.
+def cloze_losses(probs: jax.Array, answer_index: jax.Array) -> jax.Array:
+    """Per question, the negative log-likelihood of the right candidate: Kadlec et al. 2016 (arXiv:1603.01547),
+    eq. 4; Cui et al. 2017 (arXiv:1607.04423), eq. 11.
 
     Each probability is floored at `PROB_FLOOR` before the log, so a right answer with probability 0 (absent
-    from the document, or a masked candidate) gives a large finite loss, with zero gradient, not inf.
+    from the document, or a masked candidate) gives a large finite loss, with zero gradient, not inf. Use this
+    form to weight questions (padding rows of a batch); `cloze_loss` is its mean.
 
     Args:
       probs: [B, C] floating, P(c | q, d) of each candidate (a reader's output).
       answer_index: [B] integer, the index in [0, C) of the right candidate of each question.
 
     Returns:
-      loss: [] float32, the mean over the batch of -log max(probs[b, answer_index[b]], PROB_FLOOR).
+      losses: [B] float32, -log max(probs[b, answer_index[b]], PROB_FLOOR).
 
     Raises:
       ValueError: if probs is not rank 2, answer_index not rank 1, or their batch sizes differ.
@@ -65,7 +66,23 @@ def cloze_loss(probs: jax.Array, answer_index: jax.Array) -> jax.Array:
     _checks.integer("answer_index", answer_index)
     _checks.same_batch(probs=probs, answer_index=answer_index)
     picked = jnp.take_along_axis(jnp.asarray(probs, _F32), jnp.asarray(answer_index)[:, None], axis=1)[:, 0]
-    return -jnp.mean(jnp.log(jnp.maximum(picked, PROB_FLOOR)))
+    return -jnp.log(jnp.maximum(picked, PROB_FLOOR))
+
+
+def cloze_loss(probs: jax.Array, answer_index: jax.Array) -> jax.Array:
+    """The mean over the batch of `cloze_losses` (Kadlec et al. 2016, arXiv:1603.01547, eq. 4).
+
+    Args:
+      probs: [B, C] floating, P(c | q, d) of each candidate.
+      answer_index: [B] integer, the index in [0, C) of the right candidate.
+
+    Returns:
+      loss: [] float32.
+
+    Raises:
+      ValueError, TypeError: as `cloze_losses`.
+    """
+    return jnp.mean(cloze_losses(probs, answer_index))
 
 
 def _check_ids(document: jax.Array, query: jax.Array, candidates: jax.Array) -> None:

@@ -144,3 +144,10 @@ class ReaderTest(parameterized.TestCase):
 
 if __name__ == "__main__":
     absltest.main()
+
+
+def test_cloze_losses_per_question():
+    probs = jnp.array([[0.5, 0.25, 0.25], [0.0, 1.0, 0.0]])
+    losses = reader.cloze_losses(probs, jnp.array([1, 0]))
+    np.testing.assert_allclose(losses, [np.log(4.0), -np.log(reader.PROB_FLOOR)], rtol=1e-6)
+    np.testing.assert_allclose(reader.cloze_loss(probs, jnp.array([1, 0])), np.mean(losses), rtol=1e-6)
