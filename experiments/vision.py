@@ -44,7 +44,8 @@ class ConvBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        x = nn.Conv(self.features, (3, 3), padding="SAME", **axes.conv_inits(axes.EMBED, axes.EMBED), name="conv")(x)
+        # A C -> C map names its input channels only: one mesh axis cannot shard two axes of one array.
+        x = nn.Conv(self.features, (3, 3), padding="SAME", **axes.conv_inits(axes.EMBED, None), name="conv")(x)
         x = nn.GroupNorm(num_groups=min(self.groups, self.features), **axes.norm_inits(axes.EMBED), name="norm")(x)
         return nn.relu(x)
 
