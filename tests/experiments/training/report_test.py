@@ -150,8 +150,11 @@ def test_every_experiment_s_paper_numbers_and_claims_name_its_rows():
     from experiments.transformer import EXPERIMENT as TRANSFORMER  # pylint: disable=import-outside-toplevel
     from experiments.cloze import EXPERIMENT as CLOZE  # pylint: disable=import-outside-toplevel
     from experiments.bert import EXPERIMENT as BERT, PRETRAIN  # pylint: disable=import-outside-toplevel
+    # pylint: disable-next=import-outside-toplevel
+    from experiments import co_attention, deep_sets, few_shot, glimpse_captioning, vision_attention
 
-    for exp in (LUONG, BAHDANAU, TRANSFORMER, PRUNING, CLOZE, BERT, PRETRAIN):
+    issue14 = tuple(m.EXPERIMENT for m in (vision_attention, glimpse_captioning, few_shot, deep_sets, co_attention))
+    for exp in (LUONG, BAHDANAU, TRANSFORMER, PRUNING, CLOZE, BERT, PRETRAIN) + issue14:
         assert spec.paper_and_claim_problems(exp) == [], exp.name
     assert PRUNING.default_baseline == "dense" and PRUNING.claim_list and PRUNING.paper_numbers
     broken = dataclasses.replace(LUONG, baseline_row="bogus", claims=(stats.Claim("x", "global_dot", ("nope",)),))
