@@ -70,8 +70,8 @@ ROWS = {
     "stochastic_pool": {"model.pool": "stochastic"},
     "multisize": {"train.multi_size": True},
 }
-DEFAULT_ROWS = ("none", "se", "cbam_channel", "cbam", "danet", "spp", "pyramid_attention", "avg_pool",
-                "stochastic_pool")
+DEFAULT_ROWS = ("none", "se", "cbam_channel", "cbam", "danet", "spp", "pyramid_attention", "multisize",
+                "avg_pool", "stochastic_pool")
 BASELINE_ROW = "none"
 DEFAULT_PRESET = "small"
 
@@ -142,13 +142,13 @@ def get_config() -> ml_collections.ConfigDict:
     c.train.batch_size = 64
     c.train.learning_rate = 2e-3  # Adam, cosine-decayed to 0 over train.num_steps
     c.train.grad_clip_norm = 5.0
-    c.train.num_steps = 160
+    c.train.num_steps = 400
     c.train.max_minutes = 0.0
     c.train.multi_size = False  # resize each batch to a size drawn from train.sizes (He et al.'s training)
     c.train.sizes = (24, 28, 32)
     c.train.log_every = 20
-    c.train.eval_every = 40
-    c.train.checkpoint_every = 80
+    c.train.eval_every = 100
+    c.train.checkpoint_every = 200
 
     c.eval = ml_collections.ConfigDict()
     c.eval.batch_size = 1000
