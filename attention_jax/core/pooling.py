@@ -29,6 +29,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from attention_jax import _checks
 from attention_jax.core import precision
@@ -336,23 +337,42 @@ def masked_feature_map(inputs: jax.Array, mask: jax.Array | None) -> tuple[jax.A
     return jnp.where(mask[..., None], inputs, jnp.zeros((), inputs.dtype)), mask
 
 
-def _windows_2d(inputs: jax.Array, window: Any, mask: jax.Array | None) -> tuple[jax.Array, jax.Array]:
+def _windows_2d(inputs: jax.Array, window: Any, mask: jax.Array | None, *,
+                fill: float = 0.0) -> tuple[jax.Array, jax.Array | None]:
     """The non-overlapping windows of a feature map, the last row and column of windows padded with dead pixels.
+
+    With no mask, nothing is masked and no mask array is built: XLA's CPU compiler spends seconds
+    constant-folding reductions over a large all-True mask, so the maskless pools never make one.
 
     Returns:
       x: [B, Rh, Rw, K, C], Rh = ceil(H / wh), Rw = ceil(W / ww), K = wh ww, pixels row-major in their window;
-        0 at masked and padding pixels.
-      valid: [B, Rh, Rw, K] bool, True at the real pixels.
+        0 at masked pixels and ``fill`` at padding pixels.
+      valid: [B, Rh, Rw, K] bool, True at the real pixels; None when ``mask`` is None (every pixel is real and
+        every window holds at least one).
     """
     wh, ww = _window_pair(window)
-    inputs, mask = masked_feature_map(inputs, mask)
+    if mask is None:
+        _checks.rank("inputs", inputs, 4)
+        _checks.floating("inputs", inputs)
+        inputs = jnp.asarray(inputs)
+    else:
+        inputs, mask = masked_feature_map(inputs, mask)
     batch, height, width, channels = inputs.shape
     rows, cols = -(-height // wh), -(-width // ww)
     pad = ((0, 0), (0, rows * wh - height), (0, cols * ww - width))
-    x = jnp.pad(inputs, pad + ((0, 0),)).reshape(batch, rows, wh, cols, ww, channels)
+    x = jnp.pad(inputs, pad + ((0, 0),), constant_values=fill).reshape(batch, rows, wh, cols, ww, channels)
     x = x.transpose(0, 1, 3, 2, 4, 5).reshape(batch, rows, cols, wh * ww, channels)
+    if mask is None:
+        return x, None
     valid = jnp.pad(mask, pad).reshape(batch, rows, wh, cols, ww).transpose(0, 1, 3, 2, 4)
     return x, valid.reshape(batch, rows, cols, wh * ww)
+
+
+def _window_counts(height: int, width: int, wh: int, ww: int) -> np.ndarray:
+    """[Rh, Rw, 1] float: how many real pixels each window of an unmasked H x W map holds (a static constant)."""
+    rows = np.minimum(wh, height - wh * np.arange(-(-height // wh)))
+    cols = np.minimum(ww, width - ww * np.arange(-(-width // ww)))
+    return (rows[:, None] * cols[None, :])[..., None].astype(np.float64)
 
 
 def max_pool_2d(inputs: jax.Array, window: int | tuple[int, int], mask: jax.Array | None = None) -> jax.Array:
@@ -376,6 +396,9 @@ def max_pool_2d(inputs: jax.Array, window: int | tuple[int, int], mask: jax.Arra
         of ints >= 1.
       TypeError: if inputs are not floating or the mask is not boolean.
     """
+    if mask is None:  # padding is -inf, and every window has a real pixel
+        x, _ = _windows_2d(inputs, window, None, fill=-np.inf)
+        return jnp.max(x, axis=3)
     x, valid = _windows_2d(inputs, window, mask)
     batch, rows, cols, size, channels = x.shape
     pooled = max_pool(x.reshape(batch * rows * cols, size, channels), valid.reshape(batch * rows * cols, size))
@@ -404,7 +427,11 @@ def avg_pool_2d(inputs: jax.Array, window: int | tuple[int, int], mask: jax.Arra
     """
     x, valid = _windows_2d(inputs, window, mask)
     dtype = precision.compute_dtype(x)
-    count = jnp.sum(valid, axis=3).astype(dtype)[..., None]  # [B, Rh, Rw, 1]
+    if valid is None:
+        wh, ww = _window_pair(window)
+        count = jnp.asarray(_window_counts(inputs.shape[1], inputs.shape[2], wh, ww), dtype)  # [Rh, Rw, 1]
+    else:
+        count = jnp.sum(valid, axis=3).astype(dtype)[..., None]  # [B, Rh, Rw, 1]
     total = jnp.sum(x.astype(dtype), axis=3)  # [B, Rh, Rw, C]
     return (total / jnp.maximum(count, 1.0)).astype(x.dtype)
 
@@ -449,7 +476,9 @@ def stochastic_pool_2d(
         raise ValueError("stochastic_pool_2d with deterministic=False samples locations: pass rng=a PRNG key")
     x, valid = _windows_2d(inputs, window, mask)
     dtype = precision.compute_dtype(x)
-    weight = jnp.where(valid[..., None], jnp.maximum(x.astype(dtype), 0.0), 0.0)  # [B, Rh, Rw, K, C]
+    weight = jnp.maximum(x.astype(dtype), 0.0)  # [B, Rh, Rw, K, C]; padding pixels hold 0
+    if valid is not None:
+        weight = jnp.where(valid[..., None], weight, 0.0)
     total = jnp.sum(weight, axis=3, keepdims=True)  # [B, Rh, Rw, 1, C]
     alive = total > 0
     probs = weight / jnp.where(alive, total, 1.0)  # p_i
