@@ -191,7 +191,8 @@ def train_loop(step_fn: StepFn, params: Any, opt_state: Any,
                evaluate: Callable[[Any], dict[str, float]] | None = None, eval_at_end: bool = False,
                on_fresh_start: Callable[[Any, Any], tuple[Any, Any]] | None = None,
                steps_per_epoch: int | None = None, label: str = "",
-               after_s: float | Callable[[float], float | None] | None = None) -> LoopOutcome:
+               after_s: float | Callable[[float], float | None] | None = None, unit: str = "tok",
+               perplexity: bool = True) -> LoopOutcome:
     """Trains (or resumes) until the step or time budget of ``train_config`` is spent.
 
     Args:
@@ -200,7 +201,7 @@ def train_loop(step_fn: StepFn, params: Any, opt_state: Any,
       params: freshly initialised parameters; a checkpoint in ``run_dir`` is restored into their shapes.
       opt_state: the optimiser state of ``params``.
       epoch_batches: epoch -> iterable of (batch, tokens) for one pass over the training data, the same on every
-        run; tokens (the batch's target tokens) only count for throughput.
+        run; tokens (the batch's target tokens, or images, sets, ... in ``unit``) only count for throughput.
       train_config: the ``train`` section: num_steps, max_minutes, log_every, eval_every, checkpoint_every.
       run_dir: holds checkpoints/ and metrics.jsonl (created).
       rng: the key of the step's randomness (dropout, gates); step k gets fold_in(rng, k).
@@ -216,6 +217,9 @@ def train_loop(step_fn: StepFn, params: Any, opt_state: Any,
       after_s: None, or the seconds the runs queued after this one will take, for the table ETA in the log:
         a number, or a function of this run's projected seconds (elapsed + ETA) for when no other run has
         finished yet to measure (e.g. ``lambda total: 3 * total`` for three more runs like this one).
+      unit: what ``tokens`` counts, for the log's throughput ("tok", "images", "sets"); metrics.jsonl keeps
+        it under "tokens_per_s" whatever the unit.
+      perplexity: log exp(loss) beside the loss (for token-level cross-entropies; False for other losses).
 
     Returns:
       A `LoopOutcome`.
@@ -290,9 +294,10 @@ def train_loop(step_fn: StepFn, params: Any, opt_state: Any,
             remaining.append(60.0 * tc.max_minutes - elapsed())
         eta = max(0.0, min(remaining)) if remaining else None
         table_eta = _table_eta(eta, elapsed() - base_elapsed, after_s)
-        logging.info("%sstep %d%s  epoch %s  loss %.4f (ppl %.1f)  %.0f tok/s%s  elapsed %s  eta %s%s", prefix, step,
-                     f"/{tc.num_steps}" if tc.num_steps > 0 else "", epoch_value(), loss, math.exp(min(loss, 50.0)),
-                     rate, " (incl. jit compile)" if window["first"] else "", format_seconds(elapsed()),
+        ppl = f" (ppl {math.exp(min(loss, 50.0)):.1f})" if perplexity else ""
+        logging.info("%sstep %d%s  epoch %s  loss %.4f%s  %.0f %s/s%s  elapsed %s  eta %s%s", prefix, step,
+                     f"/{tc.num_steps}" if tc.num_steps > 0 else "", epoch_value(), loss, ppl, rate, unit,
+                     " (incl. jit compile)" if window["first"] else "", format_seconds(elapsed()),
                      "?" if eta is None else format_seconds(eta),
                      "" if after_s is None else f"  table eta {'?' if table_eta is None else format_seconds(table_eta)}")
         record = {"step": step, "epoch": epoch_value(), "loss": loss, "tokens_per_s": round(rate, 1),

@@ -134,3 +134,16 @@ def test_table_eta_adds_the_queued_runs(tmp_path):
     assert logged and all(r["table_eta_s"] == pytest.approx(r["eta_s"] + 100.0, abs=0.2) for r in logged)
     run(tmp_path / "plain", [])
     assert not any("table_eta_s" in r for r in metrics(tmp_path / "plain"))
+
+
+def test_log_line_names_the_throughput_unit_and_drops_perplexity_on_request(tmp_path, monkeypatch):
+    """The step log says what it counts: "tok/s (ppl ...)" by default, "images/s" and no ppl when asked."""
+    lines = []
+    monkeypatch.setattr(loop.logging, "info", lambda fmt, *args: lines.append(str(fmt) % args if args else str(fmt)))
+    run(tmp_path / "tokens", [], train_config=train_config(num_steps=2, eval_every=0, checkpoint_every=0))
+    run(tmp_path / "images", [], train_config=train_config(num_steps=2, eval_every=0, checkpoint_every=0),
+        unit="images", perplexity=False)
+    steps = [line for line in lines if "  loss " in line]
+    assert len(steps) == 2, lines
+    assert " tok/s" in steps[0] and "(ppl " in steps[0]
+    assert " images/s" in steps[1] and "ppl" not in steps[1] and "tok/s" not in steps[1]
