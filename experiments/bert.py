@@ -512,7 +512,7 @@ def finetune_run(cfg: ml_collections.ConfigDict, fd: FinetuneData, run_dir: str,
     steps_per_epoch = -(-subset.shape[0] // int(f.batch_size))
     outcome = training.train_loop(step, params, opt_state, epoch_batches, train_config=t, run_dir=run_dir,
                                   rng=jax.random.key(int(cfg.seed) + 1), steps_per_epoch=steps_per_epoch, label=label,
-                                  after_s=after_s)
+                                  after_s=after_s, perplexity=False)
     predictions = np.zeros(test.labels.shape, np.int32)
     b = int(cfg.eval.batch_size)
     order = np.argsort(np.sum(test.tokens != 0, axis=1))  # similar lengths together: few padded widths
@@ -592,7 +592,8 @@ def write_report(config: ml_collections.ConfigDict, workdir: str, rows: list[str
                 lines, os.path.join(workdir, f"accuracy_by_budget_{dataset}.png"), metric="accuracy",
                 xlabel="training labels", ylabel="test accuracy % (mean over seeds)",
                 title=f"{dataset}: fine-tuning from scratch or from a pretrained encoder"), workdir))
-    curves = runs_table.loss_curves_figure(workdir, rows, seeds[0], title=f"fine-tuning, seed {seeds[0]}")
+    curves = runs_table.loss_curves_figure(workdir, rows, seeds[0], title=f"fine-tuning, seed {seeds[0]}",
+                                           loss_label="train cross-entropy (nats / example)")
     figures += [curves] if curves else []
     info = runs_table.read_data_info(workdir)
     d, f, m = config.data, config.train, config.model

@@ -38,7 +38,6 @@ from attention_jax.models.han import HierarchicalAttentionNetwork
 from attention_jax.models import text_classifiers as tc
 from experiments import cli
 from experiments import results
-from experiments import stats
 from experiments import training
 from experiments.configs import classification as cls_config
 from experiments.data import classification as labelled
@@ -388,7 +387,8 @@ def train_run(cfg: ml_collections.ConfigDict, corpus: docs.Documents, run_dir: s
     steps_per_epoch = sum(1 for _ in docs.document_batches(corpus.train, int(t.batch_size), buckets, shuffle=False))
     outcome = training.train_loop(step, params, opt_state, epoch_batches, train_config=t, run_dir=run_dir,
                                   rng=step_rng, evaluate=evaluate if t.eval_every else None, eval_at_end=True,
-                                  steps_per_epoch=steps_per_epoch, label=label, after_s=after_s)
+                                  steps_per_epoch=steps_per_epoch, label=label, after_s=after_s,
+                                  perplexity=False)
     test = evaluate_split(predict, outcome.params, corpus.test, cfg)
     dev = evaluate_split(predict, outcome.params, corpus.dev, cfg)
     correct = np.asarray(test["predictions"]) == corpus.test.labels
@@ -475,29 +475,10 @@ def write_report(config: ml_collections.ConfigDict, workdir: str, rows: list[str
                  records: dict[tuple[str, int], dict[str, Any]], *, preset: str, command: str,
                  wall_s: float) -> list[dict[str, Any]]:
     """results.md, results.jsonl, claims.jsonl and the figures; returns the records in table order."""
-    table = [dict(records[(row, seed)]) for row in rows for seed in seeds if (row, seed) in records]
-    if not table:
-        logging.warning("no finished run in %s to report", workdir)
+    tab = runs_table.tabulate(EXPERIMENT, config, workdir, rows, seeds, records)
+    if tab is None:
         return []
-    baseline = spec.baseline_row(EXPERIMENT, config)
-    baseline = baseline if any(r["row"] == baseline for r in table) else ""
-    claims = EXPERIMENT.claim_list
-    claim_p = {}
-    if config.eval.significance == "bs" and baseline:
-        claim_p = runs_table.add_paired_significance(table, workdir, metric="test_accuracy", baseline=baseline,
-                                                     n_resamples=int(config.eval.significance_samples),
-                                                     claims=claims)
-    paper = EXPERIMENT.paper_numbers
-    for rec in table:
-        rec["paper"] = paper.get(rec["row"])
-        rec["title"] = EXPERIMENT.title
-    summary = results.summarize(table)
-    footnotes: dict[str, int] = {}
-    for line in summary:
-        line["paper"] = results.paper_cell(paper.get(line["row"]), footnotes)
-        if line["row"] == baseline:
-            line["test_accuracy_p"] = "baseline"
-    verdicts = [stats.claim_verdict(c, table, p_values=claim_p) for c in claims]
+    table, summary, baseline, verdicts = tab.table, tab.summary, tab.baseline, tab.verdicts
     info = runs_table.read_data_info(workdir)
     wall_min = wall_s / 60.0
     runs_table.write_claims(workdir, verdicts, exp=EXPERIMENT, command=command, seeds=seeds, wall_s=wall_s)
@@ -520,11 +501,9 @@ def write_report(config: ml_collections.ConfigDict, workdir: str, rows: list[str
     length_lines = _length_table(summary)
     sections = [report.claims_section(verdicts), length_lines, _sparsity_line(table)]
     results.write(workdir, table, title=f"{EXPERIMENT.title}; data: {info.get('corpus', '?')}", command=command,
-                  notes=notes, figures=figures, columns=COLUMNS, summary=summary, sections=sections)
-    if footnotes:
-        with open(os.path.join(workdir, "results.md"), "a", encoding="utf-8") as f:
-            f.write("\nPaper numbers (other data and models; compare orderings, not values):\n\n"
-                    + "\n".join(f"- [{n}] {source}" for source, n in footnotes.items()) + "\n")
+                  notes=notes, figures=figures, columns=COLUMNS, summary=summary, sections=sections,
+                  footnotes=tab.footnotes,
+                  footnote_heading="Paper numbers (other data and models; compare orderings, not values)")
     return table
 
 

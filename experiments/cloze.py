@@ -33,7 +33,6 @@ import optax
 from attention_jax.models.reader import AttentionOverAttentionReader, AttentionSumReader, cloze_losses
 from experiments import cli
 from experiments import results
-from experiments import stats
 from experiments import training
 from experiments.configs import cloze as cloze_config
 from experiments.data import cloze
@@ -260,7 +259,8 @@ def train_run(cfg: ml_collections.ConfigDict, cd: ClozeData, run_dir: str, label
     steps_per_epoch = -(-split["train"].answers.shape[0] // int(t.batch_size))
     outcome = training.train_loop(step, params, opt_state, epoch_batches, train_config=t, run_dir=run_dir,
                                   rng=jax.random.key(int(cfg.seed) + 1), evaluate=evaluate if t.eval_every else None,
-                                  eval_at_end=True, steps_per_epoch=steps_per_epoch, label=label, after_s=after_s)
+                                  eval_at_end=True, steps_per_epoch=steps_per_epoch, label=label, after_s=after_s,
+                                  perplexity=False)
     test = split["test"]
     probs = _predict_all(predict, outcome.params, test, int(cfg.eval.batch_size))
     correct = (np.argmax(probs, 1) == test.answers).astype(np.float64)
@@ -331,36 +331,22 @@ def write_report(config: ml_collections.ConfigDict, workdir: str, rows: list[str
                  records: dict[tuple[str, int], dict[str, Any]], *, preset: str, command: str,
                  wall_s: float) -> list[dict[str, Any]]:
     """results.md, results.jsonl, claims.jsonl and the figures; returns the records in table order."""
-    table = [dict(records[(row, seed)]) for row in rows for seed in seeds if (row, seed) in records]
-    if not table:
-        logging.warning("no finished run in %s to report", workdir)
-        return []
-    for rec in table:
-        rec["answer_type"] = training.row_config(EXPERIMENT, config, rec["row"]).data.answer_type
+    kinds = {row: training.row_config(EXPERIMENT, config, row).data.answer_type for row in rows}
+    records = {key: {**rec, "answer_type": kinds[key[0]]} for key, rec in records.items()}
     claims = [c for c in EXPERIMENT.claim_list if c.better in rows and all(w in rows for w in c.worse)]
-    claim_p: dict = {}
-    if config.eval.significance == "bs":
-        kinds = {rec["row"]: rec["answer_type"] for rec in table}  # each row against the AS Reader of its kind
-        claim_p = runs_table.add_grouped_significance(
-            table, workdir, metric="test_accuracy",
-            baselines={row: config.eval.baseline_row or f"as_{kind}" for row, kind in kinds.items()},
-            n_resamples=int(config.eval.significance_samples), claims=claims)
-    paper = EXPERIMENT.paper_numbers
-    for rec in table:
-        rec["paper"], rec["title"] = paper.get(rec["row"]), EXPERIMENT.title
-    summary = results.summarize(table)
-    footnotes: dict[str, int] = {}
-    for line in summary:
-        line["paper"] = results.paper_cell(paper.get(line["row"]), footnotes)
-        if line["row"].startswith("as_"):
-            line["test_accuracy_p"] = "baseline"
-    verdicts = [stats.claim_verdict(c, table, p_values=claim_p) for c in claims]
+    # each row against the AS Reader of its answer kind
+    tab = runs_table.tabulate(EXPERIMENT, config, workdir, rows, seeds, records, claims=claims,
+                              baselines={row: config.eval.baseline_row or f"as_{kind}" for row, kind in kinds.items()})
+    if tab is None:
+        return []
+    table, summary, verdicts = tab.table, tab.summary, tab.verdicts
     runs_table.write_claims(workdir, verdicts, exp=EXPERIMENT, command=command, seeds=seeds, wall_s=wall_s)
     info = runs_table.read_data_info(workdir)
     from experiments import plots  # pylint: disable=import-outside-toplevel
 
     figures = []
-    curves = runs_table.loss_curves_figure(workdir, rows, seeds[0], title=f"seed {seeds[0]}")
+    curves = runs_table.loss_curves_figure(workdir, rows, seeds[0], title=f"seed {seeds[0]}",
+                                           loss_label="train cross-entropy (nats / question)")
     figures += [curves] if curves else []
     by_length = {}
     for row in rows:
@@ -406,11 +392,9 @@ def write_report(config: ml_collections.ConfigDict, workdir: str, rows: list[str
              "resamples; paired permutation p); union of CIs, largest p. Test questions from neighbouring windows "
              "share context verses, so they are not independent and the p values are optimistic"]
     results.write(workdir, table, title=EXPERIMENT.title, command=command, notes=notes, figures=figures,
-                  columns=COLUMNS, summary=summary, sections=[report.claims_section(verdicts)])
-    if footnotes:
-        with open(os.path.join(workdir, "results.md"), "a", encoding="utf-8") as f:
-            f.write("\nPaper numbers (CBT, another corpus; compare orderings, not values):\n\n"
-                    + "\n".join(f"- [{n}] {source}" for source, n in footnotes.items()) + "\n")
+                  columns=COLUMNS, summary=summary, sections=[report.claims_section(verdicts)],
+                  footnotes=tab.footnotes,
+                  footnote_heading="Paper numbers (CBT, another corpus; compare orderings, not values)")
     return table
 
 

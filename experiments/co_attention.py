@@ -58,7 +58,6 @@ from attention_jax.core import axes
 from attention_jax.layers.co_attention import VARIANTS, CoAttention
 from experiments import cli
 from experiments import results
-from experiments import stats
 from experiments import training
 from experiments import vision
 from experiments.configs import co_attention as co_config
@@ -384,7 +383,8 @@ def train_run(cfg: ml_collections.ConfigDict, pd: PairData, run_dir: str, label:
     steps_per_epoch = -(-len(pd.train) // int(t.batch_size))
     outcome = training.train_loop(step, params, opt_state, epoch_batches, train_config=t, run_dir=run_dir,
                                   rng=jax.random.key(0), evaluate=evaluate if t.eval_every else None,
-                                  eval_at_end=True, steps_per_epoch=steps_per_epoch, label=label, after_s=after_s)
+                                  eval_at_end=True, steps_per_epoch=steps_per_epoch, label=label, after_s=after_s,
+                                  unit="pairs", perplexity=False)
     classes, slots = _predict_all(predict, outcome.params, pd.test, eval_batch, size)
     class_ok = (classes == pd.test.shared_class).astype(np.float64)
     slot_ok = (slots == pd.test.slot_b).astype(np.float64)
@@ -461,19 +461,11 @@ def _overlays(predict, params, pairs: shared_item.Pairs, count: int, batch_size:
 
 
 def _curves_figure(workdir: str, rows: list[str], seed: int) -> str | None:
-    """loss_curves.png: training loss, dev class and dev slot accuracy against step for one seed's runs (the
-    template's `runs_table.loss_curves_figure` has no slot panel and labels the loss per document)."""
-    from experiments import plots  # pylint: disable=import-outside-toplevel
-
-    metrics = {row: recs for row in rows
-               if (recs := results.read_jsonl(os.path.join(spec.run_dir(workdir, row, seed), "metrics.jsonl")))}
-    if not metrics:
-        return None
-    panels = (("loss", "train loss (class + slot cross-entropy, nats / pair)"),
-              ("dev_accuracy", "dev class accuracy %"), ("dev_slot_accuracy", "dev slot accuracy %"))
-    path = plots.metric_curves(metrics, os.path.join(workdir, "loss_curves.png"), panels=panels,
-                               title=f"seed {seed}")
-    return os.path.relpath(path, workdir)
+    """loss_curves.png: training loss, dev class and dev slot accuracy against step for one seed's runs."""
+    return runs_table.loss_curves_figure(
+        workdir, rows, seed, title=f"seed {seed}",
+        panels=(("loss", "train loss (class + slot cross-entropy, nats / pair)"),
+                ("dev_accuracy", "dev class accuracy %"), ("dev_slot_accuracy", "dev slot accuracy %")))
 
 
 def _describe(m: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -492,29 +484,11 @@ def write_report(config: ml_collections.ConfigDict, workdir: str, rows: list[str
                  records: dict[tuple[str, int], dict[str, Any]], *, preset: str, command: str,
                  wall_s: float) -> list[dict[str, Any]]:
     """results.md, results.jsonl, claims.jsonl and loss_curves.png; returns the records in table order."""
-    table = [dict(records[(row, seed)]) for row in rows for seed in seeds if (row, seed) in records]
-    if not table:
-        logging.warning("no finished run in %s to report", workdir)
+    tab = runs_table.tabulate(EXPERIMENT, config, workdir, rows, seeds, records,
+                              metrics={"test_accuracy": 100.0, "test_slot_accuracy": 100.0})
+    if tab is None:
         return []
-    baseline = spec.baseline_row(EXPERIMENT, config)
-    baseline = baseline if any(r["row"] == baseline for r in table) else ""
-    claims = EXPERIMENT.claim_list
-    claim_p: dict = {}
-    if config.eval.significance == "bs" and baseline:
-        n = int(config.eval.significance_samples)
-        for metric in ("test_accuracy", "test_slot_accuracy"):
-            claim_p.update(runs_table.add_paired_significance(table, workdir, metric=metric, baseline=baseline,
-                                                              n_resamples=n, claims=claims))
-    paper = EXPERIMENT.paper_numbers
-    for rec in table:
-        rec["paper"], rec["title"] = paper.get(rec["row"]), EXPERIMENT.title
-    summary = results.summarize(table)
-    footnotes: dict[str, int] = {}
-    for line in summary:
-        line["paper"] = results.paper_cell(paper.get(line["row"]), footnotes)
-        if line["row"] == baseline:
-            line["test_accuracy_p"] = line["test_slot_accuracy_p"] = "baseline"
-    verdicts = [stats.claim_verdict(c, table, p_values=claim_p) for c in claims]
+    table, summary, baseline, verdicts = tab.table, tab.summary, tab.baseline, tab.verdicts
     runs_table.write_claims(workdir, verdicts, exp=EXPERIMENT, command=command, seeds=seeds, wall_s=wall_s)
     info = runs_table.read_data_info(workdir)
     curves = _curves_figure(workdir, rows, seeds[0])
@@ -541,11 +515,10 @@ def write_report(config: ml_collections.ConfigDict, workdir: str, rows: list[str
                      f"`experiments.stats.paired_accuracy_test` (paired bootstrap CI, "
                      f"{config.eval.significance_samples} resamples; paired permutation p); union of CIs, largest p")
     results.write(workdir, table, title=EXPERIMENT.title, command=command, notes=notes, figures=figures,
-                  columns=COLUMNS, summary=summary, sections=[report.claims_section(verdicts)])
-    if footnotes:
-        with open(os.path.join(workdir, "results.md"), "a", encoding="utf-8") as f:
-            f.write("\nPaper numbers (DAVIS-16 video segmentation, another task; compare orderings, not values):\n\n"
-                    + "\n".join(f"- [{n}] {source}" for source, n in footnotes.items()) + "\n")
+                  columns=COLUMNS, summary=summary, sections=[report.claims_section(verdicts)],
+                  footnotes=tab.footnotes,
+                  footnote_heading=("Paper numbers (DAVIS-16 video segmentation, another task; compare orderings, not "
+                                     "values)"))
     return table
 
 

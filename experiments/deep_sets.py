@@ -79,7 +79,7 @@ from experiments import training
 from experiments import vision
 from experiments.configs import deep_sets as sets_config
 from experiments.data import fashion_mnist
-from experiments.training import report, spec
+from experiments.training import report
 from experiments.training import table as runs_table
 
 FLAGS = flags.FLAGS
@@ -472,7 +472,8 @@ def train_run(cfg: ml_collections.ConfigDict, sd: SetData, run_dir: str, label: 
     has_dev = sd.dev_sets.shape[0] > 0
     outcome = training.train_loop(step, params, opt_state, epoch_batches, train_config=t, run_dir=run_dir,
                                   rng=jax.random.key(0), evaluate=evaluate if has_dev and t.eval_every else None,
-                                  eval_at_end=True, steps_per_epoch=steps_per_epoch, label=label, after_s=after_s)
+                                  eval_at_end=True, steps_per_epoch=steps_per_epoch, label=label, after_s=after_s,
+                                  unit="items", perplexity=False)
     features = _encode_all(encode, outcome.params, sd.test.images, int(e.batch_size))
     fields: dict[str, Any] = {}
     scores: dict[str, list[float]] = {}
@@ -575,55 +576,25 @@ def _by_size_figures(table: list[dict[str, Any]], workdir: str, rows: Sequence[s
 
 def _curves(workdir: str, rows: Sequence[str], seed: int) -> list[str]:
     """loss_curves.png of one seed: training L1 loss, dev accuracy and dev error per item against step."""
-    from experiments import plots  # pylint: disable=import-outside-toplevel
-
-    metrics = {row: recs for row in rows
-               if (recs := results.read_jsonl(os.path.join(spec.run_dir(workdir, row, seed), "metrics.jsonl")))}
-    if not metrics:
-        return []
-    plots.metric_curves(metrics, os.path.join(workdir, "loss_curves.png"),
-                        panels=(("loss", "train L1 loss (|prediction - sum|)"), ("dev_accuracy", "dev accuracy (%)"),
-                                ("dev_item_mae", "dev error per item")), title=f"seed {seed}")
-    return ["loss_curves.png"]
+    path = runs_table.loss_curves_figure(
+        workdir, rows, seed, title=f"seed {seed}",
+        panels=(("loss", "train L1 loss (|prediction - sum|)"), ("dev_accuracy", "dev accuracy (%)"),
+                ("dev_item_mae", "dev error per item")))
+    return [path] if path else []
 
 
 def write_report(config: ml_collections.ConfigDict, workdir: str, rows: list[str], seeds: tuple[int, ...],
                  records: dict[tuple[str, int], dict[str, Any]], *, preset: str, command: str,
                  wall_s: float) -> list[dict[str, Any]]:
     """results.md, results.jsonl, claims.jsonl and the figures; returns the records in table order."""
-    table = [dict(records[(row, seed)]) for row in rows for seed in seeds if (row, seed) in records]
-    if not table:
-        logging.warning("no finished run in %s to report", workdir)
-        return []
     sizes = tuple(int(s) for s in config.eval.test_sizes)
     large = max(sizes)
-    baseline = spec.baseline_row(EXPERIMENT, config)
-    baseline = baseline if any(r["row"] == baseline for r in table) else ""
-    claims = sets_config.claims_for(sizes)
     n = int(config.eval.significance_samples)
-    claim_p: dict = {}
-    if config.eval.significance == "bs" and baseline:
-        runs_table.add_paired_significance(table, workdir, metric=sets_config.accuracy_key(large), baseline=baseline,
-                                           n_resamples=n, claims=claims)
-        claim_p = runs_table.add_paired_significance(table, workdir, metric=sets_config.item_mae_key(large),
-                                                     baseline=baseline, n_resamples=n, claims=claims, scale=1.0)
-    paper = EXPERIMENT.paper_numbers
-    for rec in table:
-        rec["paper"], rec["title"] = paper.get(rec["row"]), EXPERIMENT.title
-    summary = results.summarize(table)
-    footnotes: dict[str, int] = {}
-    item = sets_config.item_mae_key(large)
-    for line in summary:
-        line["paper"] = results.paper_cell(paper.get(line["row"]), footnotes)
-        mine = [r for r in table if r["row"] == line["row"]]
-        # summarize combines only accuracy-like CIs and p-values; do the same for the error per item.
-        intervals = [r[f"{item}_ci"] for r in mine if r.get(f"{item}_ci")]
-        line[f"{item}_ci"] = [min(c[0] for c in intervals), max(c[1] for c in intervals)] if intervals else None
-        ps = [r[f"{item}_p"] for r in mine if r.get(f"{item}_p") is not None]
-        line[f"{item}_p"] = max(ps) if ps and len(ps) == len(mine) else None
-        if line["row"] == baseline:
-            line[f"{item}_p"] = line[f"{sets_config.accuracy_key(large)}_p"] = "baseline"
-    verdicts = [stats.claim_verdict(c, table, p_values=claim_p) for c in claims]
+    tab = runs_table.tabulate(EXPERIMENT, config, workdir, rows, seeds, records, claims=sets_config.claims_for(sizes),
+                              metrics={sets_config.accuracy_key(large): 100.0, sets_config.item_mae_key(large): 1.0})
+    if tab is None:
+        return []
+    table, summary, baseline, verdicts = tab.table, tab.summary, tab.baseline, tab.verdicts
     degradation = sets_config.degradation_claims(sizes)
     if degradation:
         pseudo, pseudo_p = _degradation(table, workdir, sizes, n)
@@ -658,11 +629,10 @@ def write_report(config: ml_collections.ConfigDict, workdir: str, rows: list[str
                      "permutation p); union of CIs, largest p. Degradation claims: unpaired permutation p between "
                      f"the per-set errors per item at sizes {min(sizes)} and {large}")
     results.write(workdir, table, title=EXPERIMENT.title, command=command, notes=notes, figures=figures,
-                  columns=columns(sizes, baseline), summary=summary, sections=[report.claims_section(verdicts)])
-    if footnotes:
-        with open(os.path.join(workdir, "results.md"), "a", encoding="utf-8") as f:
-            f.write("\nPaper (MNIST8m digits; Fig. 2 gives curves, no numbers: compare orderings, not values):\n\n"
-                    + "\n".join(f"- [{k}] {source}" for source, k in footnotes.items()) + "\n")
+                  columns=columns(sizes, baseline), summary=summary, sections=[report.claims_section(verdicts)],
+                  footnotes=tab.footnotes,
+                  footnote_heading=("Paper (MNIST8m digits; Fig. 2 gives curves, no numbers: compare orderings, not "
+                                     "values)"))
     return table
 
 

@@ -53,7 +53,6 @@ from attention_jax.core import axes
 from attention_jax.layers.few_shot import CrossAttentionModule, prototypes, prototypical_logits
 from experiments import cli
 from experiments import results
-from experiments import stats
 from experiments import training
 from experiments import vision
 from experiments.configs import few_shot as fs_config
@@ -484,7 +483,8 @@ def train_run(cfg: ml_collections.ConfigDict, fd: FewShotData, run_dir: str, lab
 
     outcome = training.train_loop(step, params, opt_state, epoch_batches, train_config=t, run_dir=run_dir,
                                   rng=jax.random.key(0), evaluate=evaluate if t.eval_every else None,
-                                  eval_at_end=True, steps_per_epoch=per_epoch, label=label, after_s=after_s)
+                                  eval_at_end=True, steps_per_epoch=per_epoch, label=label, after_s=after_s,
+                                  unit="images", perplexity=False)
     test_episodes = sample_episodes(fd.test.labels, fd.test_classes, way=way, shot=shot, queries=queries,
                                     count=int(e.test_episodes), seed=int(e.episode_seed))
     correct = EpisodeEvaluator(fns, fd.test, test_episodes, **evaluator_args).correct(outcome.params)  # [E, N Q]
@@ -567,32 +567,15 @@ def write_report(config: ml_collections.ConfigDict, workdir: str, rows: list[str
                  records: dict[tuple[str, int], dict[str, Any]], *, preset: str, command: str,
                  wall_s: float) -> list[dict[str, Any]]:
     """results.md, results.jsonl, claims.jsonl and loss_curves.png; returns the records in table order."""
-    table = [dict(records[(row, seed)]) for row in rows for seed in seeds if (row, seed) in records]
-    if not table:
-        logging.warning("no finished run in %s to report", workdir)
+    tab = runs_table.tabulate(EXPERIMENT, config, workdir, rows, seeds, records, baselines=fs_config.BASELINES)
+    if tab is None:
         return []
-    claims = EXPERIMENT.claim_list
-    claim_p: dict = {}
-    present = {rec["row"] for rec in table}
-    if config.eval.significance == "bs":
-        claim_p = runs_table.add_grouped_significance(
-            table, workdir, metric="test_accuracy",
-            baselines={row: base for row, base in fs_config.BASELINES.items() if row in present},
-            n_resamples=int(config.eval.significance_samples), claims=claims)
-    paper = EXPERIMENT.paper_numbers
-    for rec in table:
-        rec["paper"], rec["title"] = paper.get(rec["row"]), EXPERIMENT.title
-    summary = results.summarize(table)
-    footnotes: dict[str, int] = {}
-    for line in summary:
-        line["paper"] = results.paper_cell(paper.get(line["row"]), footnotes)
-        if fs_config.BASELINES.get(line["row"]) == line["row"]:
-            line["test_accuracy_p"] = "baseline"
-    verdicts = [stats.claim_verdict(c, table, p_values=claim_p) for c in claims]
+    table, summary, verdicts = tab.table, tab.summary, tab.verdicts
     runs_table.write_claims(workdir, verdicts, exp=EXPERIMENT, command=command, seeds=seeds, wall_s=wall_s)
     info = runs_table.read_data_info(workdir)
     curves = runs_table.loss_curves_figure(workdir, rows, seeds[0], title=f"seed {seeds[0]}: episode cross-entropy "
-                                           "L_nn (left), dev accuracy (right)")
+                                           "L_nn (left), dev accuracy (right)",
+                                           loss_label="train episode cross-entropy (nats / query image)")
     figures: list = [curves] if curves else []
     for row in rows:
         path = os.path.join(row, "seed_0", "attention_overlays.png")
@@ -622,11 +605,9 @@ def write_report(config: ml_collections.ConfigDict, workdir: str, rows: list[str
                      f"{e.significance_samples} resamples; paired permutation p; queries treated as independent, "
                      "though they share episodes); union of the seeds' CIs, largest p")
     results.write(workdir, table, title=EXPERIMENT.title, command=command, notes=notes, figures=figures,
-                  columns=COLUMNS, summary=summary, sections=[report.claims_section(verdicts)])
-    if footnotes:
-        with open(os.path.join(workdir, "results.md"), "a", encoding="utf-8") as f:
-            f.write("\nPaper numbers (miniImageNet with other backbones; compare orderings, not values):\n\n"
-                    + "\n".join(f"- [{n}] {source}" for source, n in footnotes.items()) + "\n")
+                  columns=COLUMNS, summary=summary, sections=[report.claims_section(verdicts)],
+                  footnotes=tab.footnotes,
+                  footnote_heading="Paper numbers (miniImageNet with other backbones; compare orderings, not values)")
     return table
 
 

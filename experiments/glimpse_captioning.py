@@ -62,7 +62,6 @@ from attention_jax.layers import show_attend_tell as sat
 from attention_jax.models.seq2seq import make_cell
 from experiments import cli
 from experiments import results
-from experiments import stats
 from experiments import training
 from experiments import vision
 from experiments.configs import glimpse_captioning as glimpse_config
@@ -459,7 +458,8 @@ def train_run(cfg: ml_collections.ConfigDict, cd: CanvasData, run_dir: str, labe
     steps_per_epoch = -(-cd.train.labels.shape[0] // batch_size)
     outcome = training.train_loop(step, params, opt_state, epoch_batches, train_config=t, run_dir=run_dir,
                                   rng=step_rng, evaluate=evaluate if t.eval_every else None, eval_at_end=True,
-                                  steps_per_epoch=steps_per_epoch, label=label, after_s=after_s)
+                                  steps_per_epoch=steps_per_epoch, label=label, after_s=after_s,
+                                  unit="canvases", perplexity=False)
     fields: dict[str, Any] = {}
     test_rng = jax.random.key(10_007 + int(cfg.seed))
     decoded = {}
@@ -619,34 +619,19 @@ def write_report(config: ml_collections.ConfigDict, workdir: str, rows: list[str
                  records: dict[tuple[str, int], dict[str, Any]], *, preset: str, command: str,
                  wall_s: float) -> list[dict[str, Any]]:
     """results.md, results.jsonl, claims.jsonl, loss_curves.png and entropy_by_step.png; returns the records."""
-    table = [dict(records[(row, seed)]) for row in rows for seed in seeds if (row, seed) in records]
-    if not table:
-        logging.warning("no finished run in %s to report", workdir)
-        return []
     steps = int(config.data.num_items)
-    baseline = spec.baseline_row(EXPERIMENT, config)
-    baseline = baseline if any(r["row"] == baseline for r in table) else ""
-    claims = EXPERIMENT.claim_list
-    claim_p: dict = {}
-    if config.eval.significance == "bs" and baseline:
-        claim_p = runs_table.add_paired_significance(table, workdir, metric="test_seq_accuracy", baseline=baseline,
-                                                     n_resamples=int(config.eval.significance_samples), claims=claims)
-    paper = EXPERIMENT.paper_numbers
-    for rec in table:
-        rec["paper"], rec["title"] = paper.get(rec["row"]), EXPERIMENT.title
-    summary = results.summarize(table)
-    footnotes: dict[str, int] = {}
-    for line in summary:
-        line["paper"] = results.paper_cell(paper.get(line["row"]), footnotes)
-        if line["row"] == baseline:
-            line["test_seq_accuracy_p"] = "baseline"
-    verdicts = [stats.claim_verdict(c, table, p_values=claim_p) for c in claims]
+    tab = runs_table.tabulate(EXPERIMENT, config, workdir, rows, seeds, records,
+                              metrics={"test_seq_accuracy": 100.0})
+    if tab is None:
+        return []
+    table, summary, baseline, verdicts = tab.table, tab.summary, tab.baseline, tab.verdicts
     runs_table.write_claims(workdir, verdicts, exp=EXPERIMENT, command=command, seeds=seeds, wall_s=wall_s)
     info = runs_table.read_data_info(workdir)
     pools = info.get("item_pools") or {}
     figures: list[Any] = []
     curves = runs_table.loss_curves_figure(workdir, rows, seeds[0], title=f"seed {seeds[0]}: caption NLL (nats per "
-                                           "caption) and dev sequence accuracy")
+                                           "caption) and dev sequence accuracy",
+                                           loss_label="train caption NLL (nats / caption)")
     if curves:
         figures.append((curves, "training caption NLL (every row; soft's penalty and hard's REINFORCE terms are "
                                 "left out) and dev sequence accuracy (%)"))
@@ -687,11 +672,10 @@ def write_report(config: ml_collections.ConfigDict, workdir: str, rows: list[str
                      f"{config.eval.significance_samples} resamples; paired permutation p); union of CIs, largest p")
     notes += [f"finding: {line}" for line in _findings(summary, steps, locations)]
     results.write(workdir, table, title=EXPERIMENT.title, command=command, notes=notes, figures=figures,
-                  columns=columns(steps), summary=summary, sections=[report.claims_section(verdicts)])
-    if footnotes:
-        with open(os.path.join(workdir, "results.md"), "a", encoding="utf-8") as f:
-            f.write("\nPaper numbers (Flickr8k photographs and BLEU-4, another task and metric; compare orderings, "
-                    "not values):\n\n" + "\n".join(f"- [{n}] {source}" for source, n in footnotes.items()) + "\n")
+                  columns=columns(steps), summary=summary, sections=[report.claims_section(verdicts)],
+                  footnotes=tab.footnotes,
+                  footnote_heading=("Paper numbers (Flickr8k photographs and BLEU-4, another task and metric; compare "
+                                     "orderings, not values)"))
     return table
 
 

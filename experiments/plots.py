@@ -270,7 +270,8 @@ def weight_sparsity(sparsity: Mapping[str, float], path: str, *, title: str = ""
     return path
 
 
-def classification_curves(metrics: Mapping[str, Sequence[Mapping[str, Any]]], path: str, *, title: str = "") -> str:
+def classification_curves(metrics: Mapping[str, Sequence[Mapping[str, Any]]], path: str, *, title: str = "",
+                          loss_label: str = "train cross-entropy (nats / document)") -> str:
     """Training loss (left) and dev accuracy (right) against step, one line per row.
 
     Args:
@@ -278,6 +279,7 @@ def classification_curves(metrics: Mapping[str, Sequence[Mapping[str, Any]]], pa
         "dev_accuracy" (in %) evaluation points.
       path: PNG file to write.
       title: figure title.
+      loss_label: the loss panel's y-axis label (what the loss is, per what).
 
     Returns:
       ``path``.
@@ -293,7 +295,7 @@ def classification_curves(metrics: Mapping[str, Sequence[Mapping[str, Any]]], pa
         if dev:
             ax_acc.plot(*zip(*dev), style, marker=marker, markersize=5, linewidth=1, label=row)
     ax_loss.set_xlabel("step")
-    ax_loss.set_ylabel("train cross-entropy (nats / document)")
+    ax_loss.set_ylabel(loss_label)
     ax_loss.grid(alpha=0.3)
     ax_acc.set_xlabel("step")
     ax_acc.set_ylabel("dev accuracy (%)")

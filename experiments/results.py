@@ -189,11 +189,12 @@ def paper_cell(entry: Mapping[str, Any] | None, footnotes: dict[str, int]) -> st
     return text
 
 
-def summarize(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+def summarize(records: Sequence[Mapping[str, Any]], tested: Sequence[str] = ()) -> list[dict[str, Any]]:
     """One summary per row (in order of first appearance) from per-(row, seed) records.
 
-    The statistics of BLEU and chrF combine conservatively: the 95% CIs (``*_ci``) become the union of the seeds'
-    intervals, the p-values (``*_p``) the largest over seeds (None unless every seed has one). Other numbers
+    The statistics of BLEU, chrF, accuracies, MAP and the metrics named in ``tested`` combine conservatively:
+    the 95% CIs (``*_ci``) become the union of the seeds' intervals, the p-values (``*_p``) the largest over
+    seeds (None unless every seed has one). Other numbers
     become their mean over the row's records, with the sample standard deviation (ddof=1) in
     ``"_spread"[key]`` when there are several; other values are kept when every seed agrees, else listed
     (", "-joined; lists and dicts: the first record's); bleu_by_length is averaged bucket by bucket. Adds
@@ -214,9 +215,9 @@ def summarize(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
             present = [r[key] for r in recs if r.get(key) is not None]
             if not present:
                 summary[key] = None
-            elif key.endswith(("bleu_ci", "chrf_ci", "accuracy_ci", "map_ci")):
+            elif key.endswith(("bleu_ci", "chrf_ci", "accuracy_ci", "map_ci", *(f"{t}_ci" for t in tested))):
                 summary[key] = _union(present)
-            elif key.endswith(("bleu_p", "chrf_p", "accuracy_p", "map_p")):
+            elif key.endswith(("bleu_p", "chrf_p", "accuracy_p", "map_p", *(f"{t}_p" for t in tested))):
                 numbers = [v for v in present if _is_number(v)]
                 summary[key] = max(numbers) if numbers and len(numbers) == len(recs) else None
             elif key == "bleu_by_length" and len(present) > 1:
@@ -261,7 +262,8 @@ def bleu_by_length_table(records: Sequence[Mapping[str, Any]]) -> str:
 def write(workdir: str, records: Sequence[Mapping[str, Any]], *, title: str, command: str,
           notes: Sequence[str] = (), figures: Sequence[str | tuple[str, str]] = (), length_table: bool = False,
           columns: Sequence[tuple[str, str]] | None = None, summary: Sequence[Mapping[str, Any]] | None = None,
-          sections: Sequence[str] = ()) -> str:
+          sections: Sequence[str] = (), footnotes: Mapping[str, int] | None = None,
+          footnote_heading: str = "Paper numbers") -> str:
     """Writes results.jsonl and results.md in ``workdir`` and returns the Markdown text.
 
     Args:
@@ -275,6 +277,8 @@ def write(workdir: str, records: Sequence[Mapping[str, Any]], *, title: str, com
       columns: (header, record key) pairs of the main table; None means COLUMNS.
       summary: the table's lines (e.g. `summarize` of the records); None tabulates ``records`` themselves.
       sections: Markdown blocks placed after the tables (claims, the statistics' notes, ...).
+      footnotes: source -> number, as `paper_cell` registers them; listed last, under ``footnote_heading``.
+      footnote_heading: the footnotes' heading, e.g. "Paper numbers (ImageNet; compare orderings, not values)".
 
     Returns:
       The content of results.md.
@@ -302,6 +306,9 @@ def write(workdir: str, records: Sequence[Mapping[str, Any]], *, title: str, com
         if caption:
             parts += ["", f"*{caption}*", ""]
     text = "\n".join(parts).rstrip() + "\n"
+    if footnotes:
+        text += (f"\n{footnote_heading}:\n\n" + "\n".join(f"- [{n}] {source}" for source, n in footnotes.items())
+                 + "\n")
     with open(os.path.join(workdir, "results.md"), "w", encoding="utf-8") as f:
         f.write(text)
     return text

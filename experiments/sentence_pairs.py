@@ -32,12 +32,11 @@ import optax
 from attention_jax.layers.abcnn import ABCNN, ABCNN_VARIANTS
 from experiments import cli
 from experiments import results
-from experiments import stats
 from experiments import training
 from experiments.configs import sentence_pairs as pairs_config
 from experiments.data import paraphrase
 from experiments.data.tokenizer import load_or_train_tokenizer
-from experiments.training import report, spec
+from experiments.training import report
 from experiments.training import table as runs_table
 
 FLAGS = flags.FLAGS
@@ -270,7 +269,8 @@ def train_run(cfg: ml_collections.ConfigDict, pd: PairData, run_dir: str, label:
     steps_per_epoch = -(-pd.train.labels.shape[0] // int(t.batch_size))
     outcome = training.train_loop(step, params, opt_state, epoch_batches, train_config=t, run_dir=run_dir,
                                   rng=jax.random.key(0), evaluate=evaluate if t.eval_every else None,
-                                  eval_at_end=True, steps_per_epoch=steps_per_epoch, label=label, after_s=after_s)
+                                  eval_at_end=True, steps_per_epoch=steps_per_epoch, label=label, after_s=after_s,
+                                  perplexity=False)
     batch_size = int(cfg.eval.batch_size)
     pair_scores = _scores(predict, outcome.params, pd.test.s0, pd.test.s1, batch_size)
     correct = ((pair_scores > 0) == (pd.test.labels == 1)).astype(np.float64)
@@ -325,33 +325,15 @@ def write_report(config: ml_collections.ConfigDict, workdir: str, rows: list[str
                  records: dict[tuple[str, int], dict[str, Any]], *, preset: str, command: str,
                  wall_s: float) -> list[dict[str, Any]]:
     """results.md, results.jsonl, claims.jsonl and loss_curves.png; returns the records in table order."""
-    table = [dict(records[(row, seed)]) for row in rows for seed in seeds if (row, seed) in records]
-    if not table:
-        logging.warning("no finished run in %s to report", workdir)
+    tab = runs_table.tabulate(EXPERIMENT, config, workdir, rows, seeds, records,
+                              metrics={"test_accuracy": 100.0, "test_map": 1.0})
+    if tab is None:
         return []
-    baseline = spec.baseline_row(EXPERIMENT, config)
-    baseline = baseline if any(r["row"] == baseline for r in table) else ""
-    claims = EXPERIMENT.claim_list
-    claim_p: dict = {}
-    if config.eval.significance == "bs" and baseline:
-        n = int(config.eval.significance_samples)
-        runs_table.add_paired_significance(table, workdir, metric="test_accuracy", baseline=baseline,
-                                           n_resamples=n, claims=claims)
-        claim_p = runs_table.add_paired_significance(table, workdir, metric="test_map", baseline=baseline,
-                                                     n_resamples=n, claims=claims, scale=1.0)
-    paper = EXPERIMENT.paper_numbers
-    for rec in table:
-        rec["paper"], rec["title"] = paper.get(rec["row"]), EXPERIMENT.title
-    summary = results.summarize(table)
-    footnotes: dict[str, int] = {}
-    for line in summary:
-        line["paper"] = results.paper_cell(paper.get(line["row"]), footnotes)
-        if line["row"] == baseline:
-            line["test_map_p"] = line["test_accuracy_p"] = "baseline"
-    verdicts = [stats.claim_verdict(c, table, p_values=claim_p) for c in claims]
+    table, summary, baseline, verdicts = tab.table, tab.summary, tab.baseline, tab.verdicts
     runs_table.write_claims(workdir, verdicts, exp=EXPERIMENT, command=command, seeds=seeds, wall_s=wall_s)
     info = runs_table.read_data_info(workdir)
-    curves = runs_table.loss_curves_figure(workdir, rows, seeds[0], title=f"seed {seeds[0]}")
+    curves = runs_table.loss_curves_figure(workdir, rows, seeds[0], title=f"seed {seeds[0]}",
+                                           loss_label="train binary cross-entropy (nats / candidate answer)")
     figures = [curves] if curves else []
     notes = [f"preset: {preset or '-'}; data: {info.get('aligned_verses', '?')} of 7,957 KJV New Testament verses "
              f"matched to their WEB verse; pairs train / dev / test {info.get('train_pairs', '?')} / "
@@ -369,11 +351,9 @@ def write_report(config: ml_collections.ConfigDict, workdir: str, rows: list[str
                      f"precision) and pairs (accuracy), `experiments.stats.paired_accuracy_test` (paired bootstrap CI, "
                      f"{config.eval.significance_samples} resamples; paired permutation p); union of CIs, largest p")
     results.write(workdir, table, title=EXPERIMENT.title, command=command, notes=notes, figures=figures,
-                  columns=COLUMNS, summary=summary, sections=[report.claims_section(verdicts)])
-    if footnotes:
-        with open(os.path.join(workdir, "results.md"), "a", encoding="utf-8") as f:
-            f.write("\nPaper numbers (WikiQA, another task; compare orderings, not values):\n\n"
-                    + "\n".join(f"- [{n}] {source}" for source, n in footnotes.items()) + "\n")
+                  columns=COLUMNS, summary=summary, sections=[report.claims_section(verdicts)],
+                  footnotes=tab.footnotes,
+                  footnote_heading="Paper numbers (WikiQA, another task; compare orderings, not values)")
     return table
 
 

@@ -52,7 +52,6 @@ from attention_jax.layers.pyramid import PyramidAttentionPooling, SpatialPyramid
 from attention_jax.layers.squeeze_excitation import SqueezeExcitation
 from experiments import cli
 from experiments import results
-from experiments import stats
 from experiments import training
 from experiments import vision
 from experiments.configs import vision_attention as va_config
@@ -134,20 +133,13 @@ class BasicBlock(nn.Module):
 
 
 def pool_2x2(x: jax.Array, kind: str, *, train: bool, rng: jax.Array | None) -> jax.Array:
-    """The 2x2 (stride 2) downsampling between stages: max, average or stochastic (sampled only when training).
-
-    The library's 2-D pools build an all-True pixel mask when given none, and XLA's CPU compiler then spends
-    seconds constant-folding reductions over it (e.g. a 196,000-element reduce_or at batch 1,000) in every
-    compile; an explicit all-True mask behind an optimization barrier computes the same and compiles in a
-    fraction of that.
-    """
-    mask = jax.lax.optimization_barrier(jnp.ones(x.shape[:3], bool))
+    """The 2x2 (stride 2) downsampling between stages: max, average or stochastic (sampled only when training)."""
     if kind == "max":
-        return pooling.max_pool_2d(x, 2, mask)
+        return pooling.max_pool_2d(x, 2)
     if kind == "avg":
-        return pooling.avg_pool_2d(x, 2, mask)
+        return pooling.avg_pool_2d(x, 2)
     if kind == "stochastic":
-        return pooling.stochastic_pool_2d(x, 2, mask, deterministic=not train, rng=rng if train else None)
+        return pooling.stochastic_pool_2d(x, 2, deterministic=not train, rng=rng if train else None)
     raise ValueError(f"unknown pool kind {kind!r}; use one of {POOLS}")
 
 
@@ -473,7 +465,8 @@ def train_run(cfg: ml_collections.ConfigDict, vd: VisionData, run_dir: str, labe
 
     outcome = training.train_loop(fns.step, params, opt_state, epoch_batches, train_config=t, run_dir=run_dir,
                                   rng=step_rng, evaluate=evaluate if t.eval_every else None, eval_at_end=True,
-                                  steps_per_epoch=steps_per_epoch, label=label, after_s=after_s)
+                                  steps_per_epoch=steps_per_epoch, label=label, after_s=after_s,
+                                  unit="images", perplexity=False)
     params = outcome.params
     correct = (_predict_labels(predict, params, vd.test_images, NATIVE_SIZE, eval_batch)
                == vd.test_labels).astype(np.float64)
@@ -592,31 +585,14 @@ def write_report(config: ml_collections.ConfigDict, workdir: str, rows: list[str
                  records: dict[tuple[str, int], dict[str, Any]], *, preset: str, command: str,
                  wall_s: float) -> list[dict[str, Any]]:
     """results.md, results.jsonl, claims.jsonl and loss_curves.png; returns the records in table order."""
-    table = [dict(records[(row, seed)]) for row in rows for seed in seeds if (row, seed) in records]
-    if not table:
-        logging.warning("no finished run in %s to report", workdir)
+    tab = runs_table.tabulate(EXPERIMENT, config, workdir, rows, seeds, records)
+    if tab is None:
         return []
-    baseline = spec.baseline_row(EXPERIMENT, config)
-    baseline = baseline if any(r["row"] == baseline for r in table) else ""
-    claims = EXPERIMENT.claim_list
-    claim_p: dict = {}
-    if config.eval.significance == "bs" and baseline:
-        claim_p = runs_table.add_paired_significance(table, workdir, metric="test_accuracy", baseline=baseline,
-                                                     n_resamples=int(config.eval.significance_samples),
-                                                     claims=claims)
-    paper = EXPERIMENT.paper_numbers
-    for rec in table:
-        rec["paper"], rec["title"] = paper.get(rec["row"]), EXPERIMENT.title
-    summary = results.summarize(table)
-    footnotes: dict[str, int] = {}
-    for line in summary:
-        line["paper"] = results.paper_cell(paper.get(line["row"]), footnotes)
-        if line["row"] == baseline:
-            line["test_accuracy_p"] = "baseline"
-    verdicts = [stats.claim_verdict(c, table, p_values=claim_p) for c in claims]
+    table, summary, baseline, verdicts = tab.table, tab.summary, tab.baseline, tab.verdicts
     runs_table.write_claims(workdir, verdicts, exp=EXPERIMENT, command=command, seeds=seeds, wall_s=wall_s)
     info = runs_table.read_data_info(workdir)
-    curves = runs_table.loss_curves_figure(workdir, rows, seeds[0], title=f"seed {seeds[0]}")
+    curves = runs_table.loss_curves_figure(workdir, rows, seeds[0], title=f"seed {seeds[0]}",
+                                           loss_label="train cross-entropy (nats / image)")
     figures: list[Any] = ([curves] if curves else []) + _figure_links(workdir, seeds)
     t = config.train
     other = tuple(int(s) for s in config.eval.other_sizes)
@@ -640,11 +616,10 @@ def write_report(config: ml_collections.ConfigDict, workdir: str, rows: list[str
                      f"{config.eval.significance_samples} resamples; paired permutation p); union of CIs, largest p; "
                      "the train-test gap claim has no paired test (p '-')")
     results.write(workdir, table, title=EXPERIMENT.title, command=command, notes=notes, figures=figures,
-                  columns=columns(other), summary=summary, sections=[report.claims_section(verdicts)])
-    if footnotes:
-        with open(os.path.join(workdir, "results.md"), "a", encoding="utf-8") as f:
-            f.write("\nPaper numbers (ImageNet / CIFAR-10 with far larger models; compare orderings, not values):\n\n"
-                    + "\n".join(f"- [{n}] {source}" for source, n in footnotes.items()) + "\n")
+                  columns=columns(other), summary=summary, sections=[report.claims_section(verdicts)],
+                  footnotes=tab.footnotes,
+                  footnote_heading="Paper numbers (ImageNet / CIFAR-10 with far larger models; compare orderings, "
+                                   "not values)")
     return table
 
 

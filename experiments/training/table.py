@@ -1,16 +1,21 @@
-"""One table of (row, seed) runs for the experiments that are not translation: classification, sentence pairs.
+"""One table of (row, seed) runs for the experiments that are not translation (classification, sentence pairs,
+cloze, BERT and issue 14's image experiments), and the first half of their reports.
 
 `run_table` is the driver: it fingerprints every (row, seed) config, skips the finished runs (their
 ``done.json``), refuses checkpoints of another config, trains the rest in seed-major order (so a partial table is
 a whole one-seed table) in this process or in ``--jobs`` worker processes (each run under a lock on its
 directory), and calls the experiment's report. `add_paired_significance` adds, per seed, the paired bootstrap CI
 and permutation p of a per-example score (correct or not; average precision) of each row against the baseline
-row, from the ``test_scores.json`` each run leaves.
+row, from the ``test_scores.json`` each run leaves. `tabulate` does what every report does first: the records in
+table order, those paired tests for each tested metric (one baseline, or one per group of rows), the paper
+numbers and their footnotes, the per-row summary and the claims' verdicts, each claim judged with the p of its
+own metric. `loss_curves_figure` draws the training curves of one seed.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+import dataclasses
 import json
 import os
 import time
@@ -196,6 +201,82 @@ def add_grouped_significance(table: list[dict[str, Any]], workdir: str, *, metri
     return p_values
 
 
+@dataclasses.dataclass
+class Tabulated:
+    """What every table's report starts from (`tabulate`).
+
+    Attributes:
+      table: the per-(row, seed) records in table order, with "paper", "title" and the paired statistics
+        (``<metric>_ci``, ``<metric>_p``, "baseline_row") added.
+      summary: one line per row (`results.summarize`), with its "paper" cell and "baseline" in the p column of
+        every tested metric on baseline rows.
+      baseline: the baseline row when there is a single one with a record, else "".
+      footnotes: the paper cells' sources (source -> number), for `results.write`.
+      verdicts: `stats.claim_verdict` of each claim, with the paired p of the claim's own metric.
+    """
+
+    table: list[dict[str, Any]]
+    summary: list[dict[str, Any]]
+    baseline: str
+    footnotes: dict[str, int]
+    verdicts: list[dict[str, Any]]
+
+
+def tabulate(exp: spec.Experiment, config: ml_collections.ConfigDict, workdir: str, rows: Sequence[str],
+             seeds: Sequence[int], records: Mapping[tuple[str, int], dict[str, Any]], *,
+             metrics: Mapping[str, float] | None = None, baselines: Mapping[str, str] | None = None,
+             claims: Sequence[stats.Claim] | None = None) -> Tabulated | None:
+    """The shared first half of a report: records in table order, paired tests, paper cells and claim verdicts.
+
+    Args:
+      exp: the experiment (title, paper numbers, claims, baseline row).
+      config: the reported config (``eval.significance``, ``eval.significance_samples``, ``eval.baseline_row``).
+      workdir: the table's directory (the runs' saved per-example scores).
+      rows, seeds: the table's rows and seeds, in order.
+      records: (row, seed) -> a finished run's record.
+      metrics: metric -> scale of its paired tests against the baseline (100: accuracy in points; 1: raw
+        values), in order; None: {"test_accuracy": 100}. Each gets ``<metric>_ci`` and ``<metric>_p``.
+      baselines: row -> the row it is tested against, for tables with a baseline per group of rows; None: one
+        baseline, ``exp``'s (or ``eval.baseline_row``), when it has a record.
+      claims: the claims to judge; None: ``exp.claim_list``.
+
+    Returns:
+      A `Tabulated`, or None (with a warning) when no run has finished.
+    """
+    table = [dict(records[(row, seed)]) for row in rows for seed in seeds if (row, seed) in records]
+    if not table:
+        logging.warning("no finished run in %s to report", workdir)
+        return None
+    metrics = {"test_accuracy": 100.0} if metrics is None else dict(metrics)
+    claims = exp.claim_list if claims is None else list(claims)
+    present = {rec["row"] for rec in table}
+    baseline = ""
+    if baselines is None:
+        baseline = spec.baseline_row(exp, config)
+        baseline = baseline if baseline in present else ""
+        groups = {row: baseline for row in present} if baseline else {}
+    else:
+        groups = {row: base for row, base in baselines.items() if row in present}
+    p_values: dict[str, dict[tuple[str, str, int], float]] = {}
+    if config.eval.significance == "bs" and groups:
+        for metric, scale in metrics.items():
+            p_values[metric] = add_grouped_significance(
+                table, workdir, metric=metric, baselines=groups, n_resamples=int(config.eval.significance_samples),
+                claims=claims, scale=scale)
+    paper = exp.paper_numbers
+    for rec in table:
+        rec["paper"], rec["title"] = paper.get(rec["row"]), exp.title
+    summary = results.summarize(table, tested=tuple(metrics))
+    footnotes: dict[str, int] = {}
+    for line in summary:
+        line["paper"] = results.paper_cell(paper.get(line["row"]), footnotes)
+        if groups.get(line["row"]) == line["row"]:
+            for metric in metrics:
+                line[f"{metric}_p"] = "baseline"
+    verdicts = [stats.claim_verdict(c, table, p_values=p_values.get(c.metric, {})) for c in claims]
+    return Tabulated(table=table, summary=summary, baseline=baseline, footnotes=footnotes, verdicts=verdicts)
+
+
 def write_claims(workdir: str, verdicts: Sequence[Mapping[str, Any]], *, exp: spec.Experiment, command: str,
                  seeds: Sequence[int], wall_s: float) -> None:
     """claims.jsonl: each verdict with the experiment, command, workdir, machine, seeds and wall time."""
@@ -215,15 +296,29 @@ def read_data_info(workdir: str) -> dict[str, Any]:
         return json.load(f)
 
 
-def loss_curves_figure(workdir: str, rows: Sequence[str], seed: int, *, title: str) -> str | None:
-    """loss_curves.png of the rows' runs of one seed (`plots.classification_curves`); its path relative to
-    ``workdir``, or None when no run has metrics."""
+def loss_curves_figure(workdir: str, rows: Sequence[str], seed: int, *, title: str,
+                       loss_label: str = "train cross-entropy (nats / document)",
+                       panels: Sequence[tuple[str, str]] | None = None) -> str | None:
+    """loss_curves.png of the rows' runs of one seed; its path relative to ``workdir``, or None when no run has
+    metrics.
+
+    Args:
+      workdir, rows, seed: the table's directory, the rows to draw and the seed whose runs they are.
+      title: the figure's title.
+      loss_label: the loss panel's y-axis label, for the default panels (`plots.classification_curves`:
+        training loss and dev accuracy).
+      panels: (metrics.jsonl key, y-axis label) per panel instead (`plots.metric_curves`), e.g. a third
+        accuracy; ``loss_label`` is then unused.
+    """
     from experiments import plots  # pylint: disable=import-outside-toplevel  (matplotlib only when reporting)
 
     metrics = {row: recs for row in rows
                if (recs := results.read_jsonl(os.path.join(spec.run_dir(workdir, row, seed), "metrics.jsonl")))}
     if not metrics:
         return None
-    return os.path.relpath(plots.classification_curves(metrics, os.path.join(workdir, "loss_curves.png"),
-                                                       title=title), workdir)
-
+    path = os.path.join(workdir, "loss_curves.png")
+    if panels is None:
+        plots.classification_curves(metrics, path, title=title, loss_label=loss_label)
+    else:
+        plots.metric_curves(metrics, path, panels=panels, title=title)
+    return os.path.relpath(path, workdir)
