@@ -26,9 +26,9 @@ so every row and seed of one shot count is scored on the same queries (paired te
 the support set, so the 1-shot and 5-shot tables share their queries too.
 
 Paper numbers (miniImageNet 5-way, not Fashion-MNIST; compare orderings, not values). CAN (ResNet-12): 63.85 /
-79.44 (1- / 5-shot; Hou et al. 2019, Table 1, checked only against a public benchmark listing of the paper,
-not its text). Prototypical networks (Conv-4): 49.42 / 68.20 (Snell et al. 2017, Table 2; unchecked: the
-table was not reachable here). The backbones differ, so those numbers do not isolate the attention.
+79.44 (1- / 5-shot; Hou et al. 2019; the values agree with two later papers' comparison tables and a
+benchmark listing, but the paper's own table, and so its number, was not readable here). Prototypical networks
+(Conv-4): 49.42 ± 0.78 / 68.20 ± 0.66 (Snell et al. 2017, Table 2; checked against a text copy of the paper). The backbones differ, so those numbers do not isolate the attention.
 
 Presets (the idle 2-core CPU machine, ``--jobs=2``):
 
@@ -63,10 +63,10 @@ DEFAULT_PRESET = "small"
 BASELINES = {"protonet_1shot": "protonet_1shot", "can_1shot": "protonet_1shot",
              "protonet_5shot": "protonet_5shot", "can_5shot": "protonet_5shot"}
 
-_CAN = ("Hou et al. 2019 (NeurIPS, arXiv:1910.07677), Table 1, miniImageNet 5-way, ResNet-12 (checked against a "
-        "public benchmark listing, not the paper's text)")
-_PROTO = ("Snell et al. 2017 (arXiv:1703.05175), Table 2, miniImageNet 5-way, Conv-4 (unchecked: quoted from "
-          "memory)")
+_CAN = ("Hou et al. 2019 (NeurIPS, arXiv:1910.07677), Table 1, miniImageNet 5-way, ResNet-12 (values checked against "
+        "later papers' comparison tables and a benchmark listing; the table number is unchecked)")
+_PROTO = ("Snell et al. 2017 (arXiv:1703.05175), Table 2, miniImageNet 5-way, Conv-4 (checked against a text copy "
+          "of the paper)")
 PAPER = {
     "protonet_1shot": {"text": "miniImageNet 49.42%", "accuracy": 49.42, "source": _PROTO},
     "protonet_5shot": {"text": "miniImageNet 68.20%", "accuracy": 68.20, "source": _PROTO},
