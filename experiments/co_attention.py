@@ -30,11 +30,10 @@ pairs), claims.jsonl, loss_curves.png (training loss, dev class and slot accurac
 ``<row>/seed_<n>/attention_overlays.png`` (for test pairs: the co-attention weights from the centre of the shared
 item in A over B, and back; linked in results.md for the first seed).
 
-Timing (an ESTIMATE; the machine was loaded by other jobs, load 9-13): a training step of 32 pairs on the 32 x 96
-canvas took 0.23-0.24 CPU seconds (siamese and cosnet alike; 0.56 s wall under that load), so with ``--jobs=2``
-(one core per run) a 500-step run should take about 2 min of steps plus about 30 s of compiles and evaluations, and
-the default table (2 rows x 3 seeds, 3 runs per worker) about 8 min. Building the pairs the first time adds about a
-minute (`experiments.data.canvases.place_items` rejection-samples the places); they are cached in
+Timing: the default table (2 rows x 3 seeds, ``--jobs=2``) took 7.6 min on the idle 2-core machine
+(2026-12-04), building the pairs included. A training step of 32 pairs on the 32 x 96 canvas costs about 0.23
+CPU seconds (siamese and cosnet alike). Building the pairs the first time takes about a minute
+(`experiments.data.canvases.place_items` rejection-samples the places); they are cached in
 ``<data_dir>/shared_item/``.
 """
 

@@ -44,9 +44,9 @@ rows' does. That is the point of the row (a set model that is permutation invari
 
 Flags: `experiments/cli.py` (--preset, --workdir, --rows, --config.*, --jobs). Each (row, seed) run trains in
 ``<workdir>/<row>/seed_<n>/`` with orbax checkpoints (resumed when killed; re-reported when finished) and logs
-step, L1 loss, items/s ("tok/s") and ETA. Presets (`experiments/configs/deep_sets.py`, estimated wall times on
-the idle 2-core machine with --jobs=2): ``smoke`` (one seed, 30 steps, sizes 2 / 5 / 10: about 40 s) and
-``small`` (default; 4 rows x 3 seeds, 800 steps each: about 7 minutes).
+step, L1 loss, items/s and ETA. Presets (`experiments/configs/deep_sets.py`; wall times on the idle 2-core
+machine with --jobs=2): ``smoke`` (one seed, 30 steps, sizes 2 / 5 / 10: about 40 s, estimated) and ``small``
+(default; 4 rows x 3 seeds, 800 steps each: 5.5 min, measured).
 
 Outputs in the workdir: results.md / results.jsonl (per (row, seed): per size the accuracy, MAE and MAE per
 item; at the largest size the paired bootstrap CI and permutation p of accuracy and of error per item against

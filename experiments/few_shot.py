@@ -1,7 +1,7 @@
 """Prototypical networks (Snell et al. 2017, arXiv:1703.05175) against the Cross Attention Network (Hou et al.
 2019, arXiv:1910.07677), 5-way 1-shot and 5-shot, on novel Fashion-MNIST classes.
 
-    python -m experiments.few_shot                                        # 4 rows x 3 seeds, ~7.5 min (estimate)
+    python -m experiments.few_shot                                        # 4 rows x 3 seeds, ~10 min
     python -m experiments.few_shot --preset=smoke --workdir=/tmp/few_shot_smoke
     python -m experiments.few_shot --rows=protonet_5shot,can_5shot --config.seeds=5
     python -m experiments.few_shot --config.data.train_classes='(5,6,7,8,9)' --config.data.test_classes='(0,1,2,3,4)'

@@ -6,9 +6,10 @@ real Fashion-MNIST items.
     python -m experiments.glimpse_captioning --rows=soft,hard --config.seeds=5
 
 Presets: ``smoke`` (1 seed, 30 steps, small canvas sets and encoder: about 1 min with its jit compiles) and
-``small`` (the default: 3 seeds x 3 rows, 500 steps of 32 canvases each; estimated 9-10 min with ``--jobs=2`` on
+``small`` (the default: 3 seeds x 3 rows, 500 steps of 32 canvases each; 8.1 min measured with ``--jobs=2`` on
 the idle 2-core machine, see `experiments/configs/glimpse_captioning.py`). Rows: soft (baseline), hard, gumbel, and
-on request soft_no_penalty. Paper: Flickr8k BLEU-4 soft 19.5, hard 21.3 (Xu et al. 2015, Table 1; unchecked here).
+on request soft_no_penalty. Paper: Flickr8k BLEU-4 soft 19.5, hard 21.3 (Xu et al. 2015, Table 1; as a
+re-implementation quotes it, not checked against the paper's own text).
 
 Rows, data, presets, the paper's numbers and the claim: `experiments/configs/glimpse_captioning.py`. Flags:
 `experiments/cli.py` (--preset, --workdir, --rows, --config.*, --jobs). Each (row, seed) run trains in

@@ -1,9 +1,8 @@
 """SE, CBAM, DANet, pooling kinds and size-free heads in a small ResNet on Fashion-MNIST (issue 14's vision ablation).
 
-    python -m experiments.vision_attention                                   # 9 rows x 3 seeds
+    python -m experiments.vision_attention                                   # 10 rows x 3 seeds
     python -m experiments.vision_attention --preset=smoke --workdir=/tmp/vision_attention_smoke
     python -m experiments.vision_attention --rows=none,se,cbam --config.seeds=5
-    python -m experiments.vision_attention --rows=all                        # adds the multisize control row
 
 Rows, presets, paper numbers and claims: `experiments/configs/vision_attention.py`. Flags: `experiments/cli.py`
 (--preset, --workdir, --rows, --config.*, --jobs). Each (row, seed) run trains in ``<workdir>/<row>/seed_<n>/``
@@ -16,9 +15,9 @@ the sum; a 1x1 conv-GN shortcut where the width changes), a 2x2 pool of the row'
 pool, `SpatialPyramidPooling` or `PyramidAttentionPooling`, then Dense(10). GroupNorm, not BatchNorm, so the
 model has no batch statistics; every parameter is boxed with logical axis names.
 
-Presets: ``smoke`` (every row, one seed, 20 steps: plumbing), ``small`` (the default: 9 rows x 3 seeds of 160
-steps of 64 images, ESTIMATED at 14 min with --jobs=2 on the idle 2-core machine) and ``long`` (1,400 steps, about
-55 min); the config module says what each holds and how the times were estimated.
+Presets: ``smoke`` (every row, one seed, 20 steps: plumbing), ``small`` (the default: 10 rows x 3 seeds of 400
+steps of 64 images, 22 min with --jobs=2 on the idle 2-core machine) and ``long`` (1,400 steps, about 65 min,
+estimated); the config module says what each holds and how the times were measured.
 
 Outputs in the workdir: results.md / results.jsonl (per (row, seed): test error at 28x28 and at the other test
 sizes, the paired bootstrap CI and permutation p of test accuracy against ``none`` over the same test images,

@@ -18,8 +18,8 @@ changes per row:
   avg_pool           2x2 average pooling between stages
   stochastic_pool    2x2 stochastic pooling between stages (Zeiler & Fergus 2013, arXiv:1301.3557): sampled while
                      training, probability-weighted at test
-  multisize          (on request, ``--rows=all``) the baseline with spp's multi-size training: the control that
-                     separates the head from the training recipe
+  multisize          the baseline with spp's multi-size training: the control that separates the head from the
+                     training recipe
 
 Every row is tested at 28x28 (the data's size) and on the test images resized to ``eval.other_sizes`` (20, 36).
 The global-average-pool head is size-free too; what the spp / pyramid rows add is the pyramid and the multi-size
@@ -37,20 +37,19 @@ listings of 84.9% CIFAR-10 accuracy:
 * Zeiler & Fergus 2013 (arXiv:1301.3557), §4.1, CIFAR-10, train / test error: max pooling 0.00 / 19.40,
   stochastic pooling 3.40 / 15.13 (a narrower gap: the paper's regularisation claim).
 
-Presets (2-core CPU machine, ``--jobs=2``; the times are ESTIMATES from runs on the machine while four other
-helpers loaded it, to be replaced by measured ones):
+Presets (the 2-core CPU machine, ``--jobs=2``):
 
 * ``smoke``: widths 8 / 16 / 32, 2,000 train / 500 test images, 20 steps of 64, one seed, every row, tested also
-  at 20 (plumbing only). About 1.5 min when XLA compiles the nine models afresh (180-200 s of CPU, nearly all
-  compiling), about 0.5 min with JAX's persistent compilation cache warm (60 s of CPU).
+  at 20 (plumbing only). About 1.5 min when XLA compiles the models afresh, about 0.5 min with JAX's persistent
+  compilation cache warm.
 * ``small`` (default): the 59,500 training images left after the 500-image dev set, the 10,000 test images,
-  3 seeds of the 9 default rows, ``train.num_steps`` = 160 steps of 64 images (0.17 epoch): about 14 min for the
-  27 runs. Measured per run (CPU seconds; one core per run with --jobs=2): a step of 64 images 0.13 s (none) to
-  0.18 s (cbam); evaluation 0.7-0.9 s per 1,000 test images, and a run evaluates about 27,000 image-equivalents
-  (10,000 test and 10,000 train-subset images at 28, 2,000 at 20 and 36, the dev curve): 20-25 s, as much as its
-  training; the first seed of a row compiles for 10-25 s (the others hit the persistent cache); the report's 30
-  paired tests take 2-4 s each. The budget buys few steps: the errors are early-training errors.
-* ``long``: as small with 1,400 steps (1.5 epochs): about 55 min.
+  3 seeds of the 10 default rows (``multisize`` included), ``train.num_steps`` = 400 steps of 64 images (0.43
+  epoch). Measured: **22.0 min** for the 30 runs and the report on the idle machine (2026-12-04). A run trains
+  for 0.8-1.5 min (one core each) and evaluates about 27,000 image-equivalents (10,000 test and 10,000
+  train-subset images at 28, 2,000 at 20 and 36, the dev curve) in 20-25 s. The errors are still those of early
+  training.
+* ``long``: as small with 1,400 steps (1.5 epochs): estimated at about 65 min from the small preset's per-step
+  times (not run).
 """
 
 from __future__ import annotations
